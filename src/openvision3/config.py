@@ -1,0 +1,328 @@
+"""Typed configuration: one dataclass tree, YAML presets, dotted ``key=value`` overrides.
+
+Every default names its source with a PAPER.md confidence tag:
+[P] stated by the paper, [C] read in the authors' released code, [S] secondary summary,
+[?] not published, our own documented choice.
+
+Resolution order: dataclass defaults -> model size preset (``model.preset``) -> YAML -> overrides.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config key, value or file. The message is one line meant for the user."""
+
+
+@dataclass
+class TowerConfig:
+    """Size of one transformer tower."""
+
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class TextTowerConfig(TowerConfig):
+    context_length: int = 80  # [C] OpenVision text encoder context; caption decoder uses 128
+
+
+@dataclass
+class VAEConfig:
+    # [P] FLUX.1-dev VAE (16 channels, 8x). Alias, hub id, local diffusers dir, or "inline".
+    source: str = "flux-ov3"
+    # [C] released OV3 code: latents = posterior.mean * scaling_factor, no shift ("scale").
+    # diffusers FLUX pipelines use (z - shift) * scale ("shift_scale").
+    convention: str = "scale"
+    scaling_factor: float | None = None  # None: take it from the VAE's own config
+    shift_factor: float | None = None  # None: take it from the VAE's own config
+    # Architecture for source == "inline" (random init; tests, or a VAE trained in-project).
+    latent_channels: int = 16
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "b2"  # size preset, applied before the other model keys (see MODEL_PRESETS)
+    image_size: int = 256  # [P] stage-2 resolution; the trainer sets it per stage
+    patch_size: int = 2  # [P] ViT patch over VAE latents -> 16x total downsampling
+    encoder: TowerConfig = field(default_factory=TowerConfig)  # [P] B/2: 768/12/12, MLP 3072
+    # [S] decoder-size ablation: M -> B clearly better, L unstable; so a B decoder by default.
+    decoder: TowerConfig = field(default_factory=TowerConfig)
+    # [C] OpenVision B-size text towers: 512 wide, 12 layers, 8 heads; contexts 80 / 128.
+    text: TextTowerConfig = field(
+        default_factory=lambda: TextTowerConfig(width=512, layers=12, heads=8, context_length=80))
+    caption: TextTowerConfig = field(
+        default_factory=lambda: TextTowerConfig(width=512, layers=12, heads=8, context_length=128))
+    embed_dim: int = 512  # [?] contrastive embedding width (open_clip B-size convention)
+    vocab_size: int = 49408  # [?] open_clip BPE (OpenVision used BERT WordPiece; not shipped offline)
+    # [?] tau is unpublished; RAE uses 0.8 on per-token-normalised features [C]. Our tokens pass
+    # through a final LayerNorm, so they have unit scale per token as in RAE -> 0.8.
+    noise_tau: float = 0.8
+    caption_keep_ratio: float = 1.0  # [?] OpenVision 2 keeps 25-35 % [C]; OV3 does not say
+    logit_scale_init: float = 14.285714  # [P] learnable temperature, init 1/0.07
+    vae: VAEConfig = field(default_factory=VAEConfig)
+
+
+@dataclass
+class DataConfig:
+    train: str = "shapes"  # data spec: shapes | wds:PATTERN | folder:DIR | fashion-mnist
+    val: str = "shapes"
+    resolution: int = 128  # [P] stage 1 at 128 px; stages may change it
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    augment: bool = True
+    min_crop_area: float = 0.4  # [C] OpenVision inception crop, min area 40 %
+    color_jitter: float = 0.4  # [C] OpenVision colour jitter
+    hflip: bool = True  # [?] captions with left/right words make flips wrong; shapes turns it off
+    shapes_single_fraction: float = 0.5  # [?] share of single-object samples in `shapes`
+
+
+@dataclass
+class StageConfig:
+    """One training stage; a None field inherits the value from the train/data/loss section."""
+
+    name: str = "stage"
+    resolution: int | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    lpips_weight: float | None = None
+    warmup_steps: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    epochs: float | None = None  # if set, overrides steps using data.epoch_size
+    epoch_size: int = 1_281_167  # [S] one epoch ~ 1.28 M samples
+    batch_size: int = 256  # global batch
+    lr: float = 8e-6  # [S] stage-1 base LR, scaled by batch/256 [C]
+    lr_scale_by_batch: bool = True  # [C] OpenVision: lr = base_lr * batch / 256
+    min_lr_ratio: float = 0.0  # [C] cosine to zero
+    warmup_steps: int = 100
+    weight_decay: float = 0.2  # [C]
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # [C]
+    grad_clip: float = 1.0  # [?] (RAE [C] uses 1.0)
+    ema_decay: float = 0.0  # 0 = off; timm ModelEmaV3 when > 0
+    grad_accum_steps: int = 1
+    precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 on CUDA, or on CPUs that have it)
+    compile: bool = False
+    fsdp: bool = False
+    grad_checkpointing: bool = False
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the end
+    max_bad_steps: int = 5  # non-finite steps in a row before the run stops
+    stages: list[StageConfig] = field(default_factory=list)
+
+
+@dataclass
+class LossConfig:
+    w_rec: float = 0.5  # [S] omega_rec
+    w_und: float = 1.0  # [S] omega_und
+    beta_latent: float = 0.4  # [S] beta, latent L1
+    lpips_weight: float = 0.0  # [S] lambda: 0 in stage 1, 0.5 in stage 2
+    alpha_contrastive: float = 1.0  # [S] alpha
+    caption_weight: float = 1.0  # [S] L_und = L_caption + alpha * L_con
+    lpips_net: str = "alex"  # [?] the paper does not name the LPIPS backbone
+    pixel_subbatch: int = 0  # [?] our CPU option: pixel/LPIPS losses on the first N images; 0 = all
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=lambda: ["recon", "zeroshot", "retrieval", "caption"])
+    num_samples: int = 500
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+
+
+def _tower(width, layers, heads, mlp_ratio=4.0):
+    return {"width": width, "layers": layers, "heads": heads, "mlp_ratio": mlp_ratio}
+
+
+def _text(width, layers, heads, context_length):
+    return {**_tower(width, layers, heads), "context_length": context_length}
+
+
+# Model size presets. b2 / l2 follow the paper [P] (encoder) and OpenVision's text sizes [C].
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "nano": {"encoder": _tower(128, 4, 4), "decoder": _tower(128, 3, 4),
+             "text": _text(128, 3, 4, 32), "caption": _text(128, 2, 4, 32), "embed_dim": 128},
+    "tiny": {"encoder": _tower(192, 6, 3), "decoder": _tower(192, 4, 3),
+             "text": _text(192, 4, 3, 32), "caption": _text(192, 3, 3, 32), "embed_dim": 192},
+    "small": {"encoder": _tower(384, 12, 6), "decoder": _tower(384, 8, 6),
+              "text": _text(384, 8, 6, 80), "caption": _text(384, 6, 6, 128), "embed_dim": 384},
+    "b2": {"encoder": _tower(768, 12, 12), "decoder": _tower(768, 12, 12),
+           "text": _text(512, 12, 8, 80), "caption": _text(512, 12, 8, 128), "embed_dim": 512},
+    "l2": {"encoder": _tower(1024, 24, 16), "decoder": _tower(768, 12, 12),
+           "text": _text(768, 12, 12, 80), "caption": _text(768, 12, 12, 128), "embed_dim": 768},
+}
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+# ----------------------------------------------------------------------------------------------
+# building a Config from plain dicts, with one-line errors
+
+
+def _strip_optional(tp):
+    """Optional[X] -> X; other types unchanged."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value, tp, key: str):
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' may not be null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"config key '{key}' expects {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _build(cls, values: dict, prefix: str = "", base=None):
+    """Instantiate dataclass ``cls`` from ``values`` on top of ``base`` (or defaults)."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    obj = base if base is not None else cls()
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else (
+                f"; valid keys: {', '.join(prefix + n for n in names)}")
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        tp, _ = _strip_optional(hints[key])
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict) and current is not None:
+            _build(tp, value, f"{prefix}{key}.", base=current)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], prefix + key))
+    return obj
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.lr=1e-4", "model.preset=nano"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def resolve_config_path(name_or_yaml: str) -> Path:
+    p = Path(name_or_yaml)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    for cand in (Path("configs") / f"{name_or_yaml}.yaml", CONFIG_DIR / f"{name_or_yaml}.yaml"):
+        if cand.exists():
+            return cand
+    known = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.exists() else []
+    raise ConfigError(f"config '{name_or_yaml}' not found (not a file; known presets: {', '.join(known)})")
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build a Config: defaults, then the model size preset, then ``values``."""
+    values = dict(values or {})
+    preset = (values.get("model") or {}).get("preset", ModelConfig.preset)
+    if preset not in MODEL_PRESETS:
+        close = difflib.get_close_matches(str(preset), MODEL_PRESETS, n=3)
+        raise ConfigError(f"unknown model preset '{preset}'; choose one of {', '.join(MODEL_PRESETS)}"
+                          + (f" (closest: {', '.join(close)})" if close else ""))
+    cfg = Config()
+    _build(ModelConfig, MODEL_PRESETS[preset], "model.", base=cfg.model)
+    return _build(Config, values, "", base=cfg)
+
+
+def get_config(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a preset name (``configs/NAME.yaml``) or a YAML path, then apply ``key=value`` overrides."""
+    values: dict = {}
+    if name_or_yaml:
+        path = resolve_config_path(name_or_yaml)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    values = _deep_merge(values, parse_overrides(overrides or []))
+    return config_from_dict(values)
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Load a config saved by ``config_to_yaml`` (a checkpoint's or model's ``config.yaml``)."""
+    return config_from_dict(yaml.safe_load(Path(path).read_text()) or {})
