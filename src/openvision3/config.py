@@ -129,6 +129,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
     max_bad_steps: int = 5  # non-finite steps in a row before the run stops
+    init_from: str | None = None  # a saved model dir to start from (e.g. stage 2 after stage 1)
     stages: list[StageConfig] = field(default_factory=list)
 
 

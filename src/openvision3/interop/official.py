@@ -1,0 +1,119 @@
+"""Released OpenVision 3 vision towers <-> our UnifiedEncoder.
+
+The released towers are open_clip VisionTransformers over 16-channel VAE latents [C]; our
+encoder uses the same parameter names, so loading is: find the weights, strip a ``visual.``
+prefix, infer the architecture from the shapes, check the fixed position table, load.
+
+    enc = load_official_encoder("UCSC-VLAA/openvision3-vit-base-patch2-32")   # online
+    enc = load_official_encoder("path/to/open_clip_model.safetensors")         # offline
+    tokens = enc(latents); pooled = enc.pool(tokens)
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ..config import TowerConfig
+from ..models.encoder import UnifiedEncoder
+from ..models.vit import sincos_2d
+
+WEIGHT_FILES = ("open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.bin",
+                "pytorch_model.bin")
+CONFIG_FILES = ("open_clip_config.json", "config.json")
+_IGNORED = ("positional_embedding",)  # fixed sin-cos table: recomputed for any grid, checked on load
+
+
+class CheckpointError(ValueError):
+    """A weights file that is not a released OV3 vision tower (one clear line)."""
+
+
+def _read_weights(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    # weights_only: never run pickled code from a downloaded file
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _find_files(source: str) -> tuple[Path, dict]:
+    """Resolve a hub id, a hub-layout directory, or a single weights file -> (weights, config)."""
+    path = Path(source)
+    if not path.exists():
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) is None:
+            raise FileNotFoundError(f"'{source}' is neither a file, a directory nor a hub id")
+        from huggingface_hub import snapshot_download  # online only
+        path = Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    if path.is_file():
+        return path, {}
+    weights = next((path / f for f in WEIGHT_FILES if (path / f).exists()), None)
+    if weights is None:
+        found = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+        if not found:
+            raise FileNotFoundError(f"no weights (*.safetensors or *.bin) in '{path}'")
+        weights = found[0]
+    config = next((json.loads((path / f).read_text()) for f in CONFIG_FILES if (path / f).exists()), {})
+    return weights, config
+
+
+def _vision_cfg(config: dict) -> dict:
+    return config.get("model_cfg", config).get("vision_cfg", {})
+
+
+def _strip_prefix(state: dict) -> dict:
+    if any(k.startswith("visual.") for k in state):
+        state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    return state
+
+
+def infer_architecture(state: dict, config: dict | None = None) -> dict:
+    """Architecture from tensor shapes; heads = width / head_width (64 unless the config says)."""
+    for key in ("conv1.weight", "class_embedding", "proj", "ln_post.weight"):
+        if key not in state:
+            raise CheckpointError(f"not an OV3 vision tower: key '{key}' is missing")
+    width, in_channels, patch, _ = state["conv1.weight"].shape
+    layers = len({int(m.group(1)) for k in state if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))})
+    if layers == 0:
+        raise CheckpointError("not an OV3 vision tower: no transformer.resblocks.* keys")
+    vcfg = _vision_cfg(config or {})
+    heads = vcfg.get("heads") or width // vcfg.get("head_width", 64)
+    mlp = state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+    return {"in_channels": int(in_channels), "patch_size": int(patch), "embed_dim": int(state["proj"].shape[1]),
+            "tower": TowerConfig(width=int(width), layers=layers, heads=int(heads), mlp_ratio=mlp / width)}
+
+
+def encoder_from_state_dict(state: dict, config: dict | None = None) -> UnifiedEncoder:
+    state = _strip_prefix(dict(state))
+    arch = infer_architecture(state, config)
+    enc = UnifiedEncoder(arch["in_channels"], arch["tower"], arch["patch_size"], arch["embed_dim"])
+    pos = state.pop("positional_embedding", None)
+    if pos is not None:  # the released table is the fixed 2-D sin-cos one with a class slot [C]
+        grid = int(round((pos.shape[0] - 1) ** 0.5))
+        expected = sincos_2d(arch["tower"].width, grid, grid, cls_token=True)
+        if pos.shape != expected.shape or (pos.float() - expected).abs().max() > 1e-4:
+            raise CheckpointError("positional_embedding is not the fixed 2-D sin-cos table this encoder "
+                                  "recomputes; a learned-position tower is not supported")
+    expected_keys = set(enc.state_dict())
+    missing, unexpected = sorted(expected_keys - set(state)), sorted(set(state) - expected_keys)
+    if missing or unexpected:
+        raise CheckpointError(f"weights do not match an OV3 vision tower: missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}")
+    enc.load_state_dict({k: v.float() for k, v in state.items()})
+    return enc.eval()
+
+
+def load_official_encoder(source: str) -> UnifiedEncoder:
+    """A released OV3 vision tower as our encoder: hub id (online), hub-layout dir, or weights file."""
+    weights, config = _find_files(str(source))
+    return encoder_from_state_dict(_read_weights(weights), config)
+
+
+def export_official_state_dict(encoder: UnifiedEncoder, grid: int, prefix: str = "") -> dict:
+    """Our encoder in the released layout (with its ``positional_embedding`` for a ``grid`` x ``grid``
+    token grid, e.g. 16 at 256 px), loadable by open_clip's VisionTransformer."""
+    state = {prefix + k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    state[prefix + "positional_embedding"] = sincos_2d(encoder.width, grid, grid, cls_token=True)
+    return state

@@ -1,0 +1,51 @@
+"""The unified encoder: a ViT over frozen-VAE latents (patch 2 -> 16x total downsampling [P]).
+
+Layout follows the released OV3 vision towers [C] (open_clip VisionTransformer with a
+16-channel conv1, no ln_pre, fixed 2-D sin-cos positions with a class slot, average pooling,
+final LayerNorm after pooling, projection): ``forward`` returns the pre-pool tokens, which are
+the *unified tokens* z_u, and ``pool`` maps them to the contrastive embedding.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import TowerConfig
+from .vit import LayerNorm, build_transformer, clip_init_, sincos_2d
+
+
+class UnifiedEncoder(nn.Module):
+    def __init__(self, in_channels: int, tower: TowerConfig, patch_size: int = 2, embed_dim: int = 512):
+        super().__init__()
+        width = tower.width
+        self.in_channels, self.patch_size, self.width, self.embed_dim = in_channels, patch_size, width, embed_dim
+        scale = width ** -0.5
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.transformer = build_transformer(tower)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
+        clip_init_(self.transformer)
+
+    def grid_size(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        return latent_hw[0] // self.patch_size, latent_hw[1] // self.patch_size
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, C, h, w) -> unified tokens (B, h/p * w/p, width)."""
+        if latents.ndim != 4 or latents.shape[1] != self.in_channels:
+            raise ValueError(f"encoder expects latents (B, {self.in_channels}, h, w), got {tuple(latents.shape)}"
+                             " (does the VAE's latent channel count match the encoder?)")
+        h, w = latents.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {self.patch_size}")
+        x = self.conv1(latents).flatten(2).transpose(1, 2)  # (B, N, D)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        gh, gw = self.grid_size((h, w))
+        x = x + sincos_2d(self.width, gh, gw, cls_token=True, device=x.device, dtype=x.dtype)
+        x = self.transformer(x)
+        return x[:, 1:]  # avg pooling excludes the class slot [C]
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unified tokens -> pooled embedding (B, embed_dim): mean, ln_post, proj [C]."""
+        return self.ln_post(tokens.mean(dim=1)) @ self.proj

@@ -1,0 +1,62 @@
+import pytest
+
+from openvision3.config import (MODEL_PRESETS, Config, ConfigError, config_to_yaml, get_config,
+                                load_config_file, parse_overrides)
+
+
+def test_defaults_are_the_paper_values():
+    cfg = get_config()
+    assert (cfg.model.encoder.width, cfg.model.encoder.layers, cfg.model.encoder.heads) == (768, 12, 12)
+    assert cfg.model.patch_size == 2
+    assert (cfg.loss.w_rec, cfg.loss.w_und, cfg.loss.beta_latent, cfg.loss.alpha_contrastive) == (0.5, 1.0, 0.4, 1.0)
+    assert cfg.model.vae.convention == "scale"
+
+
+def test_preset_then_overrides():
+    cfg = get_config(None, ["model.preset=l2", "model.encoder.layers=2", "train.lr=1e-4", "loss.lpips_net=vgg"])
+    assert cfg.model.encoder.width == MODEL_PRESETS["l2"]["encoder"]["width"] == 1024
+    assert cfg.model.encoder.layers == 2  # an explicit key beats the preset
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.loss.lpips_net == "vgg"
+
+
+def test_unknown_key_names_the_closest_valid_one():
+    with pytest.raises(ConfigError) as e:
+        get_config(None, ["train.lerning_rate=1"])
+    assert "train.lerning_rate" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="did you mean model.noise_tau"):
+        get_config(None, ["model.noise_ta=0.5"])
+
+
+def test_wrong_type_is_one_line():
+    with pytest.raises(ConfigError, match="train.steps.*expects int"):
+        get_config(None, ["train.steps=abc"])
+    with pytest.raises(ConfigError, match="expects true/false"):
+        get_config(None, ["train.compile=maybe"])
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(ConfigError, match="unknown model preset 'b3'"):
+        get_config(None, ["model.preset=b3"])
+    with pytest.raises(ConfigError, match="not found"):
+        get_config("no_such_config")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["train.lr"])
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = get_config(None, ["model.preset=nano", "train.stages=[{resolution: 64, steps: 3}]"])
+    assert cfg.train.stages[0].resolution == 64 and cfg.train.stages[0].lr is None
+    path = tmp_path / "c.yaml"
+    path.write_text(config_to_yaml(cfg))
+    assert load_config_file(path) == cfg
+    assert get_config(str(path)) == cfg
+    assert isinstance(cfg, Config)
+
+
+def test_every_shipped_config_loads():
+    from openvision3.config import CONFIG_DIR
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert names, "configs/ is empty"
+    for name in names:
+        get_config(name)

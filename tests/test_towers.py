@@ -1,0 +1,86 @@
+import torch
+
+from openvision3.config import TextTowerConfig, TowerConfig
+from openvision3.models.decoder import LatentDecoder
+from openvision3.models.encoder import UnifiedEncoder
+from openvision3.models.text import CaptionDecoder, TextEncoder, fit_context
+
+SMALL = TowerConfig(width=64, layers=2, heads=2)
+TEXT = TextTowerConfig(width=64, layers=2, heads=2, context_length=16)
+
+
+def test_token_grids_match_the_paper():
+    enc = UnifiedEncoder(16, SMALL, patch_size=2, embed_dim=32)
+    for pixels, tokens in ((128, 64), (224, 196), (256, 256)):  # [P]
+        latents = torch.randn(1, 16, pixels // 8, pixels // 8)
+        z = enc(latents)
+        assert z.shape == (1, tokens, 64)
+        assert enc.pool(z).shape == (1, 32)
+
+
+def test_encoder_rejects_wrong_channel_count():
+    enc = UnifiedEncoder(16, SMALL)
+    try:
+        enc(torch.randn(1, 4, 8, 8))
+    except ValueError as e:
+        assert "latent channel" in str(e)
+    else:
+        raise AssertionError("expected a ValueError")
+
+
+def test_decoder_shape_and_noise_only_in_training():
+    dec = LatentDecoder(64, SMALL, latent_channels=16, patch_size=2, noise_tau=0.8)
+    z = torch.randn(2, 64, 64)
+    dec.eval()
+    out = dec(z)
+    assert out.shape == (2, 16, 16, 16)
+    assert torch.equal(out, dec(z))  # sigma = 0 at inference
+    dec.train()
+    assert not torch.allclose(dec(z), dec(z))  # sigma ~ U[0, tau] per sample
+    dec.noise_tau = 0.0
+    assert torch.allclose(dec(z), out, atol=1e-6)
+
+
+def test_caption_decoder_is_causal_over_the_caption():
+    dec = CaptionDecoder(64, TEXT, vocab_size=100).eval()
+    img = torch.randn(2, 9, 64)
+    tokens = torch.randint(1, 100, (2, 16))
+    logits, targets = dec(img, tokens)
+    assert logits.shape == (2, 15, 100) and torch.equal(targets, tokens[:, 1:])
+    changed = tokens.clone()
+    changed[:, 10] = (changed[:, 10] + 1) % 100
+    logits2, _ = dec(img, changed)
+    assert torch.allclose(logits[:, :10], logits2[:, :10], atol=1e-5)  # positions before 10 unaffected
+    assert not torch.allclose(logits[:, 10:], logits2[:, 10:])
+    img2 = img.clone()
+    img2[:, -1] += 1  # every caption position sees every image token
+    assert not torch.allclose(dec(img2, tokens)[0][:, 0], logits[:, 0])
+
+
+def test_caption_keep_ratio_keeps_a_subset_in_training_only():
+    dec = CaptionDecoder(64, TEXT, vocab_size=100, keep_ratio=0.25)
+    img = torch.arange(16.0).view(1, 16, 1).expand(3, 16, 64).contiguous()
+    kept = dec.keep_subset(img)
+    assert kept.shape == (3, 4, 64)
+    assert (kept[:, 1:, 0] > kept[:, :-1, 0]).all()  # order preserved
+
+
+def test_generate_is_batched_and_stops():
+    dec = CaptionDecoder(64, TEXT, vocab_size=100).eval()
+    ids = dec.generate(torch.randn(3, 4, 64), sot_id=98, eot_id=99, max_len=8)
+    assert ids.shape[0] == 3 and ids.shape[1] <= 8 and (ids[:, 0] == 98).all()
+
+
+def test_fit_context_keeps_end_of_text():
+    t = torch.tensor([[5, 6, 7, 8, 99, 0], [5, 99, 0, 0, 0, 0]])
+    cropped = fit_context(t, 4)
+    assert cropped.tolist() == [[5, 6, 7, 99], [5, 99, 0, 0]]
+    assert fit_context(t, 8).shape == (2, 8)
+
+
+def test_text_encoder_pools_at_end_of_text():
+    enc = TextEncoder(TEXT, vocab_size=100, embed_dim=32).eval()
+    t = torch.tensor([[1, 5, 99, 0, 0, 0, 0, 0]])
+    t2 = t.clone()
+    t2[0, 4] = 7  # change after the end-of-text token: causal mask means no effect
+    assert torch.allclose(enc(t), enc(t2), atol=1e-6)
