@@ -1,0 +1,198 @@
+"""FrozenVAE: the fixed pixel <-> latent map under the unified encoder.
+
+images in [-1, 1] (B,3,H,W) --encode--> normalised latents (B,C,H/f,W/f) --decode--> images.
+
+* ``encode`` returns the posterior mean, runs under ``torch.no_grad`` and in fp32 by default.
+* ``decode`` is differentiable w.r.t. its input, so pixel / LPIPS losses reach the latent decoder
+  that predicted the latents; the VAE's own weights never require grad.
+* Latent normalisation (``VAEConfig.convention``):
+  ``scale``       z = mean * scaling_factor             (released OV3 code [C], default)
+  ``shift_scale`` z = (mean - shift_factor) * scaling_factor   (diffusers FLUX pipelines)
+* Precision: fp32 unless ``compute_dtype`` (attribute) or ``autocast_dtype`` (argument) names a
+  dtype, e.g. ``torch.bfloat16``; then encode/decode run under autocast in that dtype and return
+  fp32. Choosing it is the caller's business (bf16 was 2-4x faster for small VAEs on our CPU).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, VAEConfig
+
+# source alias -> (hub id, subfolder)
+VAE_ALIASES: dict[str, tuple[str, str | None]] = {
+    "flux": ("black-forest-labs/FLUX.1-dev", "vae"),  # [P] gated repo
+    # [C] the ungated mirror used by the released OV3 inference code
+    # (UCSC-VLAA/OpenVision, openvision3_test.py: --vae_id default).
+    "flux-ov3": ("Letian2003/black-forest-labs_FLUX.1-dev_vae", None),
+    "sd": ("stabilityai/sd-vae-ft-mse", None),
+}
+CONVENTIONS = ("scale", "shift_scale")
+_RANGE_LIMIT = 1.5  # inputs must be in [-1, 1]; [0, 1] passes, 0..255 fails
+
+
+class VAELoadError(ConfigError):
+    """The VAE named by ``vae.source`` cannot be loaded. One line meant for the user."""
+
+
+def _inline_vae(cfg: VAEConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups,
+        # a random VAE has no calibrated factors: identity unless the config says otherwise
+        scaling_factor=1.0 if cfg.scaling_factor is None else cfg.scaling_factor,
+        shift_factor=cfg.shift_factor,
+    )
+
+
+def load_autoencoder(source: str):
+    """AutoencoderKL from an alias, a local diffusers directory, or a hub id (``owner/name[/subfolder]``).
+
+    Hub ids are looked up in the local HF cache first; the network is only tried after that.
+    """
+    from diffusers import AutoencoderKL
+
+    path = Path(os.path.expanduser(source))
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return AutoencoderKL.from_pretrained(str(path))
+        if (path / "vae" / "config.json").exists():  # a whole pipeline directory
+            return AutoencoderKL.from_pretrained(str(path), subfolder="vae")
+        raise VAELoadError(f"cannot load VAE '{source}': directory has no config.json (nor vae/config.json)")
+    repo, subfolder = VAE_ALIASES.get(source, (source, None))
+    parts = repo.split("/")
+    if source not in VAE_ALIASES and len(parts) > 2:  # owner/name/subfolder
+        repo, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
+    if len(repo.split("/")) != 2:
+        raise VAELoadError(f"cannot load VAE '{source}': not an alias ({', '.join(VAE_ALIASES)}, inline), "
+                           "a local diffusers directory, or a hub id owner/name")
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    kwargs["low_cpu_mem_usage"] = False  # avoids diffusers' accelerate nag; the VAE is small
+    try:
+        return AutoencoderKL.from_pretrained(repo, local_files_only=True, **kwargs)
+    except Exception:
+        pass
+    from huggingface_hub import constants
+
+    reason = "HF_HUB_OFFLINE is set"
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return AutoencoderKL.from_pretrained(repo, **kwargs)
+        except Exception as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    raise VAELoadError(
+        f"cannot load VAE '{source}' ({repo}{'/' + subfolder if subfolder else ''}): offline and not in "
+        f"the local HF cache ({reason}); pass a local diffusers directory or vae.source=inline")
+
+
+class FrozenVAE(nn.Module):
+    """A frozen diffusers ``AutoencoderKL`` with OV3's latent normalisation."""
+
+    def __init__(self, cfg: VAEConfig | None = None, compute_dtype: torch.dtype | None = None):
+        super().__init__()
+        cfg = cfg or VAEConfig()
+        if cfg.convention not in CONVENTIONS:
+            raise ConfigError(f"unknown vae.convention '{cfg.convention}'; valid: {', '.join(CONVENTIONS)}")
+        self.source, self.convention = cfg.source, cfg.convention
+        self.vae = _inline_vae(cfg) if cfg.source == "inline" else load_autoencoder(cfg.source)
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+        vc = self.vae.config
+        self.latent_channels = int(vc.latent_channels)
+        self.downsample = 2 ** (len(vc.block_out_channels) - 1)
+        # resolved: the config's value, else the VAE's own, else identity
+        self.scaling_factor = float(cfg.scaling_factor if cfg.scaling_factor is not None
+                                    else getattr(vc, "scaling_factor", None) or 1.0)
+        self.shift_factor = float(cfg.shift_factor if cfg.shift_factor is not None
+                                  else getattr(vc, "shift_factor", None) or 0.0)
+        self.compute_dtype = compute_dtype  # None = fp32; e.g. torch.bfloat16 to run under autocast
+
+    def train(self, mode: bool = True):
+        # Frozen: stays in eval mode whatever the parent module asks.
+        return super().train(False)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _precision(self, x: torch.Tensor, autocast_dtype: torch.dtype | None):
+        dtype = autocast_dtype if autocast_dtype is not None else self.compute_dtype
+        if dtype is None or dtype == torch.float32:
+            return torch.autocast(x.device.type, enabled=False)  # fp32 even inside a bf16 region
+        return torch.autocast(x.device.type, dtype=dtype)
+
+    def _check_images(self, images: torch.Tensor):
+        if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"FrozenVAE.encode expects images of shape (B, 3, H, W), got {shape}")
+        lo, hi = torch.aminmax(images.detach())
+        lo, hi = float(lo), float(hi)
+        if hi > _RANGE_LIMIT or lo < -_RANGE_LIMIT:
+            raise ValueError(f"FrozenVAE.encode expects images in [-1, 1], got values in [{lo:.3g}, {hi:.3g}] "
+                             "(0..255 input? scale it with x / 127.5 - 1)")
+        self._check_size(images.shape[-2:], self.downsample, "image")
+
+    @staticmethod
+    def _check_size(hw, f, what):
+        if hw[0] % f or hw[1] % f:
+            raise ValueError(f"{what} size {hw[0]}x{hw[1]} is not divisible by the VAE downsample factor {f}")
+
+    def normalize(self, mean: torch.Tensor) -> torch.Tensor:
+        if self.convention == "shift_scale":
+            return (mean - self.shift_factor) * self.scaling_factor
+        return mean * self.scaling_factor
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.convention == "shift_scale":
+            return latents / self.scaling_factor + self.shift_factor
+        return latents / self.scaling_factor
+
+    # -- the two maps --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """images (B,3,H,W) in [-1,1] -> normalised posterior-mean latents (B,C,H/f,W/f), fp32."""
+        self._check_images(images)
+        with self._precision(images, autocast_dtype):
+            mean = self.vae.encode(images.float()).latent_dist.mean
+        return self.normalize(mean.float())
+
+    def decode(self, latents: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """normalised latents (B,C,h,w) -> images (B,3,h*f,w*f), about [-1,1] (not clamped, so
+        gradients survive), fp32. Differentiable w.r.t. ``latents``."""
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"FrozenVAE.decode expects latents (B, {self.latent_channels}, h, w), "
+                             f"got {tuple(latents.shape)}")
+        with self._precision(latents, autocast_dtype):
+            images = self.vae.decode(self.denormalize(latents.float())).sample
+        return images.float()
+
+    # -- persistence / reporting ---------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike):
+        """Diffusers format; the resolved factors are written into its config so that
+        ``FrozenVAE(VAEConfig(source=directory, convention=...))`` reproduces this module."""
+        self.vae.register_to_config(scaling_factor=self.scaling_factor, shift_factor=self.shift_factor)
+        self.vae.save_pretrained(str(directory), safe_serialization=True)
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "resolved": "/".join(filter(None, VAE_ALIASES[self.source])) if self.source in VAE_ALIASES
+            else self.source,
+            "convention": self.convention,
+            "scaling_factor": self.scaling_factor,
+            "shift_factor": self.shift_factor,
+            "latent_channels": self.latent_channels,
+            "downsample": self.downsample,
+            "parameters": sum(p.numel() for p in self.vae.parameters()),
+        }
+
+
+__all__ = ["FrozenVAE", "VAELoadError", "VAE_ALIASES", "CONVENTIONS", "load_autoencoder"]
