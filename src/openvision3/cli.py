@@ -43,6 +43,44 @@ def _run_info(args):
 def _add_data(sub):
     p = sub.add_parser("data", help="inspect, pack and cache data sets")
     p.set_defaults(func=lambda a: p.print_help())
+    dsub = p.add_subparsers(dest="data_command")
+    i = dsub.add_parser("inspect", help="counts, skipped-by-reason, caption stats, sample grid")
+    i.add_argument("spec", help="shapes | wds:PATTERN | folder:DIR | fashion-mnist[:DIR]")
+    i.add_argument("--split", default="train")
+    i.add_argument("--kind", default=None, help="shapes selection: mixed | single | multi")
+    i.add_argument("--limit", type=int, default=None, help="stop after N readable samples")
+    i.add_argument("--grid", default=None, metavar="PNG", help="write a grid of samples + captions")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_run_data_inspect)
+    k = dsub.add_parser("pack", help="write any spec as webdataset shards")
+    k.add_argument("spec")
+    k.add_argument("--out", required=True)
+    k.add_argument("--shard-size", type=int, default=1000)
+    k.add_argument("--split", default="train")
+    k.add_argument("--kind", default=None, help="shapes selection: mixed | single | multi")
+    k.add_argument("--limit", type=int, default=None)
+    k.add_argument("--resolution", type=int, default=None, help="render size for shapes (default 128)")
+    k.add_argument("--format", default="jpg", choices=["jpg", "png"])
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=_run_data_pack)
+
+
+def _run_data_inspect(args):
+    from .data.inspect import format_report, inspect_data
+    report = inspect_data(args.spec, split=args.split, limit=args.limit, grid=args.grid, kind=args.kind)
+    print(format_report(report))
+    if args.json:
+        print_json(report)
+
+
+def _run_data_pack(args):
+    from .data.pack import pack_data
+    r = pack_data(args.spec, args.out, shard_size=args.shard_size, split=args.split,
+                  resolution=args.resolution, image_format=args.format, limit=args.limit, kind=args.kind)
+    print(f"wrote {r['samples']} samples in {r['shards']} shards to {r['out']}; "
+          f"{r['skipped']} skipped {r['skipped_by_reason'] or ''}".rstrip())
+    if args.json:
+        print_json(r)
 
 
 # --- ov3 train / train-vae (train/ owner) ----------------------------------------------------
@@ -66,10 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from .config import ConfigError
+    from .data.errors import DataSpecError
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (UserError, ConfigError, FileNotFoundError) as e:
+    except (UserError, ConfigError, DataSpecError, FileNotFoundError) as e:
         print(f"ov3 {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

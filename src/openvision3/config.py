@@ -89,6 +89,8 @@ class DataConfig:
     color_jitter: float = 0.4  # [C] OpenVision colour jitter
     hflip: bool = True  # [?] captions with left/right words make flips wrong; shapes turns it off
     shapes_single_fraction: float = 0.5  # [?] share of single-object samples in `shapes`
+    # [?] data-layer addition: `shapes` caption style, rich (varied) | simple | minimal ("red star")
+    shapes_captions: str = "rich"
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""The embedded `shapes` set: determinism, splits, selections, caption modes, speed."""
+import time
+
+import numpy as np
+import pytest
+
+from openvision3.data import DataSpecError, make_loader, open_data
+from openvision3.data.shapes import COLOR_NAMES, SHAPES, render
+
+
+def _take(ds, n, bs=16):
+    out = {"image": [], "caption": [], "label": [], "key": []}
+    for b in make_loader(ds, bs):
+        for k in out:
+            out[k] += list(b[k]) if k != "label" else b[k].tolist()
+        if len(out["key"]) >= n:
+            break
+    return {k: v[:n] for k, v in out.items()}
+
+
+def test_render_is_deterministic_and_any_resolution():
+    a, ca, la, _ = render(7, resolution=64)
+    b, cb, lb, _ = render(7, resolution=64)
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and ca == cb and la == lb
+    c, cc, _, _ = render(7, resolution=64, gen_seed=1)
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    for r in (32, 100, 200):
+        assert render(3, resolution=r)[0].size == (r, r)
+
+
+def test_dataset_tensors_range_and_determinism():
+    x = _take(open_data("shapes", split="val", resolution=48, train=False), 20)
+    y = _take(open_data("shapes", split="val", resolution=48, train=False), 20)
+    img = np.stack([t.numpy() for t in x["image"]])
+    assert img.shape == (20, 3, 48, 48) and img.dtype == np.float32
+    assert img.min() >= -1.0 and img.max() <= 1.0 and img.min() < -0.5 and img.max() > 0.5
+    assert x["caption"] == y["caption"] and x["key"] == y["key"]
+    assert np.array_equal(img, np.stack([t.numpy() for t in y["image"]]))
+
+
+def test_splits_are_disjoint():
+    seen = {}
+    for split in ("train", "val", "test"):
+        data = _take(open_data("shapes", split=split, resolution=32, train=False), 150)
+        seen[split] = ({k.split("-", 2)[2] for k in data["key"]},
+                       {t.numpy().tobytes() for t in data["image"]}, set(data["caption"]))
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not seen[a][1] & seen[b][1], f"{a}/{b} share images"
+    assert len(seen["train"][1]) == 150  # no duplicates inside a split either
+
+
+def test_single_kind_is_labelled_and_balanced():
+    ds = open_data("shapes", split="test", resolution=32, train=False, kind="single")
+    assert len(ds.class_names) == 64 and ds.templates
+    data = _take(ds, 128)
+    assert sorted(data["label"]) == sorted(list(range(64)) * 2)
+    for cap, lab in zip(data["caption"], data["label"]):
+        colour, shape = ds.class_names[lab].split()
+        assert colour in cap and shape in cap, (cap, ds.class_names[lab])
+    assert {COLOR_NAMES[i] + " " + SHAPES[j] for j in range(8) for i in range(8)} == set(ds.class_names)
+
+
+def test_multi_kind_has_relations_and_no_labels():
+    data = _take(open_data("shapes", split="test", resolution=32, train=False, kind="multi"), 60)
+    assert all(lab == -1 for lab in data["label"])
+    rel = ("left of", "right of", "above", "below", "over", "under")
+    assert sum(any(r in c for r in rel) for c in data["caption"]) == 60
+
+
+def test_single_fraction_and_caption_modes_from_spec():
+    only = _take(open_data("shapes?single=1&captions=minimal", resolution=32), 40)
+    ds = open_data("shapes?single=1&captions=minimal", resolution=32)
+    assert all(lab >= 0 for lab in only["label"])
+    assert all(c == ds.class_names[lab] for c, lab in zip(only["caption"], only["label"]))
+    assert ds.templates == ["{}"]
+    none = _take(open_data("shapes?single=0", resolution=32), 40)
+    assert all(lab == -1 for lab in none["label"])
+    half = _take(open_data("shapes", resolution=32), 200)
+    assert 60 < sum(lab >= 0 for lab in half["label"]) < 140
+    simple = _take(open_data("shapes?kind=single&captions=simple", resolution=32), 10)["caption"]
+    assert all(c.startswith("a ") and len(c.split()) <= 7 for c in simple)
+
+
+def test_rich_captions_vary_in_word_order():
+    caps = _take(open_data("shapes", resolution=32), 200)["caption"]
+    assert len({c.split()[0] for c in caps}) >= 5
+    assert len(set(caps)) > 190
+
+
+def test_bad_options_raise():
+    for spec in ("shapes?kind=bogus", "shapes?captions=long", "shapes?single=2", "shapes?foo=1",
+                 "shapes?n=abc"):
+        with pytest.raises(DataSpecError):
+            open_data(spec)
+
+
+def test_generation_speed_64px():
+    t = time.perf_counter()
+    for i in range(1000):
+        render(i, resolution=64)
+    # Budget: 10k images in < 10 s on one core; allow 2.5x slack for a busy test machine.
+    assert time.perf_counter() - t < 2.5
