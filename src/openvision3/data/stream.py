@@ -17,7 +17,8 @@ Position and resume (what is guaranteed)
   seeded per sample, too). Exact for num_workers=0 and, in infinite (training) mode, for any
   num_workers. Finite passes with workers>0 resume to the same remaining samples; their order
   near the end may differ. Changing num_workers on resume restarts the current epoch (warned).
-  Batch size may change freely.
+  Batch size may change freely. Datasets opened with ``train=False`` restart at the beginning of
+  every new loader iteration (evaluation never resumes mid-pass).
 
 Skips are never silent: the reasons counted since the previous yielded sample ride on the next
 sample (``_skipped``); at the end of a finite pass a skip-only marker carries the rest. Counts
@@ -179,6 +180,8 @@ class Loader:
                               persistent_workers=False)  # workers must re-read state/resolution
 
     def __iter__(self):
+        if not self.dataset.train:  # evaluation passes always start at the beginning
+            self.dataset.set_epoch(self.dataset._state["epoch"])
         carry: Counter = Counter()
         for batch in self._dl:
             self.dataset._advance(*batch.pop("_state"))
