@@ -1,0 +1,171 @@
+"""Process group, device, seeding and model wrapping (DDP or FSDP2) for the trainer.
+
+Launch with ``torchrun``; a plain ``python``/``ov3`` call is a single process. We never start
+processes ourselves: torchrun (or SLURM + torchrun) owns that.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group torchrun set up (NCCL on GPU, gloo on CPU); else one process."""
+    cuda = torch.cuda.is_available()
+    if not dist.is_torchelastic_launched() and "RANK" not in os.environ:
+        return DistInfo(device=torch.device("cuda", 0) if cuda else torch.device("cpu"))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))  # set by torchrun
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Different streams per rank (noise, caption subsets), reproducible per (seed, rank)."""
+    s = seed + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= dist.get_world_size()
+    return values
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank if it is true on one (e.g. a signal that reached one process)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_objects(obj) -> list:
+    """Per-rank picklable objects (RNG states, data positions) -> list on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def transformers(model: nn.Module) -> list[nn.Module]:
+    """The open_clip Transformer towers inside the model (encoder, decoder, text, caption)."""
+    from open_clip.transformer import Transformer
+    return [m for m in model.modules() if isinstance(m, Transformer)]
+
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    for t in transformers(model):
+        t.grad_checkpointing = True  # open_clip recomputes each resblock in backward
+
+
+def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype=None) -> nn.Module:
+    """DDP (replicated) or FSDP2 (``fully_shard`` per transformer block, then the root).
+
+    ``mixed_dtype``: bf16 compute for FSDP2 (params gathered in bf16, grads reduced in fp32).
+    The single-process model is returned unchanged.
+    """
+    if not info.distributed:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp = MixedPrecisionPolicy(param_dtype=mixed_dtype, reduce_dtype=torch.float32) if mixed_dtype else (
+            MixedPrecisionPolicy())
+        for t in transformers(model):
+            for block in t.resblocks:
+                fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    lc = model.cfg.loss
+    # A disabled branch leaves its parameters without gradients; DDP must then look for them.
+    unused = min(lc.w_rec, lc.w_und, lc.alpha_contrastive, lc.caption_weight) <= 0
+    return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+               find_unused_parameters=unused)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The OpenVision3 inside DDP / torch.compile wrappers (FSDP2 shards in place)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def set_grad_sync(model: nn.Module, enabled: bool):
+    """Skip the gradient all-reduce on accumulation micro-steps (DDP no_sync / FSDP2 flag)."""
+    import contextlib
+    inner = getattr(model, "_orig_mod", model)
+    if isinstance(inner, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if enabled else inner.no_sync()
+    if hasattr(inner, "set_requires_gradient_sync"):  # FSDP2 module
+        inner.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
+def full_state_dict(module: nn.Module) -> dict:
+    """State dict with every sharded (DTensor) entry gathered to a plain CPU tensor."""
+    from torch.distributed.tensor import DTensor
+    out = {}
+    for k, v in module.state_dict().items():
+        if isinstance(v, DTensor):
+            v = v.full_tensor()
+        out[k] = v.detach().cpu()
+    return out
+
+
+def load_full_state_dict(module: nn.Module, state: dict) -> None:
+    """Load plain tensors into a module whose parameters may be FSDP2-sharded DTensors."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    own = module.state_dict()
+    converted = {}
+    for k, v in state.items():
+        target = own.get(k)
+        if isinstance(target, DTensor):
+            v = distribute_tensor(v.to(target.device_mesh.device_type), target.device_mesh, target.placements)
+        converted[k] = v
+    module.load_state_dict(converted, strict=False)
