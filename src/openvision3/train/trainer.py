@@ -253,7 +253,8 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
                                         t.min_lr_ratio))
 
         t0 = time.perf_counter()
-        batch = next(loader_it)
+        with torch.random.fork_rng(devices=[]):  # data loading (e.g. a new DataLoader iterator's
+            batch = next(loader_it)             # seed) must not shift the model's noise RNG on resume
         wait += time.perf_counter() - t0
         counters["skipped"].update(batch["skipped"])
         images = batch["image"].to(info.device, non_blocking=True)
