@@ -36,13 +36,15 @@ class CheckpointError(Exception):
 
 # ---------------------------------------------------------------------------------- RNG state
 def rng_state() -> dict:
-    """Every RNG this process uses, as tensors / plain types (safe for weights_only loading)."""
+    """Every RNG this process uses, as plain Python types: safe for weights_only loading and
+    for ``all_gather_object`` (which cannot ship tensors in this torch version)."""
     np_state = np.random.get_state()
     state = {"python": random.getstate(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-             "torch": torch.get_rng_state()}
+             "numpy": [np_state[0], np_state[1].tolist(), *(x.item() if hasattr(x, "item") else x
+                                                           for x in np_state[2:])],
+             "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
@@ -50,10 +52,10 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 # ---------------------------------------------------------------------------------- metadata
