@@ -115,7 +115,11 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype
         for t in transformers(model):
             for block in t.resblocks:
                 fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+        # FSDP2 cannot shard scalars (logit_scale): keep them replicated, their grads are averaged
+        # by sync_replicated_grads.
+        scalars = {p for p in model.parameters() if p.ndim == 0}
+        fully_shard(model, mp_policy=mp, ignored_params=scalars or None)
+        model._replicated_params = sorted(scalars, key=id)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
     lc = model.cfg.loss
@@ -145,6 +149,14 @@ def set_grad_sync(model: nn.Module, enabled: bool):
     if hasattr(inner, "set_requires_gradient_sync"):  # FSDP2 module
         inner.set_requires_gradient_sync(enabled)
     return contextlib.nullcontext()
+
+
+def sync_replicated_grads(model: nn.Module) -> None:
+    """Average the gradients of parameters FSDP2 left out (see wrap_model)."""
+    for p in getattr(unwrap(model), "_replicated_params", []):
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= dist.get_world_size()
 
 
 def full_state_dict(module: nn.Module) -> dict:

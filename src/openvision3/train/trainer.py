@@ -27,7 +27,8 @@ from ..models.openvision3 import OpenVision3
 from . import checkpoint as ckpt_lib
 from .distributed import (all_reduce_mean, any_rank, barrier, cleanup, enable_grad_checkpointing,
                           full_state_dict, gather_objects, init_distributed, load_full_state_dict,
-                          seed_everything, set_grad_sync, unwrap, wrap_model)
+                          seed_everything, set_grad_sync, sync_replicated_grads, unwrap,
+                          wrap_model)
 from .logging import MetricsLogger
 from .optim import build_ema, build_optimizer, scaled_lr, set_lr, warmup_cosine
 
@@ -117,6 +118,8 @@ def forward_backward(model, images, tokens, lpips_weight, accum: int, amp_dtype)
             with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out = model(x, t, lpips_weight=lpips_weight)
             (out["loss"] / accum).backward()
+        if i == accum - 1:
+            sync_replicated_grads(model)  # FSDP2 leaves scalars (logit_scale) unsharded
         for k, v in out.items():
             totals[k] = totals.get(k, 0.0) + v.detach().float() / accum
     return totals
@@ -184,7 +187,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         enable_grad_checkpointing(model)
     amp_dtype = resolve_precision(t.precision, info.device)
     ema = build_ema(model, t.ema_decay)
-    wrapped = wrap_model(model, info, fsdp=t.fsdp, mixed_dtype=amp_dtype if t.fsdp else None)
+    wrapped = wrap_model(model, info, fsdp=t.fsdp)  # bf16 via autocast, as with DDP: the VAE stays fp32
     if t.compile:
         wrapped = torch.compile(wrapped)
     optimizer = build_optimizer(model, t, stages[0].lr, info.device)
