@@ -69,7 +69,7 @@ class CaptionDecoder(nn.Module):
         self.ln_final = LayerNorm(tower.width)
         self.lm_head = nn.Linear(tower.width, vocab_size, bias=False)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.lm_head.weight, std=tower.width ** -0.5)
+        self.lm_head.weight = self.token_embedding.weight  # tied [?]: halves the vocabulary's parameters
         clip_init_(self.transformer)
 
     def keep_subset(self, image_tokens: torch.Tensor) -> torch.Tensor:

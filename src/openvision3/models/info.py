@@ -1,0 +1,88 @@
+"""`ov3 info`: parameter counts per part and token grids, without loading any weights.
+
+Towers are built on the meta device (no memory, instant) so even L/2 is described in a blink;
+the VAE is described from its config (a hub VAE that is not cached offline is reported as such).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..config import Config, get_config, load_config_file
+
+RESOLUTIONS = (128, 224, 256)  # [P] the paper's token grids: 64 / 196 / 256 tokens
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _towers(cfg: Config, latent_channels: int) -> dict:
+    from .decoder import LatentDecoder
+    from .encoder import UnifiedEncoder
+    from .text import CaptionDecoder, TextEncoder
+    m = cfg.model
+    with torch.device("meta"):
+        return {
+            "encoder": UnifiedEncoder(latent_channels, m.encoder, m.patch_size, m.embed_dim),
+            "decoder": LatentDecoder(m.encoder.width, m.decoder, latent_channels, m.patch_size),
+            "text_encoder": TextEncoder(m.text, m.vocab_size, m.embed_dim),
+            "caption_decoder": CaptionDecoder(m.encoder.width, m.caption, m.vocab_size),
+        }
+
+
+def _vae_info(cfg: Config) -> dict:
+    """Describe the VAE. Hub VAEs are not fetched here (info must be instant and offline)."""
+    from pathlib import Path
+
+    from .vae import FrozenVAE
+    source = cfg.model.vae.source
+    if source != "inline" and not Path(source).expanduser().exists():
+        return {"source": source, "available": False, "params": None, "downsample": 8,
+                "latent_channels": cfg.model.vae.latent_channels,
+                "error": "hub VAE, not loaded by `ov3 info`"}
+    vae = FrozenVAE(cfg.model.vae)
+    return {**vae.describe(), "available": True, "params": vae.describe()["parameters"]}
+
+
+def model_info(preset: str | None = None, model_dir: str | None = None, config: str | None = None,
+               overrides: list[str] | None = None) -> dict:
+    if model_dir:
+        from pathlib import Path
+        cfg = load_config_file(Path(model_dir) / "config.yaml")
+        if cfg.model.vae.source == "vae":
+            cfg.model.vae.source = str(Path(model_dir) / "vae")
+    else:
+        extra = [f"model.preset={preset}"] if preset else []
+        cfg = get_config(config, extra + list(overrides or []))
+    vae = _vae_info(cfg)
+    parts = {name: _count(mod) for name, mod in _towers(copy.deepcopy(cfg), vae["latent_channels"]).items()}
+    parts["logit_scale"] = 1
+    trainable = sum(parts.values())
+    down = vae["downsample"] * cfg.model.patch_size
+    grids = {str(r): {"grid": r // down, "tokens": (r // down) ** 2} for r in RESOLUTIONS + (cfg.model.image_size,)
+             if r % down == 0}
+    return {"preset": cfg.model.preset, "params": {**parts, "trainable_total": trainable, "vae_frozen": vae["params"]},
+            "token_dim": cfg.model.encoder.width, "embed_dim": cfg.model.embed_dim, "patch_size": cfg.model.patch_size,
+            "downsample": down, "token_grids": grids, "vae": vae}
+
+
+def _m(n) -> str:
+    return "n/a" if n is None else f"{n / 1e6:,.2f} M"
+
+
+def format_info(info: dict) -> str:
+    p = info["params"]
+    lines = [f"OpenVision 3 model, preset '{info['preset']}' (token dim {info['token_dim']}, "
+             f"embed dim {info['embed_dim']}, {info['downsample']}x downsampling)", "",
+             "| part | parameters |", "|---|---:|"]
+    for name in ("encoder", "decoder", "text_encoder", "caption_decoder"):
+        lines.append(f"| {name} | {_m(p[name])} |")
+    lines += [f"| trainable total | {_m(p['trainable_total'])} |", f"| VAE (frozen) | {_m(p['vae_frozen'])} |", "",
+              "| resolution | token grid | tokens |", "|---:|---:|---:|"]
+    lines += [f"| {r} px | {g['grid']}x{g['grid']} | {g['tokens']} |" for r, g in info["token_grids"].items()]
+    v = info["vae"]
+    status = "" if v.get("available") else f" (not loaded: {v.get('error')})"
+    lines += ["", f"VAE: {v['source']}, {v['latent_channels']} latent channels, {v['downsample']}x{status}"]
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""OpenVision3: frozen VAE -> unified encoder -> {latent decoder, text encoder, caption decoder}.
+
+    image x [-1,1] -> FrozenVAE.encode -> z_vae -> UnifiedEncoder -> z_u (B, N, D)
+      reconstruction: z_u (+noise) -> LatentDecoder -> z^_vae -> FrozenVAE.decode -> x^
+      understanding:  pool(z_u) <-contrastive-> TextEncoder(caption);  z_u -> CaptionDecoder
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import Config, config_to_yaml, load_config_file
+from ..losses import OpenVision3Loss
+from .decoder import LatentDecoder
+from .encoder import UnifiedEncoder
+from .text import CaptionDecoder, TextEncoder
+from .vae import FrozenVAE
+
+WEIGHTS_NAME, CONFIG_NAME, VAE_DIRNAME = "model.safetensors", "config.yaml", "vae"
+# Submodules that are not trained and not part of the saved weights.
+_NOT_SAVED = ("vae.", "loss_fn.")
+
+
+class OpenVision3(nn.Module):
+    def __init__(self, cfg: Config | None = None):
+        super().__init__()
+        self.cfg = cfg = copy.deepcopy(cfg) if cfg is not None else Config()
+        m = cfg.model
+        self.vae = FrozenVAE(m.vae)
+        self.encoder = UnifiedEncoder(self.vae.latent_channels, m.encoder, m.patch_size, m.embed_dim)
+        self.decoder = LatentDecoder(m.encoder.width, m.decoder, self.vae.latent_channels, m.patch_size,
+                                     m.noise_tau)
+        self.text_encoder = TextEncoder(m.text, m.vocab_size, m.embed_dim)
+        self.caption_decoder = CaptionDecoder(m.encoder.width, m.caption, m.vocab_size, m.caption_keep_ratio)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(m.logit_scale_init)))  # [P] init 1/0.07
+        self.loss_fn = OpenVision3Loss(cfg.loss)
+        self._tokenizer = None
+
+    # ------------------------------------------------------------------ properties and helpers
+    @property
+    def image_size(self) -> int:
+        return self.cfg.model.image_size
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per unified token along one side (VAE factor x patch size; 16 for FLUX + patch 2)."""
+        return self.vae.downsample * self.cfg.model.patch_size
+
+    def token_grid(self, resolution: int | None = None) -> tuple[int, int]:
+        side = (resolution or self.image_size) // self.downsample
+        return side, side
+
+    @property
+    def tokenizer(self):
+        """``model.tokenizer(list_of_str) -> LongTensor`` (open_clip BPE), long enough for both text towers."""
+        if self._tokenizer is None:
+            from ..data.tokenizer import Tokenizer
+            m = self.cfg.model
+            self._tokenizer = Tokenizer(max(m.text.context_length, m.caption.context_length))
+        return self._tokenizer
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _device(self):
+        return self.logit_scale.device
+
+    def _as_tokens(self, tokens):
+        if isinstance(tokens, (list, tuple)):
+            tokens = self.tokenizer(list(tokens))
+        return tokens.to(self._device())
+
+    # ------------------------------------------------------------------ encoding
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> unified tokens (B, N, D)."""
+        latents = self.vae.encode(images)
+        return self.encoder(latents)
+
+    def image_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encoder.pool(tokens)
+
+    def encode_text(self, tokens) -> torch.Tensor:
+        """Token ids (B, T) or a list of strings -> text features (B, embed_dim)."""
+        return self.text_encoder(self._as_tokens(tokens))
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, images: torch.Tensor, tokens=None, lpips_weight: float | None = None) -> dict:
+        """Every loss term and the total ``loss``. ``tokens``: ids (B, T) or captions (list of str).
+        A branch whose weight is 0 is not computed at all."""
+        lf, lc = self.loss_fn, self.cfg.loss
+        latents = self.vae.encode(images)
+        z_u = self.encoder(latents)
+        terms: dict = {}
+        if lf.rec_enabled:
+            pred_latents = self.decoder(z_u)
+            n = lc.pixel_subbatch if 0 < lc.pixel_subbatch < images.shape[0] else images.shape[0]
+            recon = self.vae.decode(pred_latents[:n])  # pixel/LPIPS sub-batch: our CPU option [?]
+            terms.update(lf.reconstruction(images[:n], recon, latents, pred_latents, lpips_weight=lpips_weight))
+        if lf.und_enabled:
+            if tokens is None:
+                raise ValueError("the understanding losses need caption tokens; pass tokens= or set loss.w_und=0")
+            tokens = self._as_tokens(tokens)
+            image_feats = text_feats = logits = targets = None
+            if lc.alpha_contrastive > 0:
+                image_feats, text_feats = self.encoder.pool(z_u), self.text_encoder(tokens)
+            if lc.caption_weight > 0:
+                logits, targets = self.caption_decoder(z_u, tokens)
+            terms.update(lf.understanding(image_feats, text_feats, self.logit_scale.exp(), logits, targets))
+        out = lf.combine(terms)
+        out["logit_scale"] = self.logit_scale.detach().exp()
+        return out
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Full path, no noise (sigma = 0): images -> tokens -> latents -> images in [-1, 1]."""
+        z_u = self.encode_image(images)
+        was_training = self.decoder.training
+        self.decoder.eval()
+        try:
+            return self.vae.decode(self.decoder(z_u)).clamp(-1, 1)
+        finally:
+            self.decoder.train(was_training)
+
+    @torch.no_grad()
+    def caption(self, images: torch.Tensor, max_len: int = 32) -> list[str]:
+        """Greedy, batched captions."""
+        tok = self.tokenizer
+        was_training = self.caption_decoder.training
+        self.caption_decoder.eval()
+        try:
+            ids = self.caption_decoder.generate(self.encode_image(images), tok.sot_id, tok.eot_id, max_len)
+        finally:
+            self.caption_decoder.train(was_training)
+        return [tok.decode(row) for row in ids.tolist()]
+
+    # ------------------------------------------------------------------ save / load
+    def trainable_state_dict(self) -> dict:
+        """Weights to save: no frozen VAE, no loss modules, and each tied tensor once
+        (safetensors refuses shared storage; the tie is rebuilt by the constructor)."""
+        out, seen = {}, set()
+        for k, v in self.state_dict(keep_vars=True).items():
+            if k.startswith(_NOT_SAVED) or v.data_ptr() in seen:
+                continue
+            seen.add(v.data_ptr())
+            out[k] = v.detach()
+        return out
+
+    def save_pretrained(self, directory) -> Path:
+        """``model.safetensors`` + ``config.yaml``; a VAE that is not a hub id is saved under ``vae/``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = copy.deepcopy(self.cfg)
+        if self.vae.source == "inline" or Path(self.vae.source).expanduser().exists():  # not a hub id
+            self.vae.save_pretrained(directory / VAE_DIRNAME)
+            cfg.model.vae.source = VAE_DIRNAME  # resolved relative to the model directory on load
+        state = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "openvision3"})
+        (directory / CONFIG_NAME).write_text(config_to_yaml(cfg))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, dir_or_hub_id, map_location="cpu") -> "OpenVision3":
+        directory = Path(dir_or_hub_id)
+        if not directory.exists():
+            if str(dir_or_hub_id).count("/") != 1:
+                raise FileNotFoundError(f"model directory '{dir_or_hub_id}' does not exist")
+            from huggingface_hub import snapshot_download  # online only; local paths always work
+            directory = Path(snapshot_download(str(dir_or_hub_id)))
+        weights, config = directory / WEIGHTS_NAME, directory / CONFIG_NAME
+        for f in (config, weights):
+            if not f.exists():
+                raise FileNotFoundError(f"'{directory}' is not a saved OpenVision3 model: {f.name} is missing")
+        cfg = load_config_file(config)
+        if cfg.model.vae.source == VAE_DIRNAME:
+            cfg.model.vae.source = str(directory / VAE_DIRNAME)
+        model = cls(cfg)
+        model.load_weights(load_file(str(weights), device=str(map_location)))
+        return model
+
+    def load_weights(self, state: dict) -> None:
+        """Load trainable weights; missing or unexpected keys give one clear error."""
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not match the model: {len(missing)} missing keys "
+                             f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}")
+        self.load_state_dict(state, strict=False)
+

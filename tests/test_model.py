@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from openvision3.config import get_config
+from openvision3.models.openvision3 import OpenVision3
+
+from conftest import TINY_OVERRIDES
+
+
+def test_forward_returns_every_term_and_the_weighted_sum(tiny_cfg, batch):
+    torch.manual_seed(0)
+    model = OpenVision3(tiny_cfg)
+    out = model(*batch)
+    for k in ("loss", "loss_rec", "loss_pixel", "loss_latent", "loss_lpips", "loss_und", "loss_caption",
+              "loss_contrastive", "logit_scale"):
+        assert k in out and torch.isfinite(out[k]).all(), k
+    c = tiny_cfg.loss
+    assert torch.allclose(out["loss_rec"], out["loss_pixel"] + c.beta_latent * out["loss_latent"])
+    assert torch.allclose(out["loss_und"], out["loss_caption"] + c.alpha_contrastive * out["loss_contrastive"])
+    assert torch.allclose(out["loss"], c.w_rec * out["loss_rec"] + c.w_und * out["loss_und"])
+    assert math.isclose(out["logit_scale"].item(), 1 / 0.07, rel_tol=1e-5)
+    assert model.encode_image(batch[0]).shape == (4, 16, 32)  # 32 px / (4x VAE * patch 2) = 4x4 tokens
+
+
+def test_gradients_reach_every_trainable_part_and_never_the_vae(tiny_cfg, batch):
+    torch.manual_seed(0)
+    model = OpenVision3(tiny_cfg)
+    model.train()
+    vae_before = {k: v.clone() for k, v in model.vae.state_dict().items()}
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    model(*batch)["loss"].backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert no_grad == []
+    assert all(not p.requires_grad and p.grad is None for p in model.vae.parameters())
+    assert not model.vae.training  # .train() on the parent keeps the VAE in eval mode
+    opt.step()
+    for k, v in model.vae.state_dict().items():
+        assert torch.equal(v, vae_before[k]), k
+
+
+def _grad_parts(model):
+    return {name for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_zero_weight_branches_are_not_computed(tiny_cfg, batch, monkeypatch):
+    torch.manual_seed(0)
+    cfg = get_config(None, TINY_OVERRIDES + ["loss.w_rec=0"])
+    model = OpenVision3(cfg)
+    monkeypatch.setattr(model.vae, "decode", lambda *a, **k: pytest.fail("VAE decode ran with w_rec=0"))
+    monkeypatch.setattr(model.decoder, "forward", lambda *a, **k: pytest.fail("decoder ran with w_rec=0"))
+    out = model(*batch)
+    out["loss"].backward()
+    assert out["loss_rec"].item() == 0
+    assert not any(n.startswith("decoder.") for n in _grad_parts(model))
+
+    cfg = get_config(None, TINY_OVERRIDES + ["loss.w_und=0"])
+    model = OpenVision3(cfg)
+    monkeypatch.setattr(model.text_encoder, "forward", lambda *a, **k: pytest.fail("text encoder ran"))
+    monkeypatch.setattr(model.caption_decoder, "forward", lambda *a, **k: pytest.fail("caption decoder ran"))
+    model(batch[0])["loss"].backward()  # no tokens needed for reconstruction only
+    grads = _grad_parts(model)
+    assert not any(n.startswith(("text_encoder.", "caption_decoder.", "logit_scale")) for n in grads)
+    assert any(n.startswith("decoder.") for n in grads)
+
+    cfg = get_config(None, TINY_OVERRIDES + ["loss.alpha_contrastive=0"])
+    model = OpenVision3(cfg)
+    monkeypatch.setattr(model.text_encoder, "forward", lambda *a, **k: pytest.fail("text encoder ran"))
+    out = model(*batch)
+    assert out["loss_contrastive"].item() == 0 and out["loss_caption"].item() > 0
+
+
+def test_save_load_round_trip_is_identical(tiny_cfg, batch, tmp_path):
+    torch.manual_seed(0)
+    model = OpenVision3(tiny_cfg).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "vae" / "config.json").exists()  # inline VAE travels with the model
+    loaded = OpenVision3.from_pretrained(tmp_path / "m").eval()
+    images = batch[0]
+    assert torch.equal(model.encode_image(images), loaded.encode_image(images))
+    assert torch.equal(model.reconstruct(images), loaded.reconstruct(images))
+    assert torch.equal(model.encode_text(batch[1]), loaded.encode_text(batch[1]))
+    assert loaded.cfg.model.encoder == model.cfg.model.encoder and loaded.cfg.loss == model.cfg.loss
+
+
+def test_reconstruct_is_deterministic_and_in_range(tiny_cfg, batch):
+    model = OpenVision3(tiny_cfg)
+    model.train()
+    a, b = model.reconstruct(batch[0]), model.reconstruct(batch[0])
+    assert torch.equal(a, b) and a.shape == batch[0].shape
+    assert a.min() >= -1 and a.max() <= 1
+    assert model.decoder.training  # reconstruct() restores the mode it found
+
+
+def test_bad_inputs_give_one_clear_error(tiny_cfg, batch, tmp_path):
+    model = OpenVision3(tiny_cfg)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        model.encode_image(batch[0] * 127.5 + 127.5)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model.encode_image(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(FileNotFoundError, match="model.safetensors is missing|config.yaml is missing"):
+        (tmp_path / "empty").mkdir()
+        OpenVision3.from_pretrained(tmp_path / "empty")
+    state = model.trainable_state_dict()
+    state.pop("encoder.proj")
+    with pytest.raises(ValueError, match="1 missing keys"):
+        model.load_weights(state)
+    with pytest.raises(ValueError, match="need caption tokens"):
+        model(batch[0])
