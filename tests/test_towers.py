@@ -45,16 +45,27 @@ def test_caption_decoder_is_causal_over_the_caption():
     dec = CaptionDecoder(64, TEXT, vocab_size=100).eval()
     img = torch.randn(2, 9, 64)
     tokens = torch.randint(1, 100, (2, 16))
-    logits, targets = dec(img, tokens)
-    assert logits.shape == (2, 15, 100) and torch.equal(targets, tokens[:, 1:])
+    logits = dec.logits(img, tokens)
+    assert logits.shape == (2, 16, 100)
     changed = tokens.clone()
-    changed[:, 10] = (changed[:, 10] + 1) % 100
-    logits2, _ = dec(img, changed)
+    changed[:, 10] = (changed[:, 10] % 99) + 1
+    logits2 = dec.logits(img, changed)
     assert torch.allclose(logits[:, :10], logits2[:, :10], atol=1e-5)  # positions before 10 unaffected
     assert not torch.allclose(logits[:, 10:], logits2[:, 10:])
     img2 = img.clone()
     img2[:, -1] += 1  # every caption position sees every image token
-    assert not torch.allclose(dec(img2, tokens)[0][:, 0], logits[:, 0])
+    assert not torch.allclose(dec.logits(img2, tokens)[:, 0], logits[:, 0])
+
+
+def test_caption_forward_scores_only_non_pad_targets():
+    dec = CaptionDecoder(64, TEXT, vocab_size=100).eval()
+    img = torch.randn(2, 9, 64)
+    tokens = torch.randint(1, 100, (2, 16))
+    tokens[0, 12:] = 0  # padding after position 11
+    logits, targets = dec(img, tokens)
+    keep = tokens[:, 1:] != 0
+    assert logits.shape == (int(keep.sum()), 100) and torch.equal(targets, tokens[:, 1:][keep])
+    assert torch.allclose(logits, dec.logits(img, tokens[:, :-1])[keep], atol=1e-5)
 
 
 def test_caption_keep_ratio_keeps_a_subset_in_training_only():

@@ -157,11 +157,28 @@ def _add_eval(sub):
     pass
 
 
+# --- ov3 demo --------------------------------------------------------------------------------
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="train a VAE and a nano OpenVision 3 on embedded data, evaluate, report")
+    p.add_argument("--out", default="runs/demo", help="run directory (phases already done there are reused)")
+    p.add_argument("--num-samples", type=int, default=500, help="held-out images per evaluation task")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of configs/demo.yaml")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args):
+    from .eval.demo import run_demo
+    results = run_demo(args.out, overrides=args.overrides, num_samples=args.num_samples)
+    if args.json:
+        print_json(results)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ov3", description="OpenVision 3: train, evaluate and use "
                                      "unified visual encoders")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_data, _add_train, _add_eval):
+    for add in (_add_info, _add_data, _add_train, _add_eval, _add_demo):
         add(sub)
     return parser
 

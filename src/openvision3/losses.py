@@ -88,8 +88,8 @@ class OpenVision3Loss(nn.Module):
     def understanding(self, image_features, text_features, logit_scale, caption_logits,
                       caption_targets, pad_id: int = 0) -> dict:
         """image/text features (B,E), L2-normalised here; ``logit_scale`` is the multiplier, i.e.
-        exp of the learnable log-scale (init 1/0.07 [P]); caption_logits (B,T,V) are aligned with
-        caption_targets (B,T) (already shifted), and ``pad_id`` targets are ignored.
+        exp of the learnable log-scale (init 1/0.07 [P]); caption_logits (B,T,V) or (M,V) are aligned with
+        caption_targets (B,T) or (M,) (already shifted), and ``pad_id`` targets are ignored.
         A term whose weight is 0 may be given None inputs and is then reported as 0."""
         cfg = self.cfg
         device = (image_features if image_features is not None else caption_logits).device

@@ -79,20 +79,28 @@ class CaptionDecoder(nn.Module):
         idx = torch.rand(b, n, device=image_tokens.device).argsort(dim=1)[:, :k].sort(dim=1).values
         return image_tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))
 
-    def logits(self, image_tokens: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
+    def hidden(self, image_tokens: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states (B, T, width) at the text positions."""
         prefix = self.image_proj(image_tokens)
         t = text_in.shape[1]
         x = torch.cat([prefix, self.token_embedding(text_in) + self.positional_embedding[:t]], dim=1)
         mask = prefix_mask(prefix.shape[1], t, device=x.device, dtype=x.dtype)
         x = self.transformer(x, attn_mask=mask)
-        return self.lm_head(self.ln_final(x[:, prefix.shape[1]:]))
+        return self.ln_final(x[:, prefix.shape[1]:])
 
-    def forward(self, image_tokens: torch.Tensor, tokens: torch.Tensor):
-        """Teacher forcing. Returns (logits (B, T-1, V), targets (B, T-1)); pad targets are 0."""
+    def logits(self, image_tokens: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.hidden(image_tokens, text_in))
+
+    def forward(self, image_tokens: torch.Tensor, tokens: torch.Tensor, pad_id: int = 0):
+        """Teacher forcing. Returns (logits (M, V), targets (M,)) for the M non-pad target positions
+        only: the vocabulary projection and its softmax dominate a small model's step (49k
+        classes), and pad positions carry no loss anyway."""
         tokens = fit_context(tokens, self.context_length)
         if self.training and self.keep_ratio < 1:
             image_tokens = self.keep_subset(image_tokens)
-        return self.logits(image_tokens, tokens[:, :-1]), tokens[:, 1:]
+        targets = tokens[:, 1:]
+        keep = targets != pad_id
+        return self.lm_head(self.hidden(image_tokens, tokens[:, :-1])[keep]), targets[keep]
 
     @torch.no_grad()
     def generate(self, image_tokens: torch.Tensor, sot_id: int, eot_id: int, max_len: int = 32) -> torch.Tensor:

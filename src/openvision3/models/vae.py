@@ -63,9 +63,9 @@ def load_autoencoder(source: str):
     path = Path(os.path.expanduser(source))
     if path.is_dir():
         if (path / "config.json").exists():
-            return AutoencoderKL.from_pretrained(str(path))
+            return AutoencoderKL.from_pretrained(str(path), low_cpu_mem_usage=False)  # no accelerate nag
         if (path / "vae" / "config.json").exists():  # a whole pipeline directory
-            return AutoencoderKL.from_pretrained(str(path), subfolder="vae")
+            return AutoencoderKL.from_pretrained(str(path), subfolder="vae", low_cpu_mem_usage=False)
         raise VAELoadError(f"cannot load VAE '{source}': directory has no config.json (nor vae/config.json)")
     repo, subfolder = VAE_ALIASES.get(source, (source, None))
     parts = repo.split("/")

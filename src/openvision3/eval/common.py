@@ -1,0 +1,79 @@
+"""Shared helpers for the evaluation tasks: data selection, batched collection, figures."""
+from __future__ import annotations
+
+import torch
+
+from ..data import make_loader, open_data, parse_spec
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked (e.g. zero-shot on unlabelled data)."""
+
+
+# Which shapes selection each task reads (other specs are used as they are).
+SHAPES_KIND = {"zeroshot": "single", "probe": "single", "retrieval": "multi", "recon": None, "caption": None}
+
+
+def open_for(task: str, spec: str, split: str, resolution: int):
+    """The evaluation dataset for ``task`` (centre crop, no augmentation, finite)."""
+    scheme, _, query = parse_spec(spec)
+    kind = SHAPES_KIND.get(task) if scheme == "shapes" and "kind" not in query else None
+    return open_data(spec, split=split, resolution=resolution, train=False, infinite=False, kind=kind)
+
+
+def has_splits(spec: str) -> bool:
+    """True when the spec has separate train/test splits (shapes, fashion-mnist)."""
+    return parse_spec(spec)[0] in ("shapes", "fashion-mnist")
+
+
+def iterate(ds, n: int, batch_size: int, desc: str, progress: bool = True):
+    """Batches from ``ds`` until ``n`` readable samples were yielded (the last batch trimmed)."""
+    from tqdm.auto import tqdm
+    seen = 0
+    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
+    try:
+        for batch in make_loader(ds, batch_size=batch_size):
+            take = min(len(batch["caption"]), n - seen)
+            if take <= 0:
+                break
+            if take < len(batch["caption"]):
+                batch = {k: (v[:take] if k != "skipped" else v) for k, v in batch.items()}
+            seen += take
+            bar.update(take)
+            yield batch
+            if seen >= n:
+                break
+    finally:
+        bar.close()
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+    return pyplot
+
+
+def show_grid(images, titles, path, cols: int = 4, title_width: int = 28):
+    """A grid of images (tensors in [-1, 1]) with wrapped titles, saved to ``path``."""
+    import textwrap
+    p = plt()
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = p.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, t in zip(axes.flat, images, titles):
+        ax.imshow(to_unit(img).permute(1, 2, 0).cpu().numpy())
+        ax.set_title("\n".join(textwrap.wrap(t, title_width)[:5]), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    p.close(fig)
