@@ -79,3 +79,30 @@ def write_report(results: dict, out_dir, title: str = "OpenVision 3 evaluation",
         lines += [extra_md, ""]
     mpath.write_text("\n".join(lines))
     return jpath, mpath
+
+
+# What `ov3 eval` prints per task (the full numbers are in eval.json / eval.md).
+SUMMARY_KEYS = {
+    "recon": ("psnr", "ssim", "lpips_alex", "lpips_vgg", "rfid"),
+    "zeroshot": ("top1", "top5"),
+    "retrieval": ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"),
+    "caption": ("bleu4", "rouge_l", "cider"),
+    "probe": ("top1",),
+}
+
+
+def format_summary(results: dict) -> str:
+    """One line per task: its headline metrics, or why it was skipped."""
+    lines = []
+    for name, r in results.items():
+        if name == "meta" or not isinstance(r, dict):
+            continue
+        if "skipped" in r:
+            lines.append(f"{name}: skipped ({r['skipped']})")
+            continue
+        parts = [f"{k} {_fmt(r[k])}" for k in SUMMARY_KEYS.get(name, ()) if k in r and r[k] is not None]
+        if name == "recon" and r.get("rfid") is None and r.get("rfid_status"):
+            parts.append(f"rfid {r['rfid_status']}")
+        n = r.get("n", r.get("n_test"))
+        lines.append(f"{name}: " + ", ".join(parts) + (f" (n={n})" if n is not None else ""))
+    return "\n".join(lines)

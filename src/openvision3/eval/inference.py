@@ -1,0 +1,158 @@
+"""Use a trained model on files: reconstruct images, caption images, encode a data set.
+
+These back ``ov3 reconstruct``, ``ov3 caption`` and ``ov3 encode`` (docs/evaluation.md).
+Images are read like the evaluation reads them: resize the short side to the resolution
+(the model's own by default), centre crop, scale to [-1, 1]. Unreadable files are returned
+as ``(path, reason)`` pairs and never stop the others.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .common import EvalError, device_of, to_unit
+from .reconstruction import load_images
+
+
+def _chunks(items, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _reason(reason: str) -> str:
+    return reason.replace("_", " ")
+
+
+def _unique_stem(path: str, used: set) -> str:
+    stem, k = Path(path).stem or "image", 2
+    name = stem
+    while name in used:
+        name, k = f"{stem}_{k}", k + 1
+    used.add(name)
+    return name
+
+
+@torch.no_grad()
+def reconstruct_files(model, paths, out_dir, resolution: int | None = None, batch_size: int = 16) -> dict:
+    """For each readable image: ``OUT/<stem>.png`` (the reconstruction) and ``OUT/<stem>_pair.png``
+    (original | reconstruction, side by side), and its PSNR (dB, [0, 1] images, data_range 1).
+
+    Returns ``{"images": [{"path", "psnr", "recon", "pair"}], "skipped": [{"path", "reason"}],
+    "psnr_mean", "resolution"}``.
+    """
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+    from torchvision.utils import save_image
+    res = int(resolution or model.image_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev, used = device_of(model), set()
+    images, skipped = [], []
+    for chunk in _chunks([str(p) for p in paths], batch_size):
+        x, good, bad = load_images(chunk, res)
+        skipped += [{"path": p, "reason": _reason(r)} for p, r in bad]
+        if x is None:
+            continue
+        x = x.to(dev)
+        r = model.reconstruct(x).float()
+        xu, ru = to_unit(x), to_unit(r)
+        psnr = peak_signal_noise_ratio(ru, xu, data_range=1.0, reduction="none", dim=(1, 2, 3)).cpu()
+        for i, p in enumerate(good):
+            stem = _unique_stem(p, used)
+            recon, pair = out / f"{stem}.png", out / f"{stem}_pair.png"
+            save_image(ru[i], recon)
+            save_image(torch.stack([xu[i], ru[i]]), pair, nrow=2, padding=2, pad_value=1.0)
+            images.append({"path": p, "psnr": float(psnr[i]), "recon": str(recon), "pair": str(pair)})
+    mean = sum(im["psnr"] for im in images) / len(images) if images else None
+    return {"images": images, "skipped": skipped, "psnr_mean": mean, "resolution": res}
+
+
+@torch.no_grad()
+def caption_files(model, paths, resolution: int | None = None, batch_size: int = 16, max_len: int = 32) -> dict:
+    """Greedy captions: ``{"captions": [{"path", "caption"}], "skipped": [{"path", "reason"}]}``."""
+    res = int(resolution or model.image_size)
+    dev = device_of(model)
+    captions, skipped = [], []
+    for chunk in _chunks([str(p) for p in paths], batch_size):
+        x, good, bad = load_images(chunk, res)
+        skipped += [{"path": p, "reason": _reason(r)} for p, r in bad]
+        if x is None:
+            continue
+        for p, c in zip(good, model.caption(x.to(dev), max_len=max_len)):
+            captions.append({"path": p, "caption": c})
+    return {"captions": captions, "skipped": skipped, "resolution": res,
+            "decoding": f"greedy, max_len {max_len}"}
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@torch.no_grad()
+def encode_data(model, data_spec: str, out_file, num_samples: int | None = None, batch_size: int = 64,
+                split: str = "test", resolution: int | None = None, dtype: str = "float32",
+                progress: bool = True) -> dict:
+    """Encode a data set to ``out_file`` (safetensors) with a sidecar ``<out_file stem>.json``.
+
+    Tensors: ``tokens`` (N, T, D) unified tokens, ``pooled`` (N, E) = ``model.image_features(tokens)``
+    (not normalised), and ``labels`` (N,) int64 when the data has class names (-1: no label).
+    The sidecar holds ``keys``, ``captions``, ``class_names`` and the settings. ``num_samples=None``
+    encodes the whole split. Returns a summary dict.
+    """
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from ..data import make_loader, open_data
+    out_file = Path(out_file)
+    if out_file.suffix != ".safetensors":
+        raise EvalError(f"--out '{out_file}' must end in .safetensors")
+    if dtype not in DTYPES:
+        raise EvalError(f"unknown dtype '{dtype}'; valid: {', '.join(DTYPES)}")
+    res = int(resolution or model.image_size)
+    ds = open_data(data_spec, split=split, resolution=res, train=False, infinite=False)
+    total = num_samples if num_samples is not None else ds.num_samples
+    if num_samples is not None and ds.num_samples is not None:
+        total = min(num_samples, ds.num_samples)
+    dev = device_of(model)
+    tokens, pooled, labels, keys, caps = [], [], [], [], []
+    skipped: dict = {}
+    seen = 0
+    bar = tqdm(total=total, desc="encode", unit="img", disable=not progress)
+    try:
+        for batch in make_loader(ds, batch_size=batch_size):
+            for k, v in (batch.get("skipped") or {}).items():
+                skipped[k] = skipped.get(k, 0) + v
+            take = len(batch["caption"]) if num_samples is None else min(len(batch["caption"]), num_samples - seen)
+            if take <= 0:
+                break
+            z = model.encode_image(batch["image"][:take].to(dev))
+            tokens.append(z.to(DTYPES[dtype]).cpu())
+            pooled.append(model.image_features(z).float().to(DTYPES[dtype]).cpu())
+            labels.append(batch["label"][:take].long().cpu())
+            keys += list(batch["key"][:take])
+            caps += list(batch["caption"][:take])
+            seen += take
+            bar.update(take)
+            if num_samples is not None and seen >= num_samples:
+                break
+    finally:
+        bar.close()
+    if not seen:
+        raise EvalError(f"no readable samples in '{data_spec}' (split {split})"
+                        + (f"; skipped {skipped}" if skipped else ""))
+    class_names = list(ds.class_names) if ds.class_names else None
+    tensors = {"tokens": torch.cat(tokens).contiguous(), "pooled": torch.cat(pooled).contiguous()}
+    if class_names:
+        tensors["labels"] = torch.cat(labels).contiguous()
+    sidecar = out_file.with_suffix(".json")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"data": data_spec, "split": split, "resolution": res, "n": seen,
+            "token_grid": list(model.token_grid(res)), "dtype": dtype, "skipped": skipped}
+    save_file(tensors, str(out_file), metadata={"format": "pt", "library": "openvision3",
+                                                "sidecar": sidecar.name,
+                                                **{k: v if isinstance(v, str) else json.dumps(v)
+                                                   for k, v in meta.items()}})
+    sidecar.write_text(json.dumps({**meta, "tensors": {k: list(v.shape) for k, v in tensors.items()},
+                                   "class_names": class_names, "keys": keys, "captions": caps}) + "\n")
+    return {**meta, "out": str(out_file), "sidecar": str(sidecar),
+            "shapes": {k: list(v.shape) for k, v in tensors.items()}}
