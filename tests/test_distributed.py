@@ -81,3 +81,28 @@ def test_batch_must_divide_world_size():
     from openvision3.config import ConfigError
     with pytest.raises(ConfigError, match="global batch 16 is not divisible by world size 3"):
         build_stages(get_config(TINY), world_size=3)
+
+
+def _fsdp_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from openvision3.train.trainer import train
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # The last step validates (a no_grad forward) and then checkpoints: the case that broke saving.
+    train(get_config(TINY, OVER + ["train.fsdp=true", "train.steps=2", "train.batch_size=4",
+                                   "train.log_every=1", "train.checkpoint_every=2", "train.eval_every=0"]),
+          os.path.join(out_dir, "run"))
+
+
+@pytest.mark.timeout(90)
+def test_fsdp2_checkpoint_and_exported_model(tmp_path):
+    from openvision3.models.openvision3 import OpenVision3
+    from openvision3.train.checkpoint import load_checkpoint
+    mp.spawn(_fsdp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_2")
+    model = OpenVision3.from_pretrained(tmp_path / "run" / "model")  # gathered from the shards
+    assert ckpt["optimizer"]["state"], "optimizer state saved"
+    for k, v in model.trainable_state_dict().items():  # the export equals the checkpoint's weights
+        torch.testing.assert_close(v, ckpt["model"][k], rtol=0, atol=0, msg=k)

@@ -145,9 +145,12 @@ class OpenVision3(nn.Module):
         (safetensors refuses shared storage; the tie is rebuilt by the constructor)."""
         out, seen = {}, set()
         for k, v in self.state_dict(keep_vars=True).items():
-            if k.startswith(_NOT_SAVED) or v.data_ptr() in seen:
+            # a tie is the same Parameter object; data_ptr also catches shared storage, but an
+            # FSDP2 DTensor reports data_ptr 0, so it is only used when non-zero
+            ptr = v.data_ptr()
+            if k.startswith(_NOT_SAVED) or ("id", id(v)) in seen or (ptr and ("ptr", ptr) in seen):
                 continue
-            seen.add(v.data_ptr())
+            seen.update({("id", id(v)), ("ptr", ptr)} if ptr else {("id", id(v))})
             out[k] = v.detach()
         return out
 

@@ -129,6 +129,16 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype
                find_unused_parameters=unused)
 
 
+def reshard_fsdp(model: nn.Module) -> None:
+    """Return FSDP2 modules to their sharded parameters. A forward without backward (validation
+    under no_grad) leaves the root's parameters unsharded, and torch.distributed.checkpoint then
+    cannot map the optimizer's (sharded) parameters to names (KeyError). No-op without FSDP2."""
+    from torch.distributed.fsdp import FSDPModule
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The OpenVision3 inside DDP / torch.compile wrappers (FSDP2 shards in place)."""
     while True:

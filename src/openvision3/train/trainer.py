@@ -27,7 +27,7 @@ from ..models.openvision3 import OpenVision3
 from . import checkpoint as ckpt_lib
 from .distributed import (all_reduce_mean, any_rank, barrier, cleanup, enable_grad_checkpointing,
                           full_state_dict, gather_objects, init_distributed, load_full_state_dict,
-                          seed_everything, set_grad_sync, sync_replicated_grads, unwrap,
+                          reshard_fsdp, seed_everything, set_grad_sync, sync_replicated_grads, unwrap,
                           wrap_model)
 from .logging import MetricsLogger
 from .optim import build_ema, build_optimizer, scaled_lr, set_lr, warmup_cosine
@@ -219,6 +219,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
                          "rng": gather_objects(ckpt_lib.rng_state()), "data": gather_objects(ds.state_dict()),
                          "scaler": None}  # bf16 needs no grad scaler; kept for the file format
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        reshard_fsdp(model)  # validation's no_grad forward leaves FSDP2 roots unsharded
         opt_state = get_optimizer_state_dict(model, optimizer,
                                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         model_state = {k: v for k, v in full_state_dict(model).items() if k in trainable_keys}
@@ -330,8 +331,10 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
 
     if progress is not None:
         progress.close()
-    if status == "finished" and info.is_main:  # the exported model(s), save_pretrained format
-        model.save_pretrained(out / "model")
+    if status == "finished":  # the exported model(s), save_pretrained format
+        export = _plain_copy(model, cfg, info.is_main) if t.fsdp and info.distributed else model  # collective
+    if status == "finished" and info.is_main:
+        export.save_pretrained(out / "model")
         if ema is not None:
             ema.module.cfg.model.image_size = model.cfg.model.image_size
             ema.module.save_pretrained(out / "model_ema")
@@ -341,6 +344,21 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
             "last_checkpoint": last_good, "bad_steps": counters["bad_steps"],
             "skipped": dict(counters["skipped"]), "final": last,
             "val": val, "model_dir": str(out / "model") if status == "finished" else None}
+
+
+def _plain_copy(model, cfg, is_main: bool):
+    """An unsharded CPU copy of an FSDP2 model (every rank must call: gathering is a collective;
+    only rank 0 gets the copy, the others None)."""
+    full = full_state_dict(model)
+    if not is_main:
+        return None
+    plain = OpenVision3(cfg)
+    own = plain.state_dict()
+    missing = sorted(set(own) - set(full))
+    if missing:
+        raise TrainError(f"cannot export the FSDP model: {len(missing)} weights missing, e.g. {missing[:3]}")
+    plain.load_state_dict({k: v for k, v in full.items() if k in own})
+    return plain
 
 
 def _restore(ckpt: dict, model, optimizer, ema, ds, counters, info) -> int:
