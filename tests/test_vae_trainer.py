@@ -65,6 +65,14 @@ def test_gan_and_fp32_path_runs(tmp_path):
     assert "d_loss" in rows[0]
 
 
+def test_mse_term_is_logged_and_consistent_with_l1(tmp_path):
+    cfg = get_vae_config(None, TINY + ["steps=2", "mse_weight=10", "precision=fp32"])
+    train_vae(cfg, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first = rows[0]
+    assert 0 < first["mse"] <= 4.0 and first["l1"] ** 2 <= first["mse"] + 1e-6  # Jensen: mean|e|^2 <= mean e^2
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(DataSpecError):
         train_vae(get_vae_config(None, TINY + ["data.train=nosuch:spec"]), tmp_path, progress=False)
