@@ -332,7 +332,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
     if progress is not None:
         progress.close()
     if status == "finished":  # the exported model(s), save_pretrained format
-        export = _plain_copy(model, cfg, info.is_main) if t.fsdp and info.distributed else model  # collective
+        export = _plain_copy(model, info.is_main) if t.fsdp and info.distributed else model  # collective
     if status == "finished" and info.is_main:
         export.save_pretrained(out / "model")
         if ema is not None:
@@ -346,13 +346,13 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
             "val": val, "model_dir": str(out / "model") if status == "finished" else None}
 
 
-def _plain_copy(model, cfg, is_main: bool):
+def _plain_copy(model, is_main: bool):
     """An unsharded CPU copy of an FSDP2 model (every rank must call: gathering is a collective;
     only rank 0 gets the copy, the others None)."""
     full = full_state_dict(model)
     if not is_main:
         return None
-    plain = OpenVision3(cfg)
+    plain = OpenVision3(model.cfg)  # the final stage's image size, as in the unsharded export
     own = plain.state_dict()
     missing = sorted(set(own) - set(full))
     if missing:
