@@ -308,8 +308,9 @@ def config_from_dict(values: dict) -> Config:
     return _build(Config, values, "", base=cfg)
 
 
-def get_config(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a preset name (``configs/NAME.yaml``) or a YAML path, then apply ``key=value`` overrides."""
+def load_values(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> dict:
+    """The raw nested values of a preset name (``configs/NAME.yaml``) or YAML path, with
+    ``key=value`` overrides merged in; shared by every config tree (OpenVision 3, VAE)."""
     values: dict = {}
     if name_or_yaml:
         path = resolve_config_path(name_or_yaml)
@@ -319,8 +320,12 @@ def get_config(name_or_yaml: str | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-    values = _deep_merge(values, parse_overrides(overrides or []))
-    return config_from_dict(values)
+    return _deep_merge(values, parse_overrides(overrides or []))
+
+
+def get_config(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a preset name (``configs/NAME.yaml``) or a YAML path, then apply ``key=value`` overrides."""
+    return config_from_dict(load_values(name_or_yaml, overrides))
 
 
 def config_to_dict(cfg) -> dict:

@@ -16,9 +16,15 @@ from .common import EvalError, device_of, to_unit
 from .reconstruction import load_images
 
 
-def _chunks(items, n: int):
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
+def _readable_batches(paths, resolution: int, batch_size: int, skipped: list):
+    """Yield ``(images, good_paths)`` per batch of readable files; unreadable ones are appended to
+    ``skipped`` as ``{"path", "reason"}`` and never stop the others."""
+    paths = [str(p) for p in paths]
+    for i in range(0, len(paths), batch_size):
+        x, good, bad = load_images(paths[i:i + batch_size], resolution)
+        skipped += [{"path": p, "reason": _reason(r)} for p, r in bad]
+        if x is not None:
+            yield x, good
 
 
 def _reason(reason: str) -> str:
@@ -49,11 +55,7 @@ def reconstruct_files(model, paths, out_dir, resolution: int | None = None, batc
     out.mkdir(parents=True, exist_ok=True)
     dev, used = device_of(model), set()
     images, skipped = [], []
-    for chunk in _chunks([str(p) for p in paths], batch_size):
-        x, good, bad = load_images(chunk, res)
-        skipped += [{"path": p, "reason": _reason(r)} for p, r in bad]
-        if x is None:
-            continue
+    for x, good in _readable_batches(paths, res, batch_size, skipped):
         x = x.to(dev)
         r = model.reconstruct(x).float()
         xu, ru = to_unit(x), to_unit(r)
@@ -74,11 +76,7 @@ def caption_files(model, paths, resolution: int | None = None, batch_size: int =
     res = int(resolution or model.image_size)
     dev = device_of(model)
     captions, skipped = [], []
-    for chunk in _chunks([str(p) for p in paths], batch_size):
-        x, good, bad = load_images(chunk, res)
-        skipped += [{"path": p, "reason": _reason(r)} for p, r in bad]
-        if x is None:
-            continue
+    for x, good in _readable_batches(paths, res, batch_size, skipped):
         for p, c in zip(good, model.caption(x.to(dev), max_len=max_len)):
             captions.append({"path": p, "caption": c})
     return {"captions": captions, "skipped": skipped, "resolution": res,

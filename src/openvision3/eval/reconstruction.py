@@ -2,7 +2,6 @@
 [-1, 1], real backbone weights) and rFID (torchmetrics, only with Inception weights)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -89,7 +88,3 @@ def load_images(paths, resolution: int):
         except OSError as e:
             bad.append((str(p), e.strerror or type(e).__name__))
     return (torch.stack(images) if images else None), good, bad
-
-
-def is_finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

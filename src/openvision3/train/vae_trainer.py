@@ -7,7 +7,7 @@ diffusers format, so ``model.vae.source=<out>/model`` loads it through ``FrozenV
 Its hyper-parameters live in ``VAETrainConfig`` below, not in the OV3 ``Config`` tree: a VAE run
 shares nothing with an OV3 run but the data section, and keeping it apart keeps ``ov3 train``'s
 config free of keys it never reads. YAML presets and ``key=value`` overrides use the same typed
-helpers as the main config (``config._build`` / ``parse_overrides``), so errors read the same.
+helpers as the main config (``config._build`` / ``config.load_values``), so errors read the same.
 
 Run directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/step_N/`` (diffusers weights +
 optimizer + position; the newest one is resumed with ``resume="auto"``), ``model/`` (the final
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ..config import ConfigError, DataConfig, _build, _deep_merge, parse_overrides, resolve_config_path
+from ..config import ConfigError, DataConfig, _build, load_values
 
 
 @dataclass
@@ -86,16 +86,7 @@ def vae_config_from_dict(values: dict) -> VAETrainConfig:
 
 def get_vae_config(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> VAETrainConfig:
     """A preset name (``configs/NAME.yaml``) or YAML path, then ``key=value`` overrides."""
-    values: dict = {}
-    if name_or_yaml:
-        path = resolve_config_path(name_or_yaml)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    return vae_config_from_dict(_deep_merge(values, parse_overrides(overrides or [])))
+    return vae_config_from_dict(load_values(name_or_yaml, overrides))
 
 
 # ----------------------------------------------------------------------------------------------
