@@ -73,6 +73,19 @@ def test_evaluate_on_shapes_returns_every_metric_and_writes_the_report(tiny_mode
     assert "PSNR" in md and "![Reconstruction](recon.png)" in md and "Skipped" not in md
 
 
+def test_evaluate_on_webdataset_shards_packed_from_labelled_data(tiny_model, tmp_path):
+    """wds: specs evaluate like any other source; labels and class names survive packing."""
+    from openvision3.data.pack import pack_data
+    r = pack_data(_colour_folder(tmp_path / "src", labelled=True), str(tmp_path / "wds"), shard_size=4,
+                  image_format="png")
+    assert r["samples"] == 6 and r["shards"] == 2
+    out = evaluate(tiny_model, f"wds:{tmp_path / 'wds'}", tasks=("recon", "zeroshot", "retrieval", "caption"),
+                   num_samples=6, batch_size=4, progress=False, write_files=False)
+    assert out["recon"]["n"] == 6 and out["retrieval"]["n"] == 6 and len(out["caption"]["examples"]) == 6
+    assert out["retrieval"]["unique_captions"] == 3
+    assert out["zeroshot"]["num_classes"] == 3 and out["zeroshot"]["n"] == 6
+
+
 def test_recall_at_k_on_hand_built_similarities():
     n = 20
     eye = torch.eye(n, dtype=torch.bool)
