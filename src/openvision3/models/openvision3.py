@@ -143,14 +143,16 @@ class OpenVision3(nn.Module):
     def trainable_state_dict(self) -> dict:
         """Weights to save: no frozen VAE, no loss modules, and each tied tensor once
         (safetensors refuses shared storage; the tie is rebuilt by the constructor)."""
-        out, seen = {}, set()
+        out, seen_ids, seen_ptrs = {}, set(), set()
         for k, v in self.state_dict(keep_vars=True).items():
             # a tie is the same Parameter object; data_ptr also catches shared storage, but an
             # FSDP2 DTensor reports data_ptr 0, so it is only used when non-zero
             ptr = v.data_ptr()
-            if k.startswith(_NOT_SAVED) or ("id", id(v)) in seen or (ptr and ("ptr", ptr) in seen):
+            if k.startswith(_NOT_SAVED) or id(v) in seen_ids or (ptr and ptr in seen_ptrs):
                 continue
-            seen.update({("id", id(v)), ("ptr", ptr)} if ptr else {("id", id(v))})
+            seen_ids.add(id(v))
+            if ptr:
+                seen_ptrs.add(ptr)
             out[k] = v.detach()
         return out
 

@@ -333,11 +333,11 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         progress.close()
     if status == "finished":  # the exported model(s), save_pretrained format
         export = _plain_copy(model, info.is_main) if t.fsdp and info.distributed else model  # collective
-    if status == "finished" and info.is_main:
-        export.save_pretrained(out / "model")
-        if ema is not None:
-            ema.module.cfg.model.image_size = model.cfg.model.image_size
-            ema.module.save_pretrained(out / "model_ema")
+        if info.is_main:
+            export.save_pretrained(out / "model")
+            if ema is not None:
+                ema.module.cfg.model.image_size = model.cfg.model.image_size
+                ema.module.save_pretrained(out / "model_ema")
     barrier()
     logger.close()
     return {"status": status, "step": step, "total_steps": total_steps, "out_dir": str(out),
