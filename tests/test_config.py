@@ -44,6 +44,13 @@ def test_unknown_preset_and_missing_file():
         parse_overrides(["train.lr"])
 
 
+def test_pool_type_is_checked_when_the_config_is_built():
+    assert get_config().model.pool == "mean"  # the released towers average [C]
+    assert get_config(None, ["model.pool=max"]).model.pool == "max"
+    with pytest.raises(ConfigError, match="model.pool must be one of mean, max, got 'cls'"):
+        get_config(None, ["model.pool=cls"])
+
+
 def test_yaml_round_trip(tmp_path):
     cfg = get_config(None, ["model.preset=nano", "train.stages=[{resolution: 64, steps: 3}]"])
     assert cfg.train.stages[0].resolution == 64 and cfg.train.stages[0].lr is None

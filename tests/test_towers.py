@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from openvision3.config import TextTowerConfig, TowerConfig
@@ -16,6 +17,23 @@ def test_token_grids_match_the_paper():
         z = enc(latents)
         assert z.shape == (1, tokens, 64)
         assert enc.pool(z).shape == (1, 32)
+
+
+def test_max_pool_sees_one_strong_token_that_the_mean_dilutes():
+    torch.manual_seed(0)
+    mean_enc = UnifiedEncoder(16, SMALL, embed_dim=32)
+    max_enc = UnifiedEncoder(16, SMALL, embed_dim=32, pool_type="max")
+    max_enc.load_state_dict(mean_enc.state_dict())  # same weights: only the read-out differs
+    tokens = torch.zeros(2, 64, 64)
+    tokens[1, 5, :8] = 1.0  # one token of sample 1 carries a feature; the other 63 are empty
+    assert torch.allclose(mean_enc.pool(tokens)[0], max_enc.pool(tokens)[0])  # all empty: same
+    assert torch.equal(max_enc.pool(tokens)[1], max_enc.ln_post(tokens[1, 5]) @ max_enc.proj)
+    assert not torch.allclose(mean_enc.pool(tokens)[1], max_enc.pool(tokens)[1])
+    z = max_enc(torch.randn(2, 16, 8, 8)).detach().requires_grad_(True)
+    max_enc.pool(z).sum().backward()
+    assert torch.equal((z.grad != 0).sum(dim=1), torch.ones(2, 64, dtype=torch.long))  # one token per channel
+    with pytest.raises(ValueError, match="unknown pool type 'cls'"):
+        UnifiedEncoder(16, SMALL, pool_type="cls")
 
 
 def test_encoder_rejects_wrong_channel_count():

@@ -19,6 +19,9 @@ from typing import Any
 import yaml
 
 
+POOL_TYPES = ("mean", "max")  # model.pool, see models/encoder.py
+
+
 class ConfigError(ValueError):
     """A bad config key, value or file. The message is one line meant for the user."""
 
@@ -67,6 +70,8 @@ class ModelConfig:
         default_factory=lambda: TextTowerConfig(width=512, layers=12, heads=8, context_length=80))
     caption: TextTowerConfig = field(
         default_factory=lambda: TextTowerConfig(width=512, layers=12, heads=8, context_length=128))
+    # [C] released towers average the tokens; "max" is our option for short CPU runs (encoder.py)
+    pool: str = "mean"
     embed_dim: int = 512  # [?] contrastive embedding width (open_clip B-size convention)
     vocab_size: int = 49408  # [?] open_clip BPE (OpenVision used BERT WordPiece; not shipped offline)
     # [?] tau is unpublished; RAE uses 0.8 on per-token-normalised features [C]. Our tokens pass
@@ -305,7 +310,10 @@ def config_from_dict(values: dict) -> Config:
                           + (f" (closest: {', '.join(close)})" if close else ""))
     cfg = Config()
     _build(ModelConfig, MODEL_PRESETS[preset], "model.", base=cfg.model)
-    return _build(Config, values, "", base=cfg)
+    cfg = _build(Config, values, "", base=cfg)
+    if cfg.model.pool not in POOL_TYPES:
+        raise ConfigError(f"model.pool must be one of {', '.join(POOL_TYPES)}, got '{cfg.model.pool}'")
+    return cfg
 
 
 def load_values(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> dict:

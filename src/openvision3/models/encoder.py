@@ -4,19 +4,28 @@ Layout follows the released OV3 vision towers [C] (open_clip VisionTransformer w
 16-channel conv1, no ln_pre, fixed 2-D sin-cos positions with a class slot, average pooling,
 final LayerNorm after pooling, projection): ``forward`` returns the pre-pool tokens, which are
 the *unified tokens* z_u, and ``pool`` maps them to the contrastive embedding.
+
+``pool_type`` "max" (ours [?], used by the CPU demo) takes the per-channel maximum over tokens
+instead of the mean: with a few small objects among 64 tokens, the mean is dominated by the
+background and a short run learns which colours and shapes are present far more slowly
+(docs/results.md). It changes only the contrastive read-out, not the unified tokens.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..config import TowerConfig
+from ..config import POOL_TYPES, TowerConfig
 from .vit import LayerNorm, build_transformer, clip_init_, sincos_2d
 
 
 class UnifiedEncoder(nn.Module):
-    def __init__(self, in_channels: int, tower: TowerConfig, patch_size: int = 2, embed_dim: int = 512):
+    def __init__(self, in_channels: int, tower: TowerConfig, patch_size: int = 2, embed_dim: int = 512,
+                 pool_type: str = "mean"):
         super().__init__()
+        if pool_type not in POOL_TYPES:
+            raise ValueError(f"unknown pool type '{pool_type}'; choose one of {', '.join(POOL_TYPES)}")
+        self.pool_type = pool_type
         width = tower.width
         self.in_channels, self.patch_size, self.width, self.embed_dim = in_channels, patch_size, width, embed_dim
         scale = width ** -0.5
@@ -47,5 +56,6 @@ class UnifiedEncoder(nn.Module):
         return x[:, 1:]  # avg pooling excludes the class slot [C]
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Unified tokens -> pooled embedding (B, embed_dim): mean, ln_post, proj [C]."""
-        return self.ln_post(tokens.mean(dim=1)) @ self.proj
+        """Unified tokens -> pooled embedding (B, embed_dim): mean (or max), ln_post, proj [C]."""
+        pooled = tokens.amax(dim=1) if self.pool_type == "max" else tokens.mean(dim=1)
+        return self.ln_post(pooled) @ self.proj

@@ -25,7 +25,7 @@ def _towers(cfg: Config, latent_channels: int) -> dict:
     m = cfg.model
     with torch.device("meta"):
         return {
-            "encoder": UnifiedEncoder(latent_channels, m.encoder, m.patch_size, m.embed_dim),
+            "encoder": UnifiedEncoder(latent_channels, m.encoder, m.patch_size, m.embed_dim, m.pool),
             "decoder": LatentDecoder(m.encoder.width, m.decoder, latent_channels, m.patch_size),
             "text_encoder": TextEncoder(m.text, m.vocab_size, m.embed_dim),
             "caption_decoder": CaptionDecoder(m.encoder.width, m.caption, m.vocab_size),

@@ -32,7 +32,7 @@ class OpenVision3(nn.Module):
         self.cfg = cfg = copy.deepcopy(cfg) if cfg is not None else Config()
         m = cfg.model
         self.vae = FrozenVAE(m.vae)
-        self.encoder = UnifiedEncoder(self.vae.latent_channels, m.encoder, m.patch_size, m.embed_dim)
+        self.encoder = UnifiedEncoder(self.vae.latent_channels, m.encoder, m.patch_size, m.embed_dim, m.pool)
         self.decoder = LatentDecoder(m.encoder.width, m.decoder, self.vae.latent_channels, m.patch_size,
                                      m.noise_tau)
         self.text_encoder = TextEncoder(m.text, m.vocab_size, m.embed_dim)
