@@ -47,7 +47,7 @@ def test_unknown_preset_and_missing_file():
 def test_pool_type_is_checked_when_the_config_is_built():
     assert get_config().model.pool == "mean"  # the released towers average [C]
     assert get_config(None, ["model.pool=max"]).model.pool == "max"
-    with pytest.raises(ConfigError, match="model.pool must be one of mean, max, got 'cls'"):
+    with pytest.raises(ConfigError, match="config key 'model.pool' must be one of mean, max, got 'cls'"):
         get_config(None, ["model.pool=cls"])
 
 

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 
-POOL_TYPES = ("mean", "max")  # model.pool, see models/encoder.py
+PoolType = typing.Literal["mean", "max"]  # model.pool, see models/encoder.py
+POOL_TYPES = typing.get_args(PoolType)
 
 
 class ConfigError(ValueError):
@@ -71,7 +72,7 @@ class ModelConfig:
     caption: TextTowerConfig = field(
         default_factory=lambda: TextTowerConfig(width=512, layers=12, heads=8, context_length=128))
     # [C] released towers average the tokens; "max" is our option for short CPU runs (encoder.py)
-    pool: str = "mean"
+    pool: PoolType = "mean"
     embed_dim: int = 512  # [?] contrastive embedding width (open_clip B-size convention)
     vocab_size: int = 49408  # [?] open_clip BPE (OpenVision used BERT WordPiece; not shipped offline)
     # [?] tau is unpublished; RAE uses 0.8 on per-token-normalised features [C]. Our tokens pass
@@ -225,6 +226,11 @@ def _coerce(value, tp, key: str):
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -310,10 +316,7 @@ def config_from_dict(values: dict) -> Config:
                           + (f" (closest: {', '.join(close)})" if close else ""))
     cfg = Config()
     _build(ModelConfig, MODEL_PRESETS[preset], "model.", base=cfg.model)
-    cfg = _build(Config, values, "", base=cfg)
-    if cfg.model.pool not in POOL_TYPES:
-        raise ConfigError(f"model.pool must be one of {', '.join(POOL_TYPES)}, got '{cfg.model.pool}'")
-    return cfg
+    return _build(Config, values, "", base=cfg)
 
 
 def load_values(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> dict:
