@@ -44,11 +44,14 @@ def test_unknown_preset_and_missing_file():
         parse_overrides(["train.lr"])
 
 
-def test_pool_type_is_checked_when_the_config_is_built():
+def test_choice_keys_are_checked_when_the_config_is_built():
     assert get_config().model.pool == "mean"  # the released towers average [C]
     assert get_config(None, ["model.pool=max"]).model.pool == "max"
     with pytest.raises(ConfigError, match="config key 'model.pool' must be one of mean, max, got 'cls'"):
         get_config(None, ["model.pool=cls"])
+    assert get_config(None, ["train.attention_kernel=math"]).train.attention_kernel == "math"
+    with pytest.raises(ConfigError, match="'train.attention_kernel' must be one of auto, math, default"):
+        get_config(None, ["train.attention_kernel=flash"])
 
 
 def test_yaml_round_trip(tmp_path):

@@ -113,3 +113,28 @@ def test_text_encoder_pools_at_end_of_text():
     t2 = t.clone()
     t2[0, 4] = 7  # change after the end-of-text token: causal mask means no effect
     assert torch.allclose(enc(t), enc(t2), atol=1e-6)
+
+
+def _attention_ops(choice: str) -> set[str]:
+    """The SDPA ops a forward + backward of the unified encoder runs under ``choice``."""
+    from torch.profiler import profile
+    from openvision3.train.trainer import forward_context
+    enc = UnifiedEncoder(16, SMALL, embed_dim=32)
+    latents = torch.randn(2, 16, 8, 8)
+    with profile() as prof:
+        with forward_context(torch.device("cpu"), None, choice):
+            loss = enc.pool(enc(latents)).square().sum()
+        loss.backward()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+def test_attention_kernel_auto_uses_the_math_kernel_on_cpu_and_default_does_not():
+    flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert flash in _attention_ops("default")  # torch's own choice on CPU: the flash kernel
+    for choice in ("auto", "math"):
+        ops = _attention_ops(choice)
+        assert "aten::scaled_dot_product_attention" in ops and flash not in ops
+    before = torch.get_autocast_dtype("cpu")
+    with pytest.raises(ValueError, match="attention kernel"):
+        _attention_ops("fast")
+    assert torch.get_autocast_dtype("cpu") == before  # a bad choice leaves no autocast state behind

@@ -21,6 +21,7 @@ import yaml
 
 PoolType = typing.Literal["mean", "max"]  # model.pool, see models/encoder.py
 POOL_TYPES = typing.get_args(PoolType)
+AttentionKernel = typing.Literal["auto", "math", "default"]  # train.attention_kernel, see models/vit.py
 
 
 class ConfigError(ValueError):
@@ -130,6 +131,10 @@ class TrainConfig:
     grad_accum_steps: int = 1
     precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 on CUDA, or on CPUs that have it)
     compile: bool = False
+    # [?] ours: "auto" = SDPA's math kernel on CPU (a train step of the demo ~14% faster than the CPU
+    # flash kernel, whose backward is slow on short sequences; benchmarks/attention_kernels.py),
+    # torch's own choice elsewhere. "math" / "default" force one everywhere.
+    attention_kernel: AttentionKernel = "auto"
     fsdp: bool = False
     grad_checkpointing: bool = False
     checkpoint_every: int = 500

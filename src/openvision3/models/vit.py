@@ -6,6 +6,7 @@ released OV3 vision towers [C], so importing and exporting them needs no renamin
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import lru_cache
 
@@ -14,6 +15,19 @@ from open_clip.transformer import LayerNorm, Transformer
 from torch import nn
 
 from ..config import TowerConfig
+
+
+def attention_kernels(device: torch.device, choice: str = "auto"):
+    """Context choosing the SDPA kernels of every tower for the forward passes inside it (the
+    backward uses the kernel its forward chose). ``auto``: the math kernel on CPU, whose backward
+    is faster than the CPU flash kernel's for our short token sequences (benchmarks/
+    attention_kernels.py); torch's own choice on other devices. ``math``/``default``: forced."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    if choice not in ("auto", "math", "default"):
+        raise ValueError(f"unknown attention kernel choice '{choice}'; choose auto, math or default")
+    if choice == "math" or (choice == "auto" and torch.device(device).type == "cpu"):
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 def build_transformer(tower: TowerConfig) -> Transformer:

@@ -11,6 +11,7 @@ optimizer/schedule/EMA in optim.py, logs in logging.py.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import signal
@@ -24,6 +25,7 @@ import torch
 from ..config import Config, ConfigError, config_to_yaml
 from ..losses import OpenVision3Loss
 from ..models.openvision3 import OpenVision3
+from ..models.vit import attention_kernels
 from . import checkpoint as ckpt_lib
 from .distributed import (all_reduce_mean, any_rank, barrier, cleanup, enable_grad_checkpointing,
                           full_state_dict, gather_objects, init_distributed, load_full_state_dict,
@@ -110,12 +112,22 @@ def prepare_out_dir(out: Path, resume: str | None, overwrite: bool, is_main: boo
     out.mkdir(parents=True, exist_ok=True)
 
 
-def forward_backward(model, images, tokens, lpips_weight, accum: int, amp_dtype) -> dict:
+def forward_context(device: torch.device, amp_dtype, attention_kernel: str = "auto"):
+    """bf16 autocast (when ``amp_dtype``) and the attention kernel choice for one forward pass."""
+    with contextlib.ExitStack() as stack:  # a bad choice raises with nothing left entered
+        stack.enter_context(attention_kernels(device, attention_kernel))
+        stack.enter_context(torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                           enabled=amp_dtype is not None))
+        return stack.pop_all()
+
+
+def forward_backward(model, images, tokens, lpips_weight, accum: int, amp_dtype,
+                     attention_kernel: str = "auto") -> dict:
     """One optimizer step's forward and backward over ``accum`` micro-batches; mean loss terms."""
     totals: dict = {}
     for i, (x, t) in enumerate(zip(images.chunk(accum), tokens.chunk(accum))):
         with set_grad_sync(model, i == accum - 1):  # all-reduce once, on the last micro-batch
-            with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with forward_context(x.device, amp_dtype, attention_kernel):
                 out = model(x, t, lpips_weight=lpips_weight)
             (out["loss"] / accum).backward()
         if i == accum - 1:
@@ -136,7 +148,7 @@ def validate(model, raw, cfg: Config, stage: Stage, info, amp_dtype) -> dict:
     sums: dict = {}
     for _ in range(VAL_BATCHES):
         batch = next(loader)
-        with torch.autocast(info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with forward_context(info.device, amp_dtype, cfg.train.attention_kernel):
             out = model(batch["image"].to(info.device), raw.tokenizer(batch["caption"]).to(info.device),
                         lpips_weight=stage.lpips_weight)
         for k, v in out.items():
@@ -267,7 +279,8 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
             raise TrainError(f"step {step}: batch of {images.shape[0]} does not split into "
                              f"{t.grad_accum_steps} micro-batches")
         try:
-            terms = forward_backward(wrapped, images, tokens, stage.lpips_weight, t.grad_accum_steps, amp_dtype)
+            terms = forward_backward(wrapped, images, tokens, stage.lpips_weight, t.grad_accum_steps, amp_dtype,
+                                     t.attention_kernel)
         except torch.OutOfMemoryError:
             raise TrainError(
                 f"out of memory at step {step} with global batch {stage.batch_size} "
