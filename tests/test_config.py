@@ -1,3 +1,5 @@
+import typing
+
 import pytest
 
 from openvision3.config import (MODEL_PRESETS, Config, ConfigError, config_to_yaml, get_config,
@@ -52,6 +54,38 @@ def test_choice_keys_are_checked_when_the_config_is_built():
     assert get_config(None, ["train.attention_kernel=math"]).train.attention_kernel == "math"
     with pytest.raises(ConfigError, match="'train.attention_kernel' must be one of auto, math, default"):
         get_config(None, ["train.attention_kernel=flash"])
+    for key, bad in [("train.precision", "fp16"), ("loss.lpips_net", "squeeze"),
+                     ("data.shapes_captions", "long"), ("model.vae.convention", "shift")]:
+        with pytest.raises(ConfigError, match=f"config key '{key}' must be one of"):
+            get_config(None, [f"{key}={bad}"])
+    from openvision3.train.vae_trainer import get_vae_config
+    with pytest.raises(ConfigError, match="config key 'precision' must be one of auto, bf16, fp32"):
+        get_vae_config(None, ["precision=fp16"])
+
+
+def test_every_config_choice_is_one_the_code_accepts():
+    """The Literal choices in config.py and the modules that act on them must agree."""
+    import torch
+    from openvision3.config import CaptionStyle, LatentConvention, LpipsNet, Precision
+    from openvision3.data.shapes import CAPTION_MODES, render
+    from openvision3.models.perceptual import LPIPS_NETS
+    from openvision3.models.vae import CONVENTIONS
+    from openvision3.train.precision import resolve_precision
+    assert set(typing.get_args(LpipsNet)) == set(LPIPS_NETS)
+    assert typing.get_args(LatentConvention) == CONVENTIONS
+    assert typing.get_args(CaptionStyle) == CAPTION_MODES
+    for style in CAPTION_MODES:
+        assert render(0, split="train", kind="multi", resolution=32, captions=style)[1]
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
+    for name in typing.get_args(Precision):
+        try:
+            resolve_precision(name, cpu)
+        except ConfigError as e:  # only an explicit bf16 on a CPU without it may refuse
+            assert name == "bf16" and "no bf16 support" in str(e)
+    with pytest.raises(ConfigError, match="precision must be one of auto, bf16, fp32"):
+        resolve_precision("fp16", cpu)
 
 
 def test_yaml_round_trip(tmp_path):

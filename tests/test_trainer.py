@@ -1,5 +1,4 @@
 """The training loop on configs/tiny.yaml (nano model, inline VAE, 16-32 px, a few steps)."""
-import json
 import os
 import signal
 import subprocess

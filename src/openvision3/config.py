@@ -22,6 +22,10 @@ import yaml
 PoolType = typing.Literal["mean", "max"]  # model.pool, see models/encoder.py
 POOL_TYPES = typing.get_args(PoolType)
 AttentionKernel = typing.Literal["auto", "math", "default"]  # train.attention_kernel, see models/vit.py
+Precision = typing.Literal["auto", "bf16", "fp32"]  # train.precision, see train/trainer.py
+LpipsNet = typing.Literal["alex", "vgg"]  # loss.lpips_net, see models/perceptual.py
+CaptionStyle = typing.Literal["rich", "simple", "minimal"]  # data.shapes_captions, see data/shapes.py
+LatentConvention = typing.Literal["scale", "shift_scale"]  # model.vae.convention, see models/vae.py
 
 
 class ConfigError(ValueError):
@@ -49,7 +53,7 @@ class VAEConfig:
     source: str = "flux-ov3"
     # [C] released OV3 code: latents = posterior.mean * scaling_factor, no shift ("scale").
     # diffusers FLUX pipelines use (z - shift) * scale ("shift_scale").
-    convention: str = "scale"
+    convention: LatentConvention = "scale"
     scaling_factor: float | None = None  # None: take it from the VAE's own config
     shift_factor: float | None = None  # None: take it from the VAE's own config
     # Architecture for source == "inline" (random init; tests, or a VAE trained in-project).
@@ -97,7 +101,7 @@ class DataConfig:
     hflip: bool = True  # [?] captions with left/right words make flips wrong; shapes turns it off
     shapes_single_fraction: float = 0.5  # [?] share of single-object samples in `shapes`
     # [?] data-layer addition: `shapes` caption style, rich (varied) | simple | minimal ("red star")
-    shapes_captions: str = "rich"
+    shapes_captions: CaptionStyle = "rich"
 
 
 @dataclass
@@ -129,7 +133,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # [?] (RAE [C] uses 1.0)
     ema_decay: float = 0.0  # 0 = off; timm ModelEmaV3 when > 0
     grad_accum_steps: int = 1
-    precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 on CUDA, or on CPUs that have it)
+    precision: Precision = "auto"  # auto: bf16 on CUDA, or on CPUs that have it
     compile: bool = False
     # [?] ours: "auto" = SDPA's math kernel on CPU (a train step of the demo ~14% faster than the CPU
     # flash kernel, whose backward is slow on short sequences; benchmarks/attention_kernels.py),
@@ -154,7 +158,7 @@ class LossConfig:
     lpips_weight: float = 0.0  # [S] lambda: 0 in stage 1, 0.5 in stage 2
     alpha_contrastive: float = 1.0  # [S] alpha
     caption_weight: float = 1.0  # [S] L_und = L_caption + alpha * L_con
-    lpips_net: str = "alex"  # [?] the paper does not name the LPIPS backbone
+    lpips_net: LpipsNet = "alex"  # [?] the paper does not name the LPIPS backbone
     pixel_subbatch: int = 0  # [?] our CPU option: pixel/LPIPS losses on the first N images; 0 = all
 
 

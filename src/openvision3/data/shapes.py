@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..config import CaptionStyle
 from .errors import DataSpecError
 from .mapsource import MapSource
 
@@ -53,7 +55,7 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 KINDS = {"mixed": 0, "single": 1, "multi": 2}
 DEFAULT_N = {"train": 100_000, "val": 2000, "test": 2000}
 LABELS = ("shape_color", "shape", "color")
-CAPTION_MODES = ("rich", "simple", "minimal")
+CAPTION_MODES = typing.get_args(CaptionStyle)
 
 SINGLE_TEMPLATES = [
     "a {size} {color} {shape} {pos}", "{pos}, a {size} {color} {shape}",

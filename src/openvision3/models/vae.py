@@ -15,12 +15,13 @@ images in [-1, 1] (B,3,H,W) --encode--> normalised latents (B,C,H/f,W/f) --decod
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import ConfigError, VAEConfig
+from ..config import ConfigError, LatentConvention, VAEConfig
 
 # source alias -> (hub id, subfolder)
 VAE_ALIASES: dict[str, tuple[str, str | None]] = {
@@ -30,7 +31,7 @@ VAE_ALIASES: dict[str, tuple[str, str | None]] = {
     "flux-ov3": ("Letian2003/black-forest-labs_FLUX.1-dev_vae", None),
     "sd": ("stabilityai/sd-vae-ft-mse", None),
 }
-CONVENTIONS = ("scale", "shift_scale")
+CONVENTIONS = typing.get_args(LatentConvention)
 _RANGE_LIMIT = 1.5  # inputs must be in [-1, 1]; [0, 1] passes, 0..255 fails
 
 

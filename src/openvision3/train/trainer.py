@@ -29,10 +29,10 @@ from ..models.vit import attention_kernels
 from . import checkpoint as ckpt_lib
 from .distributed import (all_reduce_mean, any_rank, barrier, cleanup, enable_grad_checkpointing,
                           full_state_dict, gather_objects, init_distributed, load_full_state_dict,
-                          reshard_fsdp, seed_everything, set_grad_sync, sync_replicated_grads, unwrap,
-                          wrap_model)
+                          reshard_fsdp, seed_everything, set_grad_sync, sync_replicated_grads, wrap_model)
 from .logging import MetricsLogger
 from .optim import build_ema, build_optimizer, scaled_lr, set_lr, warmup_cosine
+from .precision import resolve_precision
 
 VAL_BATCHES = 4  # validation losses are the mean over this many batches per rank
 
@@ -82,24 +82,6 @@ def build_stages(cfg: Config, world_size: int = 1) -> list[Stage]:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype, or None for fp32. ``auto``: bf16 on CUDA, and on CPUs where a tiny
-    matmul under bf16 autocast works (it falls back to fp32 otherwise)."""
-    if name == "fp32":
-        return None
-    if name not in ("auto", "bf16"):
-        raise ConfigError(f"train.precision must be auto, bf16 or fp32 (got '{name}')")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = torch.ones(8, 8) @ torch.ones(8, 8)
-        ok = y.dtype == torch.bfloat16 and bool(torch.isfinite(y).all())
-    except Exception:  # no bf16 kernels on this CPU/build
-        ok = False
-    return torch.bfloat16 if ok else None
-
-
 def prepare_out_dir(out: Path, resume: str | None, overwrite: bool, is_main: bool) -> None:
     """Never write over an existing run unless asked to (--resume or --overwrite)."""
     if out.exists() and any(out.iterdir()) and resume is None:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ..config import ConfigError, DataConfig, _build, load_values
+from ..config import ConfigError, DataConfig, LpipsNet, Precision, _build, load_values
+from .precision import resolve_precision
 
 
 @dataclass
@@ -68,11 +69,11 @@ class VAETrainConfig:
     mse_weight: float = 0.0
     kl_weight: float = 1e-6  # tiny, as in SD/FLUX VAEs: a regulariser, not a bottleneck
     lpips_weight: float = 0.0
-    lpips_net: str = "alex"
+    lpips_net: LpipsNet = "alex"
     lpips_start: float = 0.0  # fraction of the steps after which LPIPS is on (its backward is costly)
     gan_weight: float = 0.0  # PatchGAN hinge loss; 0 = off (no discriminator is built)
     gan_start: float = 0.5  # fraction of the steps after which the GAN loss is on
-    precision: str = "auto"  # auto | bf16 | fp32 (auto: bf16 on CUDA or on CPUs that support it)
+    precision: Precision = "auto"  # auto: bf16 on CUDA or on CPUs that support it
     log_every: int = 10
     eval_every: int = 0  # steps between held-out PSNR evaluations; 0 = only at the end
     checkpoint_every: int = 200
@@ -127,25 +128,6 @@ class PatchDiscriminator(torch.nn.Module):
 
     def forward(self, x):
         return self.net(x)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype, or None for fp32. ``auto`` detects CPU bf16 support (2-4x faster
-    convolutions on our CPU) and falls back to fp32 where it is missing."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"precision must be auto, bf16 or fp32, got '{precision}'")
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-    else:
-        try:
-            ok = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except Exception:
-            ok = False
-    if not ok and precision == "bf16":
-        raise ConfigError("precision=bf16 requested but this device does not support it; use auto or fp32")
-    return torch.bfloat16 if ok else None
 
 
 def _lr_at(step: int, cfg: VAETrainConfig) -> float:
