@@ -26,6 +26,7 @@ Precision = typing.Literal["auto", "bf16", "fp32"]  # train.precision, see train
 LpipsNet = typing.Literal["alex", "vgg"]  # loss.lpips_net, see models/perceptual.py
 CaptionStyle = typing.Literal["rich", "simple", "minimal"]  # data.shapes_captions, see data/shapes.py
 LatentConvention = typing.Literal["scale", "shift_scale"]  # model.vae.convention, see models/vae.py
+TokenizerKind = typing.Literal["bpe", "words"]  # model.tokenizer, see data/tokenizer.py
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,10 @@ class ModelConfig:
     pool: PoolType = "mean"
     embed_dim: int = 512  # [?] contrastive embedding width (open_clip B-size convention)
     vocab_size: int = 49408  # [?] open_clip BPE (OpenVision used BERT WordPiece; not shipped offline)
+    # [?] ours: "words" = a closed word-level vocabulary (model.words; vocab_size is then ignored)
+    # for small synthetic caption sets, where a 49,408-way caption softmax is most of a CPU step.
+    tokenizer: TokenizerKind = "bpe"
+    words: list[str] = field(default_factory=list)
     # [?] tau is unpublished; RAE uses 0.8 on per-token-normalised features [C]. Our tokens pass
     # through a final LayerNorm, so they have unit scale per token as in RAE -> 0.8.
     noise_tau: float = 0.8
@@ -325,7 +330,10 @@ def config_from_dict(values: dict) -> Config:
                           + (f" (closest: {', '.join(close)})" if close else ""))
     cfg = Config()
     _build(ModelConfig, MODEL_PRESETS[preset], "model.", base=cfg.model)
-    return _build(Config, values, "", base=cfg)
+    cfg = _build(Config, values, "", base=cfg)
+    if cfg.model.tokenizer == "words" and not cfg.model.words:
+        raise ConfigError("model.tokenizer=words needs its word list in model.words")
+    return cfg
 
 
 def load_values(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> dict:

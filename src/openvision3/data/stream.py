@@ -138,8 +138,11 @@ class StreamDataset(IterableDataset):
         if not self.train:
             return self.transform(image)
         # Per-sample seed: a resumed run draws the same crops/flips, whatever the worker layout.
+        # Only the CPU generator (the one the transforms draw from) is seeded and restored:
+        # torch.manual_seed would also reseed a GPU's generator, which fork_rng(devices=[]) does
+        # not restore, and without a GPU it records a stack trace per call (half the load time).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(f"{self.seed}/{epoch}/{key}".encode()))
+            torch.random.default_generator.manual_seed(zlib.crc32(f"{self.seed}/{epoch}/{key}".encode()))
             return self.transform(image)
 
     def __repr__(self):

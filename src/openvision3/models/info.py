@@ -21,14 +21,16 @@ def _count(module) -> int:
 def _towers(cfg: Config, latent_channels: int) -> dict:
     from .decoder import LatentDecoder
     from .encoder import UnifiedEncoder
+    from ..data.tokenizer import vocab_size
     from .text import CaptionDecoder, TextEncoder
     m = cfg.model
+    vocab = vocab_size(m)
     with torch.device("meta"):
         return {
             "encoder": UnifiedEncoder(latent_channels, m.encoder, m.patch_size, m.embed_dim, m.pool),
             "decoder": LatentDecoder(m.encoder.width, m.decoder, latent_channels, m.patch_size),
-            "text_encoder": TextEncoder(m.text, m.vocab_size, m.embed_dim),
-            "caption_decoder": CaptionDecoder(m.encoder.width, m.caption, m.vocab_size),
+            "text_encoder": TextEncoder(m.text, vocab, m.embed_dim),
+            "caption_decoder": CaptionDecoder(m.encoder.width, m.caption, vocab),
         }
 
 

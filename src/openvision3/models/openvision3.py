@@ -15,6 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import Config, config_to_yaml, load_config_file
+from ..data.tokenizer import build_tokenizer
+from ..data.tokenizer import vocab_size as text_vocab_size
 from ..losses import OpenVision3Loss
 from .decoder import LatentDecoder
 from .encoder import UnifiedEncoder
@@ -35,8 +37,9 @@ class OpenVision3(nn.Module):
         self.encoder = UnifiedEncoder(self.vae.latent_channels, m.encoder, m.patch_size, m.embed_dim, m.pool)
         self.decoder = LatentDecoder(m.encoder.width, m.decoder, self.vae.latent_channels, m.patch_size,
                                      m.noise_tau)
-        self.text_encoder = TextEncoder(m.text, m.vocab_size, m.embed_dim)
-        self.caption_decoder = CaptionDecoder(m.encoder.width, m.caption, m.vocab_size, m.caption_keep_ratio)
+        vocab = text_vocab_size(m)
+        self.text_encoder = TextEncoder(m.text, vocab, m.embed_dim)
+        self.caption_decoder = CaptionDecoder(m.encoder.width, m.caption, vocab, m.caption_keep_ratio)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(m.logit_scale_init)))  # [P] init 1/0.07
         self.loss_fn = OpenVision3Loss(cfg.loss)
         self._tokenizer = None
@@ -57,11 +60,10 @@ class OpenVision3(nn.Module):
 
     @property
     def tokenizer(self):
-        """``model.tokenizer(list_of_str) -> LongTensor`` (open_clip BPE), long enough for both text towers."""
+        """``model.tokenizer(list_of_str) -> LongTensor`` (``model.tokenizer``: open_clip BPE or a
+        closed word list), long enough for both text towers."""
         if self._tokenizer is None:
-            from ..data.tokenizer import Tokenizer
-            m = self.cfg.model
-            self._tokenizer = Tokenizer(max(m.text.context_length, m.caption.context_length))
+            self._tokenizer = build_tokenizer(self.cfg.model)
         return self._tokenizer
 
     def trainable_parameters(self):

@@ -29,7 +29,7 @@ class TextEncoder(nn.Module):
         self.model.init_parameters()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) from the BPE tokenizer -> features (B, embed_dim)."""
+        """tokens (B, T) from the model's tokenizer -> features (B, embed_dim)."""
         return self.model(fit_context(tokens, self.context_length))
 
 
@@ -41,7 +41,7 @@ def fit_context(tokens: torch.Tensor, length: int) -> torch.Tensor:
         return tokens
     if t < length:
         return F.pad(tokens, (0, length - t))
-    eot = tokens.max(dim=1).values  # the BPE end-of-text id is the largest id in the vocabulary
+    eot = tokens.max(dim=1).values  # end-of-text is the largest id (both tokenizers, data/tokenizer.py)
     cropped = tokens[:, :length].clone()
     overflow = tokens[:, length:].ne(0).any(dim=1)
     cropped[overflow, -1] = eot[overflow]
