@@ -9,33 +9,20 @@ state; reports the median seconds per step of each and their ratio. Not part of 
 """
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
-import time
 
 import torch
+from common import DEMO_VAE, device_and_setup, median_step_seconds, step_benchmark_args
 
 from openvision3.config import get_config
 from openvision3.data import make_loader, open_data
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.train.trainer import forward_context, resolve_precision
 
-DEMO_VAE = ["model.vae.source=inline", "model.vae.block_out_channels=[32,64]", "model.vae.latent_channels=16",
-            "model.vae.norm_num_groups=16", "model.vae.layers_per_block=1"]
-
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="demo")
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--steps-per-round", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+    args = step_benchmark_args()
+    device = device_and_setup()
     cfg = get_config(args.config, DEMO_VAE + args.overrides)
     torch.manual_seed(0)
     model = OpenVision3(cfg).to(device).train()
@@ -52,23 +39,9 @@ def main():
         loss.backward()
         opt.step()
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     kernels = ("default", "math")
-    for k in kernels:  # warm-up: allocator, kernel selection
-        step(k)
-    times = {k: [] for k in kernels}
-    for _ in range(args.rounds):
-        for k in kernels:
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.steps_per_round):
-                step(k)
-            sync()
-            times[k].append((time.perf_counter() - t0) / args.steps_per_round)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med, times = median_step_seconds({k: (lambda k=k: step(k)) for k in kernels}, args.rounds,
+                                     args.steps_per_round, device)
     print(f"{args.config} on {device.type} ({torch.get_num_threads()} threads), batch {cfg.train.batch_size}, "
           f"{'bf16' if amp else 'fp32'} autocast, median of {args.rounds} rounds x {args.steps_per_round} steps")
     print("| attention kernel | s/step |\n|---|---:|")

@@ -1,0 +1,64 @@
+"""Train-step time of the demo with open_clip's BPE (49,408 ids) against its closed word list
+(model.tokenizer=words, 17 words + 4 special ids).
+
+    .venv/bin/python benchmarks/tokenizers.py [--config demo] [--rounds 6] [--json] [key=value ...]
+
+Builds both models with an untrained inline VAE of the demo VAE's shape, times full training
+steps (forward, backward, gradient clipping, AdamW) on one fixed `shapes` batch, alternating the
+two in rounds; reports the median seconds per step and their ratio. The vocabulary sets the size
+of the caption softmax and of both text towers' embedding tables. Not part of the test run.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+from common import DEMO_VAE, device_and_setup, median_step_seconds, step_benchmark_args
+
+from openvision3.config import get_config
+from openvision3.data import make_loader, open_data
+from openvision3.models.openvision3 import OpenVision3
+from openvision3.train.optim import build_optimizer
+from openvision3.train.trainer import forward_backward, resolve_precision
+
+VARIANTS = {"bpe": ["model.tokenizer=bpe"], "words": ["model.tokenizer=words"]}
+
+
+def main():
+    args = step_benchmark_args()
+    device = device_and_setup()
+    steps, sizes = {}, {}
+    for name, extra in VARIANTS.items():
+        cfg = get_config(args.config, DEMO_VAE + args.overrides + extra)
+        torch.manual_seed(0)
+        model = OpenVision3(cfg).to(device).train()
+        opt = build_optimizer(model, cfg.train, 1e-4, device)
+        amp = resolve_precision(cfg.train.precision, device)
+        ds = open_data(cfg.data.train, split="train", resolution=cfg.data.resolution, train=True,
+                       cfg=cfg.data, seed=0)
+        batch = next(iter(make_loader(ds, cfg.train.batch_size)))
+        images, tokens = batch["image"].to(device), model.tokenizer(batch["caption"]).to(device)
+        params = model.trainable_parameters()
+        sizes[name] = model.tokenizer.vocab_size
+
+        def step(model=model, opt=opt, params=params, images=images, tokens=tokens, amp=amp, t=cfg.train):
+            forward_backward(model, images, tokens, 0.0, 1, amp, t.attention_kernel)
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        steps[name] = step
+
+    med, times = median_step_seconds(steps, args.rounds, args.steps_per_round, device)
+    print(f"{args.config} on {device.type} ({torch.get_num_threads()} threads), "
+          f"median of {args.rounds} rounds x {args.steps_per_round} steps")
+    print("| tokenizer | vocabulary | s/step |\n|---|---:|---:|")
+    for k in steps:
+        print(f"| {k} | {sizes[k]:,} | {med[k]:.3f} |")
+    print(f"words / bpe time: {med['words'] / med['bpe']:.2f}")
+    if args.json:
+        print(json.dumps({"device": device.type, "s_per_step": med, "rounds": times, "vocab_size": sizes,
+                          "ratio_words_over_bpe": med["words"] / med["bpe"]}))
+
+
+if __name__ == "__main__":
+    main()
