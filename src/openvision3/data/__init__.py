@@ -23,10 +23,10 @@ from urllib.parse import parse_qsl
 
 from .errors import DataSpecError, SkipSample
 from .stream import Loader, StreamDataset, collate
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, WordTokenizer
 from .transforms import build_transform
 
-__all__ = ["open_data", "make_loader", "parse_spec", "DataSpecError", "SkipSample", "Tokenizer",
+__all__ = ["open_data", "make_loader", "parse_spec", "DataSpecError", "SkipSample", "Tokenizer", "WordTokenizer",
            "StreamDataset", "Loader", "collate", "build_transform"]
 
 SCHEMES = ("shapes", "wds", "folder", "fashion-mnist")
