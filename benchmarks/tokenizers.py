@@ -27,6 +27,10 @@ VARIANTS = {"bpe": ["model.tokenizer=bpe"], "words": ["model.tokenizer=words"]}
 def main():
     args = step_benchmark_args()
     device = device_and_setup()
+    base = get_config(args.config, DEMO_VAE + args.overrides)  # the variants differ only in the tokenizer
+    ds = open_data(base.data.train, split="train", resolution=base.data.resolution, train=True, cfg=base.data, seed=0)
+    batch = next(iter(make_loader(ds, base.train.batch_size)))
+    images = batch["image"].to(device)
     steps, sizes = {}, {}
     for name, extra in VARIANTS.items():
         cfg = get_config(args.config, DEMO_VAE + args.overrides + extra)
@@ -34,10 +38,7 @@ def main():
         model = OpenVision3(cfg).to(device).train()
         opt = build_optimizer(model, cfg.train, 1e-4, device)
         amp = resolve_precision(cfg.train.precision, device)
-        ds = open_data(cfg.data.train, split="train", resolution=cfg.data.resolution, train=True,
-                       cfg=cfg.data, seed=0)
-        batch = next(iter(make_loader(ds, cfg.train.batch_size)))
-        images, tokens = batch["image"].to(device), model.tokenizer(batch["caption"]).to(device)
+        tokens = model.tokenizer(batch["caption"]).to(device)
         params = model.trainable_parameters()
         sizes[name] = model.tokenizer.vocab_size
 
