@@ -81,6 +81,23 @@ def test_single_fraction_and_caption_modes_from_spec():
     assert all(c.startswith("a ") and len(c.split()) <= 7 for c in simple)
 
 
+def test_compact_captions_name_sizes_and_the_true_relation():
+    from openvision3.data.shapes import _relation
+    for i in range(60):
+        img, cap, lab, objs = render(i, split="test", kind="multi", resolution=32, captions="compact")
+        words = cap.split()
+        assert len(words) <= 13, cap  # fits a 16-token context with sot/eot
+        assert words[:3] == [objs[0]["size"], objs[0]["color"], objs[0]["shape"]], cap
+        rel = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
+        assert cap.startswith(" ".join(words[:3]) + " " + rel[_relation(objs[0], objs[1])] + " "), cap
+        if len(objs) == 3:
+            assert words[-1] == objs[2]["pos"] and words[-5] == "and", cap
+    singles = open_data("shapes?kind=single&captions=compact", split="test", resolution=32, train=False)
+    data = _take(singles, 16)
+    assert all(c == singles.class_names[lab] for c, lab in zip(data["caption"], data["label"]))
+    assert singles.templates == ["{}"]
+
+
 def test_rich_captions_vary_in_word_order():
     caps = _take(open_data("shapes", resolution=32), 200)["caption"]
     assert len({c.split()[0] for c in caps}) >= 5

@@ -110,6 +110,8 @@ def test_word_tokenizer_keeps_the_bpe_layout_the_towers_rely_on():
     assert long[0, -1] == tok.eot_id and (long[0] != 0).all()  # cut, still ends in eot
     with pytest.raises(ValueError, match="single words"):
         WordTokenizer(["red star"])
+    assert tok.unknown_words(["green star", "Pink circle and green heart"]) == ["green", "heart", "pink"]
+    assert tok.unknown_words("red star") == []
 
 
 def test_the_demo_word_list_covers_every_word_of_its_captions():

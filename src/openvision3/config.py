@@ -24,7 +24,7 @@ POOL_TYPES = typing.get_args(PoolType)
 AttentionKernel = typing.Literal["auto", "math", "default"]  # train.attention_kernel, see models/vit.py
 Precision = typing.Literal["auto", "bf16", "fp32"]  # train.precision, see train/precision.py
 LpipsNet = typing.Literal["alex", "vgg"]  # loss.lpips_net, see models/perceptual.py
-CaptionStyle = typing.Literal["rich", "simple", "minimal"]  # data.shapes_captions, see data/shapes.py
+CaptionStyle = typing.Literal["rich", "simple", "compact", "minimal"]  # data.shapes_captions, see data/shapes.py
 LatentConvention = typing.Literal["scale", "shift_scale"]  # model.vae.convention, see models/vae.py
 TokenizerKind = typing.Literal["bpe", "words"]  # model.tokenizer, see data/tokenizer.py
 

@@ -14,7 +14,9 @@ Selections (``open_data`` kwarg ``kind=`` or spec query ``shapes?kind=single``):
 Spec query options: ``n`` (samples in the split; default train 100000, val/test 2000),
 ``seed`` (generator seed, default 0: the data itself, not the shuffle), ``single`` (fraction),
 ``captions`` = ``rich`` (default, varied) | ``simple`` ("a small red star on the left") |
-``minimal`` ("red star"; the demo's tiny-model mode), ``label`` = ``shape_color`` (64 classes,
+``compact`` (one object: "red star"; several: "small red star left of large blue circle and
+medium green ring top", one fixed wording, at most 13 words) | ``minimal`` ("red star", "red star
+and blue circle": colour and shape words only), ``label`` = ``shape_color`` (64 classes,
 default) | ``shape`` | ``color``. Example: ``shapes?kind=single&captions=minimal``.
 
 Backgrounds are numpy arrays at the target size; object masks are drawn with PIL at 2x (<= 160 px)
@@ -192,8 +194,15 @@ def _fix_articles(text: str) -> str:
 
 
 def _caption(rng, objs, bg: str, mode: str) -> str:
-    if mode == "minimal":
+    if mode == "minimal" or (mode == "compact" and len(objs) == 1):
         return " and ".join(f"{o['color']} {o['shape']}" for o in objs)
+    if mode == "compact":  # "small red star left of large blue circle and medium green ring top"
+        a, b = objs[0], objs[1]
+        phrase = [f"{o['size']} {o['color']} {o['shape']}" for o in objs]
+        text = f"{phrase[0]} {RELATIONS[_relation(a, b)][0]} {phrase[1]}"
+        if len(objs) == 3:
+            text += f" and {phrase[2]} {objs[2]['pos']}"
+        return text
     if len(objs) == 1:
         o = objs[0]
         if mode == "simple":
@@ -273,7 +282,7 @@ class ShapesSource(MapSource):
         self.num_samples = int(n) if n is not None else DEFAULT_N[split]
         has_labels = kind != "multi" and (kind == "single" or single_fraction > 0)
         self.class_names = class_names_for(label) if has_labels else None
-        if captions == "minimal":
+        if captions in ("minimal", "compact"):  # single-object captions are the bare class name
             self.templates = ["{}"]
         elif label == "color":
             self.templates = ["a {} shape.", "something {}."]

@@ -80,6 +80,12 @@ class WordTokenizer:
         """Word ids without sot/eot."""
         return [self._ids.get(w, self.unk_id) for w in self._SPLIT.findall(text.lower())]
 
+    def unknown_words(self, texts) -> list[str]:
+        """The words of ``texts`` outside the list (they would all become the unknown id), sorted."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return sorted({w for t in texts for w in self._SPLIT.findall(t.lower()) if w not in self._ids})
+
     def __call__(self, texts) -> torch.LongTensor:
         if isinstance(texts, str):
             texts = [texts]

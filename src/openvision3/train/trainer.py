@@ -230,6 +230,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         return last_good
 
     stage, loader_it, window, val, bad_in_row, last = None, None, [], {}, 0, {}
+    words_checked = False
     progress = None
     if info.is_main:
         from tqdm.auto import tqdm
@@ -256,6 +257,9 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         wait += time.perf_counter() - t0
         counters["skipped"].update(batch["skipped"])
         images = batch["image"].to(info.device, non_blocking=True)
+        if not words_checked and info.is_main:
+            _warn_unknown_words(model.tokenizer, batch["caption"])
+            words_checked = True
         tokens = model.tokenizer(batch["caption"]).to(info.device, non_blocking=True)
         if images.shape[0] % t.grad_accum_steps:
             raise TrainError(f"step {step}: batch of {images.shape[0]} does not split into "
@@ -298,7 +302,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
             progress.update(1)
             progress.set_postfix(loss=f"{values['loss']:.4f}", stage=stage.name)
 
-        if step % t.log_every == 0 or step == total_steps:
+        if _due(step, t.log_every) or step == total_steps:
             dt = time.perf_counter() - t_last
             row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
             row.update(lr=optimizer.param_groups[0]["lr"], stage=stage.name, resolution=stage.resolution,
@@ -310,16 +314,17 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
             logger.log(step, row)
             window, t_last, wait, seen = [], time.perf_counter(), 0.0, 0
 
-        if (t.eval_every and step % t.eval_every == 0) or step == total_steps:
+        if _due(step, t.eval_every) or step == total_steps:
             val = validate(wrapped, model, cfg, stage, info, amp_dtype)
             if eval_fn is not None:
                 val.update(eval_fn(ema.module if ema is not None else model, step) or {})
             logger.log(step, val)
 
-        if step % t.checkpoint_every == 0 or step == total_steps:
+        saved_now = _due(step, t.checkpoint_every) or step == total_steps
+        if saved_now:
             save(step)
         if any_rank(stop["signal"] is not None, info.device):
-            if not (step % t.checkpoint_every == 0 or step == total_steps):
+            if not saved_now:
                 save(step)
             status = f"stopped by {stop['signal'] or 'a signal on another rank'}"
             break
@@ -376,3 +381,20 @@ def _restore(ckpt: dict, model, optimizer, ema, ds, counters, info) -> int:
                       f"data order and random streams are not exactly reproduced")
         ds.set_epoch(st["data"][0]["epoch"] + 1)
     return int(st["step"])
+
+
+def _due(step: int, every: int) -> bool:
+    """``every`` steps; 0 (or less) means never (the loop still acts at the last step)."""
+    return every > 0 and step % every == 0
+
+
+def _warn_unknown_words(tokenizer, captions) -> None:
+    """A closed word list (``model.tokenizer: words``) that misses caption words trains on <unk>:
+    say so once, on the first batch, rather than let it quietly cost accuracy."""
+    unknown = tokenizer.unknown_words(captions) if hasattr(tokenizer, "unknown_words") else []
+    if unknown:
+        import warnings
+        shown = ", ".join(repr(w) for w in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        warnings.warn(f"model.words lacks {len(unknown)} word(s) of the training captions ({shown}); "
+                      f"they become the unknown id", stacklevel=2)
+
