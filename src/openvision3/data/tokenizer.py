@@ -3,7 +3,7 @@
 ``bpe`` (default): open_clip's BPE ``SimpleTokenizer``, 49,408 ids (its vocabulary ships inside
 the package). ``words`` (ours [?]): a closed word-level vocabulary given in the config
 (``model.words``), for small synthetic caption sets such as the CPU demo's, whose captions use
-17 words: there the 49,408-way caption softmax and the two 49,408-row embedding tables were
+28 words: there the 49,408-way caption softmax and the two 49,408-row embedding tables were
 about a third of a training step.
 
 Both lay ids out the same way, which the text towers rely on: 0 is padding, and end-of-text is
