@@ -82,14 +82,15 @@ def test_single_fraction_and_caption_modes_from_spec():
 
 
 def test_compact_captions_name_sizes_and_the_true_relation():
-    from openvision3.data.shapes import _relation
     for i in range(60):
-        img, cap, lab, objs = render(i, split="test", kind="multi", resolution=32, captions="compact")
+        _, cap, _, objs = render(i, split="test", kind="multi", resolution=32, captions="compact")
         words = cap.split()
         assert len(words) <= 13, cap  # fits a 16-token context with sot/eot
         assert words[:3] == [objs[0]["size"], objs[0]["color"], objs[0]["shape"]], cap
-        rel = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
-        assert cap.startswith(" ".join(words[:3]) + " " + rel[_relation(objs[0], objs[1])] + " "), cap
+        a, b = objs[0], objs[1]  # the relation agrees with the geometry (image y grows downward)
+        dx, dy = a["x"] - b["x"], a["y"] - b["y"]
+        rel = ("left of" if dx < 0 else "right of") if abs(dx) >= abs(dy) else ("above" if dy < 0 else "below")
+        assert cap.startswith(" ".join(words[:3]) + f" {rel} {b['size']} {b['color']} {b['shape']}"), cap
         if len(objs) == 3:
             assert words[-1] == objs[2]["pos"] and words[-5] == "and", cap
     singles = open_data("shapes?kind=single&captions=compact", split="test", resolution=32, train=False)

@@ -397,4 +397,3 @@ def _warn_unknown_words(tokenizer, captions) -> None:
         shown = ", ".join(repr(w) for w in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         warnings.warn(f"model.words lacks {len(unknown)} word(s) of the training captions ({shown}); "
                       f"they become the unknown id", stacklevel=2)
-
