@@ -196,13 +196,6 @@ def _fix_articles(text: str) -> str:
 def _caption(rng, objs, bg: str, mode: str) -> str:
     if mode == "minimal" or (mode == "compact" and len(objs) == 1):
         return " and ".join(f"{o['color']} {o['shape']}" for o in objs)
-    if mode == "compact":  # "small red star left of large blue circle and medium green ring top"
-        a, b = objs[0], objs[1]
-        phrase = [f"{o['size']} {o['color']} {o['shape']}" for o in objs]
-        text = f"{phrase[0]} {RELATIONS[_relation(a, b)][0]} {phrase[1]}"
-        if len(objs) == 3:
-            text += f" and {phrase[2]} {objs[2]['pos']}"
-        return text
     if len(objs) == 1:
         o = objs[0]
         if mode == "simple":
@@ -213,6 +206,11 @@ def _caption(rng, objs, bg: str, mode: str) -> str:
     a, b = objs[0], objs[1]
     rel = _relation(a, b)
     phrase = [f"{o['size']} {o['color']} {o['shape']}" for o in objs]
+    if mode == "compact":  # "small red star left of large blue circle and medium green ring top"
+        text = f"{phrase[0]} {RELATIONS[rel][0]} {phrase[1]}"
+        if len(objs) == 3:
+            text += f" and {phrase[2]} {objs[2]['pos']}"
+        return text
     if mode == "simple":
         text = f"a {phrase[0]} {RELATIONS[rel][0]} a {phrase[1]}"
         if len(objs) == 3:
