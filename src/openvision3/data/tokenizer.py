@@ -55,6 +55,10 @@ class Tokenizer:
         """ids (list or 1-D tensor) -> text; drops sot and padding, stops at the first eot."""
         return self._tok.decode(_content_ids(ids, self)).strip()
 
+    def unknown_words(self, texts) -> list[str]:
+        """Always empty: byte-level BPE encodes any text without an unknown id."""
+        return []
+
 
 class WordTokenizer:
     """A closed vocabulary of whole words: ids 0 pad, 1 unknown, the words in the order given,

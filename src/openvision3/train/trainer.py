@@ -391,7 +391,7 @@ def _due(step: int, every: int) -> bool:
 def _warn_unknown_words(tokenizer, captions) -> None:
     """A closed word list (``model.tokenizer: words``) that misses caption words trains on <unk>:
     say so once, on the first batch, rather than let it quietly cost accuracy."""
-    unknown = tokenizer.unknown_words(captions) if hasattr(tokenizer, "unknown_words") else []
+    unknown = tokenizer.unknown_words(captions)
     if unknown:
         import warnings
         shown = ", ".join(repr(w) for w in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
