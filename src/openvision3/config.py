@@ -105,8 +105,11 @@ class DataConfig:
     color_jitter: float = 0.4  # [C] OpenVision colour jitter
     hflip: bool = True  # [?] captions with left/right words make flips wrong; shapes turns it off
     shapes_single_fraction: float = 0.5  # [?] share of single-object samples in `shapes`
-    # [?] data-layer addition: `shapes` caption style, rich (varied) | simple | minimal ("red star")
+    # [?] data-layer addition: `shapes` caption style, rich (varied) | simple | compact | minimal
     shapes_captions: CaptionStyle = "rich"
+    # [?] `compact` captions only: share of single-object captions that also name the size
+    # ("small red star"); the rest stay the bare class name the zero-shot prompts use
+    shapes_single_size: float = 0.0
 
 
 @dataclass

@@ -13,6 +13,8 @@ Selections (``open_data`` kwarg ``kind=`` or spec query ``shapes?kind=single``):
   ``multi``  2-3 objects only: the fixed retrieval set (use ``split="test"``).
 Spec query options: ``n`` (samples in the split; default train 100000, val/test 2000),
 ``seed`` (generator seed, default 0: the data itself, not the shuffle), ``single`` (fraction),
+``single_size`` (``compact`` only: the share of single-object captions that also name the size,
+"small red star"; DataConfig.shapes_single_size, default 0),
 ``captions`` = ``rich`` (default, varied) | ``simple`` ("a small red star on the left") |
 ``compact`` (one object: "red star"; several: "small red star left of large blue circle and
 medium green ring top", one fixed wording, at most 13 words) | ``minimal`` ("red star", "red star
@@ -193,7 +195,10 @@ def _fix_articles(text: str) -> str:
     return re.sub(r"\ba ([aeiou])", r"an \1", text)
 
 
-def _caption(rng, objs, bg: str, mode: str) -> str:
+def _caption(rng, objs, bg: str, mode: str, single_size: float = 0.0) -> str:
+    if mode == "compact" and len(objs) == 1 and single_size and rng.random() < single_size:
+        o = objs[0]  # drawn after the image, so the option changes captions, never pixels
+        return f"{o['size']} {o['color']} {o['shape']}"
     if mode == "minimal" or (mode == "compact" and len(objs) == 1):
         return " and ".join(f"{o['color']} {o['shape']}" for o in objs)
     if len(objs) == 1:
@@ -235,7 +240,7 @@ def class_names_for(label: str) -> list[str]:
 
 def render(index: int, *, split: str = "train", kind: str = "mixed", resolution: int = 64,
            gen_seed: int = 0, single_fraction: float = 0.5, captions: str = "rich",
-           label: str = "shape_color"):
+           label: str = "shape_color", single_size: float = 0.0):
     """One sample -> (PIL RGB image, caption, label or -1, objects). Pure function of its args."""
     rng = np.random.default_rng([gen_seed, SPLITS[split], KINDS[kind], index])
     if kind == "single":
@@ -259,12 +264,13 @@ def render(index: int, *, split: str = "train", kind: str = "mixed", resolution:
     scale = 2 if resolution <= 160 else 1  # supersample the object masks only: cheap anti-aliasing
     for o in objs:
         _draw(img, o, scale)
-    return img, _caption(rng, objs, bg_desc, captions), lab, objs
+    return img, _caption(rng, objs, bg_desc, captions, single_size), lab, objs
 
 
 class ShapesSource(MapSource):
     def __init__(self, split: str, *, kind: str = "mixed", n: int | None = None, gen_seed: int = 0,
-                 single_fraction: float = 0.5, captions: str = "rich", label: str = "shape_color"):
+                 single_fraction: float = 0.5, captions: str = "rich", label: str = "shape_color",
+                 single_size: float = 0.0):
         if split not in SPLITS:
             raise DataSpecError(f"shapes: unknown split '{split}' (train, val, test)")
         if kind not in KINDS:
@@ -275,8 +281,13 @@ class ShapesSource(MapSource):
             raise DataSpecError(f"shapes: unknown label '{label}' ({', '.join(LABELS)})")
         if not 0.0 <= single_fraction <= 1.0:
             raise DataSpecError(f"shapes: single fraction must be in [0, 1], got {single_fraction}")
+        if not 0.0 <= single_size <= 1.0:
+            raise DataSpecError(f"shapes: single_size must be in [0, 1], got {single_size}")
+        if single_size and captions != "compact":
+            raise DataSpecError(f"shapes: single_size applies to compact captions only, not {captions}")
         self.split, self.kind, self.gen_seed = split, kind, gen_seed
         self.single_fraction, self.captions, self.label = single_fraction, captions, label
+        self.single_size = single_size
         self.num_samples = int(n) if n is not None else DEFAULT_N[split]
         has_labels = kind != "multi" and (kind == "single" or single_fraction > 0)
         self.class_names = class_names_for(label) if has_labels else None
@@ -292,5 +303,5 @@ class ShapesSource(MapSource):
         img, cap, lab, _ = render(index, split=self.split, kind=self.kind,
                                   resolution=resolution or 128, gen_seed=self.gen_seed,
                                   single_fraction=self.single_fraction, captions=self.captions,
-                                  label=self.label)
+                                  label=self.label, single_size=self.single_size)
         return img, cap, lab, f"shapes-{self.split}-{self.kind}-{self.gen_seed}-{index:07d}"
