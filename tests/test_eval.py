@@ -243,3 +243,14 @@ def test_cli_encode_writes_tokens_pooled_labels_and_keys(model_dir, tmp_path, ca
     capsys.readouterr()
     assert main(["encode", "--model", model_dir, "--data", "shapes", "--out", str(tmp_path / "f.pt")]) == 2
     assert "must end in .safetensors" in capsys.readouterr().err
+
+
+def test_picture_titles_keep_each_line_and_wrap_it_alone():
+    from openvision3.eval.common import wrap_title
+    gt = "small red star left of large blue circle and medium green ring top"
+    title = wrap_title(f"GT: {gt}\nOURS: red star", width=40)
+    lines = title.split("\n")
+    assert lines[-1] == "OURS: red star"  # not run into the end of the GT line
+    assert all(len(line) <= 40 for line in lines)
+    assert " ".join(lines[:-1]) == f"GT: {gt}"  # nothing cut
+    assert len(wrap_title("a " * 200, width=10, max_lines=3).split("\n")) == 3

@@ -63,17 +63,28 @@ def plt():
     return pyplot
 
 
-def show_grid(images, titles, path, cols: int = 4, title_width: int = 28):
-    """A grid of images (tensors in [-1, 1]) with wrapped titles, saved to ``path``."""
+def wrap_title(text: str, width: int = 40, max_lines: int = 8) -> str:
+    """Wrap each line of ``text`` on its own (textwrap alone would merge "GT: ..." and "OURS: ...")."""
     import textwrap
+    lines = [w for line in text.split("\n") for w in (textwrap.wrap(line, width) or [""])]
+    return "\n".join(lines[:max_lines])
+
+
+def show_grid(images, titles, path, cols: int = 4, title_width: int = 40, max_title_lines: int = 8):
+    """A grid of images (tensors in [-1, 1]) with wrapped titles, saved to ``path``.
+
+    Each line of a title ("GT: ...\nOURS: ...") is wrapped on its own, and the rows are made tall
+    enough for the longest title, so long captions neither merge nor run into the row above."""
     p = plt()
+    wrapped = [wrap_title(t, title_width, max_title_lines) for t in titles]
+    lines = max([w.count("\n") + 1 for w in wrapped] or [1])
     rows = (len(images) + cols - 1) // cols
-    fig, axes = p.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = p.subplots(rows, cols, figsize=(3 * cols, (3.3 + 0.15 * lines) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, t in zip(axes.flat, images, titles):
+    for ax, img, t in zip(axes.flat, images, wrapped):
         ax.imshow(to_unit(img).permute(1, 2, 0).cpu().numpy())
-        ax.set_title("\n".join(textwrap.wrap(t, title_width)[:5]), fontsize=7)
+        ax.set_title(t, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     p.close(fig)
