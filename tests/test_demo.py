@@ -27,3 +27,16 @@ def test_demo_runs_every_phase_and_reuses_outputs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("reusing") == 2  # neither the VAE nor the model is trained again
     assert again["recon"]["psnr"] == results["recon"]["psnr"]  # same model, same held-out data
+
+
+def test_floor_table_counts_the_floors_met():
+    from openvision3.eval.demo import _floor_table
+    all_met: dict = {}
+    for (task, key), floor in FLOORS.items():
+        all_met.setdefault(task, {})[key] = floor + 0.01
+    assert _floor_table(all_met).startswith(f"This run meets all {len(FLOORS)} floors")
+    one_short = {**all_met, "retrieval": {"t2i_r5": 0.94, "i2t_r1": 0.9}}
+    table = _floor_table(one_short)
+    assert table.startswith(f"This run misses 1 of {len(FLOORS)} floors")
+    assert "| retrieval t2i_r5 | 0.940 | 0.95 | no |" in table
+    assert "misses 4" in _floor_table({})  # nothing measured: nothing met
