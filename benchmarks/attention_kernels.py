@@ -9,10 +9,14 @@ state; reports the median seconds per step of each and their ratio. Not part of 
 """
 from __future__ import annotations
 
-import json
-
 import torch
-from common import DEMO_VAE, device_and_setup, median_step_seconds, step_benchmark_args
+from common import (
+    DEMO_VAE,
+    device_and_setup,
+    median_step_seconds,
+    print_step_table,
+    step_benchmark_args,
+)
 
 from openvision3.config import get_config
 from openvision3.data import make_loader, open_data
@@ -42,15 +46,8 @@ def main():
     kernels = ("default", "math")
     med, times = median_step_seconds({k: (lambda k=k: step(k)) for k in kernels}, args.rounds,
                                      args.steps_per_round, device)
-    print(f"{args.config} on {device.type} ({torch.get_num_threads()} threads), batch {cfg.train.batch_size}, "
-          f"{'bf16' if amp else 'fp32'} autocast, median of {args.rounds} rounds x {args.steps_per_round} steps")
-    print("| attention kernel | s/step |\n|---|---:|")
-    for k in kernels:
-        print(f"| {k} | {med[k]:.3f} |")
-    print(f"math / default time: {med['math'] / med['default']:.2f}")
-    if args.json:
-        print(json.dumps({"device": device.type, "s_per_step": med, "rounds": times,
-                          "ratio_math_over_default": med["math"] / med["default"]}))
+    print_step_table(args, device, med, times, "attention kernel", ("math", "default"),
+                     setting=f"batch {cfg.train.batch_size}, {'bf16' if amp else 'fp32'} autocast, ")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Shared pieces of the step-time benchmarks: the demo VAE's shape and alternating timing rounds."""
+"""Shared pieces of the step-time benchmarks: the demo VAE's shape, alternating timing rounds and
+the printed table."""
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -49,3 +51,21 @@ def median_step_seconds(steps: dict, rounds: int, steps_per_round: int, device: 
             sync()
             times[k].append((time.perf_counter() - t0) / steps_per_round)
     return {k: statistics.median(v) for k, v in times.items()}, times
+
+
+def print_step_table(args, device: torch.device, med: dict, times: dict, label: str, ratio: tuple[str, str],
+                     setting: str = "", extra_cols: dict | None = None, extra_json: dict | None = None):
+    """The Markdown table of median s/step per variant, the ``ratio[0] / ratio[1]`` time ratio and,
+    with --json, the same as one JSON line. ``extra_cols``: {column: {variant: value}}."""
+    extra_cols = extra_cols or {}
+    print(f"{args.config} on {device.type} ({torch.get_num_threads()} threads), {setting}"
+          f"median of {args.rounds} rounds x {args.steps_per_round} steps")
+    cols = [label, *extra_cols, "s/step"]
+    print("| " + " | ".join(cols) + " |\n|---|" + "---:|" * (len(cols) - 1))
+    for k in med:
+        print("| " + " | ".join([k, *(f"{v[k]:,}" for v in extra_cols.values()), f"{med[k]:.3f}"]) + " |")
+    num, den = ratio
+    print(f"{num} / {den} time: {med[num] / med[den]:.2f}")
+    if args.json:
+        print(json.dumps({"device": device.type, "s_per_step": med, "rounds": times, **(extra_json or {}),
+                          f"ratio_{num}_over_{den}": med[num] / med[den]}))

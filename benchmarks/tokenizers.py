@@ -10,10 +10,14 @@ of the caption softmax and of both text towers' embedding tables. Not part of th
 """
 from __future__ import annotations
 
-import json
-
 import torch
-from common import DEMO_VAE, device_and_setup, median_step_seconds, step_benchmark_args
+from common import (
+    DEMO_VAE,
+    device_and_setup,
+    median_step_seconds,
+    print_step_table,
+    step_benchmark_args,
+)
 
 from openvision3.config import get_config
 from openvision3.data import make_loader, open_data
@@ -50,15 +54,8 @@ def main():
         steps[name] = step
 
     med, times = median_step_seconds(steps, args.rounds, args.steps_per_round, device)
-    print(f"{args.config} on {device.type} ({torch.get_num_threads()} threads), "
-          f"median of {args.rounds} rounds x {args.steps_per_round} steps")
-    print("| tokenizer | vocabulary | s/step |\n|---|---:|---:|")
-    for k in steps:
-        print(f"| {k} | {sizes[k]:,} | {med[k]:.3f} |")
-    print(f"words / bpe time: {med['words'] / med['bpe']:.2f}")
-    if args.json:
-        print(json.dumps({"device": device.type, "s_per_step": med, "rounds": times, "vocab_size": sizes,
-                          "ratio_words_over_bpe": med["words"] / med["bpe"]}))
+    print_step_table(args, device, med, times, "tokenizer", ("words", "bpe"),
+                     extra_cols={"vocabulary": sizes}, extra_json={"vocab_size": sizes})
 
 
 if __name__ == "__main__":
