@@ -70,10 +70,10 @@ def open_source(spec: str, split: str = "train", cfg=None, kind: str | None = No
     if scheme == "shapes":
         from .shapes import ShapesSource
         q = dict(query)
-        captions = q.pop("captions", getattr(cfg, "shapes_captions", "rich"))
+        captions = q.pop("captions", cfg.shapes_captions)
         # the config's single_size belongs to compact captions; a spec asking for another style
         # (an evaluation set, say) simply drops it, while `single_size=` in that spec is an error
-        cfg_size = getattr(cfg, "shapes_single_size", 0.0) if captions == "compact" else 0.0
+        cfg_size = cfg.shapes_single_size if captions == "compact" else 0.0
         src = ShapesSource(split, kind=kind or q.pop("kind", "mixed"), n=_num(q, "n", int, None),
                            gen_seed=_num(q, "seed", int, 0),
                            single_fraction=_num(q, "single", float, cfg.shapes_single_fraction),

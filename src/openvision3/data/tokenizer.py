@@ -80,15 +80,18 @@ class WordTokenizer:
         self.sot_id, self.eot_id = len(self.words) + 2, len(self.words) + 3
         self.vocab_size = len(self.words) + 4
 
+    def _split(self, text: str) -> list[str]:
+        return self._SPLIT.findall(text.lower())
+
     def encode(self, text: str) -> list[int]:
         """Word ids without sot/eot."""
-        return [self._ids.get(w, self.unk_id) for w in self._SPLIT.findall(text.lower())]
+        return [self._ids.get(w, self.unk_id) for w in self._split(text)]
 
     def unknown_words(self, texts) -> list[str]:
         """The words of ``texts`` outside the list (they would all become the unknown id), sorted."""
         if isinstance(texts, str):
             texts = [texts]
-        return sorted({w for t in texts for w in self._SPLIT.findall(t.lower()) if w not in self._ids})
+        return sorted({w for t in texts for w in self._split(t) if w not in self._ids})
 
     def __call__(self, texts) -> torch.LongTensor:
         if isinstance(texts, str):

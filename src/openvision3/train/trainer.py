@@ -230,7 +230,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         return last_good
 
     stage, loader_it, window, val, bad_in_row, last = None, None, [], {}, 0, {}
-    words_checked = False
+    first_step = step  # 0, or where a resumed run picks up
     progress = None
     if info.is_main:
         from tqdm.auto import tqdm
@@ -257,9 +257,8 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         wait += time.perf_counter() - t0
         counters["skipped"].update(batch["skipped"])
         images = batch["image"].to(info.device, non_blocking=True)
-        if not words_checked and info.is_main:
+        if step == first_step and info.is_main:  # the first batch this process trains on
             _warn_unknown_words(model.tokenizer, batch["caption"])
-            words_checked = True
         tokens = model.tokenizer(batch["caption"]).to(info.device, non_blocking=True)
         if images.shape[0] % t.grad_accum_steps:
             raise TrainError(f"step {step}: batch of {images.shape[0]} does not split into "
