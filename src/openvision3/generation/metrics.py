@@ -1,0 +1,66 @@
+"""Sample-quality numbers, each under the name it deserves.
+
+``fd``         Fréchet distance between Gaussians fitted to real and generated *judge* features
+               (the FID formula in another feature space: never call it FID).
+``precision``  share of generated samples inside the real manifold, ``recall`` the share of real
+               samples inside the generated one; manifolds are unions of k-NN balls (Kynkäänniemi
+               et al. 2019, k = 3).
+``gfid``       torchmetrics' FrechetInceptionDistance, only when Inception weights are given (the
+               ADM protocol: 50 samples per class, 50k for ImageNet), else None with the reason.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GFID_SKIPPED = "no Inception weights given (pass --inception PATH); gFID needs them"
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)), in float64."""
+    from scipy import linalg
+    a, b = real.double().numpy(), fake.double().numpy()
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():  # near-singular product: regularise as the FID reference code does
+        eps = np.eye(s1.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    d = torch.cdist(x, x)
+    return d.kthvalue(k + 1, dim=1).values  # the 0th neighbour is the point itself
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    real, fake = real.double(), fake.double()
+    r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)
+    d = torch.cdist(fake, real)  # (F, R)
+    precision = (d <= r_real[None, :]).any(1).double().mean()
+    recall = (d.T <= r_fake[None, :]).any(1).double().mean()
+    return float(precision), float(recall)
+
+
+def gfid(real_images: torch.Tensor, fake_images: torch.Tensor, inception: str | None) -> tuple[float | None, str]:
+    """(gFID or None, status). Images in [-1, 1]."""
+    if not inception:
+        return None, GFID_SKIPPED
+    if not Path(inception).is_file():
+        return None, f"Inception weights '{inception}' not found"
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(inception))
+    except (ImportError, ModuleNotFoundError, RuntimeError, OSError) as e:
+        return None, f"FID unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    for imgs, real in ((real_images, True), (fake_images, False)):
+        for i in range(0, len(imgs), 64):
+            fid.update(((imgs[i:i + 64].float() + 1) / 2).clamp(0, 1), real=real)
+    return float(fid.compute()), "ok"
+
+
+__all__ = ["frechet_distance", "precision_recall", "gfid", "GFID_SKIPPED"]
