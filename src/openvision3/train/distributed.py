@@ -100,11 +100,13 @@ def enable_grad_checkpointing(model: nn.Module) -> None:
         t.grad_checkpointing = True  # open_clip recomputes each resblock in backward
 
 
-def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype=None) -> nn.Module:
+def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype=None,
+               find_unused: bool | None = None) -> nn.Module:
     """DDP (replicated) or FSDP2 (``fully_shard`` per transformer block, then the root).
 
     ``mixed_dtype``: bf16 compute for FSDP2 (params gathered in bf16, grads reduced in fp32).
-    The single-process model is returned unchanged.
+    ``find_unused``: DDP's flag; None derives it from an OpenVision 3 model's loss weights (other
+    models, e.g. the generator's DiT, pass it). The single-process model is returned unchanged.
     """
     if not info.distributed:
         return model
@@ -122,11 +124,12 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype
         model._replicated_params = sorted(scalars, key=id)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
-    lc = model.cfg.loss
-    # A disabled branch leaves its parameters without gradients; DDP must then look for them.
-    unused = min(lc.w_rec, lc.w_und, lc.alpha_contrastive, lc.caption_weight) <= 0
+    if find_unused is None:
+        lc = model.cfg.loss
+        # A disabled branch leaves its parameters without gradients; DDP must then look for them.
+        find_unused = min(lc.w_rec, lc.w_und, lc.alpha_contrastive, lc.caption_weight) <= 0
     return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-               find_unused_parameters=unused)
+               find_unused_parameters=find_unused)
 
 
 def reshard_fsdp(model: nn.Module) -> None:
