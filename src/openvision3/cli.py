@@ -63,6 +63,23 @@ def _add_data(sub):
     k.add_argument("--format", default="jpg", choices=["jpg", "png"])
     k.add_argument("--json", action="store_true")
     k.set_defaults(func=_run_data_pack)
+    c = dsub.add_parser("cache-latents", help="encode a spec once with the frozen VAE: webdataset shards of "
+                        "image + latent + flipped latent, for training with data.latent_cache=DIR")
+    c.add_argument("spec")
+    c.add_argument("--vae", required=True, help="VAE: alias (flux-ov3, flux, sd), hub id, local diffusers "
+                   "directory (e.g. a saved model's MODEL/vae)")
+    c.add_argument("--convention", default="scale", choices=["scale", "shift_scale"],
+                   help="latent normalisation (default scale, the released OV3 code's [C])")
+    c.add_argument("--resolution", type=_positive_int, required=True, help="pixels (short side resized, centre crop)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--shard-size", type=_positive_int, default=1000)
+    c.add_argument("--split", default="train")
+    c.add_argument("--kind", default=None, help="shapes selection: mixed | single | multi")
+    c.add_argument("--limit", type=_positive_int, default=None)
+    c.add_argument("--batch-size", type=_positive_int, default=16)
+    c.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_run_data_cache_latents)
 
 
 def _run_data_inspect(args):
@@ -79,6 +96,17 @@ def _run_data_pack(args):
                   resolution=args.resolution, image_format=args.format, limit=args.limit, kind=args.kind)
     print(f"wrote {r['samples']} samples in {r['shards']} shards to {r['out']}; "
           f"{r['skipped']} skipped {r['skipped_by_reason'] or ''}".rstrip())
+    if args.json:
+        print_json(r)
+
+
+def _run_data_cache_latents(args):
+    from .data.latent_cache import cache_latents
+    r = cache_latents(args.spec, args.vae, args.resolution, args.out, convention=args.convention,
+                      shard_size=args.shard_size, split=args.split, batch_size=args.batch_size,
+                      limit=args.limit, device=args.device, kind=args.kind)
+    print(f"cached {r['samples']} samples (latent {tuple(r['latent_shape'])} + flip) in {r['shards']} shards "
+          f"to {r['out']}; train with data.latent_cache={r['out']}")
     if args.json:
         print_json(r)
 
@@ -345,11 +373,56 @@ def _run_demo(args):
         print_json(results)
 
 
+# --- ov3 bench ---------------------------------------------------------------------------------
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="where a training step's time goes: per-component time and share, "
+                       "images/s, FLOPs, MFU, peak memory, same-run ratios (timm, latent cache, pixel sub-batch)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", default=None, help="a config name or YAML (its own VAE; default: the size "
+                   "preset with an inline VAE of the FLUX VAE's shape)")
+    g.add_argument("--preset", default=None, help="model size preset (nano, tiny, small, b2, l2)")
+    p.add_argument("--resolution", type=_positive_int, default=None, help="pixels (default 256 on CUDA, 32 on CPU)")
+    p.add_argument("--batch", type=_positive_int, default=None, help="images per step (default 32 on CUDA, 8 on CPU)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="autocast (default auto: bf16 where the device runs it natively)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="timing rounds (median; default 3 CPU, 5 CUDA)")
+    p.add_argument("--no-ratios", action="store_true", help="skip encoder_vs_timm and the cache/pixel ratios")
+    p.add_argument("--compare", action="append", default=None, metavar="NAME:key=value,...",
+                   help="instead: whole-step time of config variants in alternating rounds (give it 2+ times)")
+    p.add_argument("--cached", action="store_true", help="with --compare: steps on cached latents")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run on the smallest model (tests)")
+    p.add_argument("--out", default=None, help="write bench.json, bench.md and bench.png here")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args):
+    from .bench import BenchError, BenchOptions, compare_steps, format_bench, format_compare, run_bench
+    opts = BenchOptions(config=args.config, preset=args.preset, overrides=args.overrides,
+                        resolution=args.resolution, batch=args.batch, device=args.device, precision=args.precision,
+                        repeats=args.repeats, tiny=args.tiny, ratios=not args.no_ratios, out=args.out,
+                        progress=not args.no_progress)
+    try:
+        if args.compare:
+            r = compare_steps(opts, args.compare, cached=args.cached)
+            print(format_compare(r))
+        else:
+            r = run_bench(opts)
+            print(format_bench(r))
+    except BenchError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print_json(r)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ov3", description="OpenVision 3: train, evaluate and use "
                                      "unified visual encoders")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_data, _add_train, _add_eval, _add_demo):
+    for add in (_add_info, _add_data, _add_train, _add_eval, _add_demo, _add_bench):
         add(sub)
     return parser
 

@@ -27,6 +27,7 @@ LpipsNet = typing.Literal["alex", "vgg"]  # loss.lpips_net, see models/perceptua
 CaptionStyle = typing.Literal["rich", "simple", "compact", "minimal"]  # data.shapes_captions, see data/shapes.py
 LatentConvention = typing.Literal["scale", "shift_scale"]  # model.vae.convention, see models/vae.py
 TokenizerKind = typing.Literal["bpe", "words"]  # model.tokenizer, see data/tokenizer.py
+AdamWImpl = typing.Literal["auto", "fused", "foreach"]  # train.adamw, see train/optim.py
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,9 @@ class VAEConfig:
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
     layers_per_block: int = 1
     norm_num_groups: int = 32
+    # [?] ours: run the frozen VAE in channels-last memory format (measured with `ov3 bench`,
+    # docs/performance.md); the latents and images it returns are the same either way
+    channels_last: bool = False
 
 
 @dataclass
@@ -110,6 +114,9 @@ class DataConfig:
     # [?] `compact` captions only: share of single-object captions that also name the size
     # ("small red star"); the rest stay the bare class name the zero-shot prompts use
     shapes_single_size: float = 0.0
+    # [?] ours, MAR's idea [C]: a directory written by `ov3 data cache-latents`; training then reads
+    # images + precomputed VAE latents from it instead of data.train (data/latent_cache.py)
+    latent_cache: str | None = None
 
 
 @dataclass
@@ -141,6 +148,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # [?] (RAE [C] uses 1.0)
     ema_decay: float = 0.0  # 0 = off; timm ModelEmaV3 when > 0
     grad_accum_steps: int = 1
+    # [?] ours: AdamW kernel. auto = fused on CUDA, foreach on CPU (measured: docs/performance.md)
+    adamw: AdamWImpl = "auto"
     precision: Precision = "auto"  # auto: bf16 on CUDA, or on CPUs that have it
     compile: bool = False
     # [?] ours: "auto" = SDPA's math kernel on CPU (a train step of the demo ~14% faster than the CPU

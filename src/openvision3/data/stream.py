@@ -157,10 +157,14 @@ def collate(items: list[dict]) -> dict:
     for x in items:
         skipped.update(x["_skipped"])
     images = [x["image"] for x in real]
+    extra = {}
+    if images and isinstance(images[0], dict):  # a latent cache: {"image", "latent"} per sample
+        extra = {k: torch.stack([im[k] for im in images]) for k in images[0] if k != "image"}
+        images = [im["image"] for im in images]
     if images and isinstance(images[0], torch.Tensor):
         images = torch.stack(images)
     last = items[-1]
-    return {"image": images, "caption": [x["caption"] for x in real],
+    return {"image": images, **extra, "caption": [x["caption"] for x in real],
             "label": torch.tensor([x["label"] for x in real], dtype=torch.long),
             "key": [x["key"] for x in real], "skipped": skipped,
             "_state": (last["_part"], last["_cursor"], last["_num_parts"])}

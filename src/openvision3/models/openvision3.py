@@ -91,11 +91,14 @@ class OpenVision3(nn.Module):
         return self.text_encoder(self._as_tokens(tokens))
 
     # ------------------------------------------------------------------ training forward
-    def forward(self, images: torch.Tensor, tokens=None, lpips_weight: float | None = None) -> dict:
+    def forward(self, images: torch.Tensor, tokens=None, lpips_weight: float | None = None,
+                latents: torch.Tensor | None = None) -> dict:
         """Every loss term and the total ``loss``. ``tokens``: ids (B, T) or captions (list of str).
         A branch whose weight is 0 is not computed at all."""
         lf, lc = self.loss_fn, self.cfg.loss
-        latents = self.vae.encode(images)
+        # ``latents``: the VAE latents of ``images`` when already known (a latent cache, MAR's
+        # idea: data/latent_cache.py); the VAE encoder is then skipped.
+        latents = self.vae.encode(images) if latents is None else latents.float()
         z_u = self.encoder(latents)
         terms: dict = {}
         if lf.rec_enabled:

@@ -115,6 +115,10 @@ class FrozenVAE(nn.Module):
         self.shift_factor = float(cfg.shift_factor if cfg.shift_factor is not None
                                   else getattr(vc, "shift_factor", None) or 0.0)
         self.compute_dtype = compute_dtype  # None = fp32; e.g. torch.bfloat16 to run under autocast
+        # channels-last weights and inputs (a speed switch; outputs are returned contiguous)
+        self.channels_last = bool(getattr(cfg, "channels_last", False))
+        if self.channels_last:
+            self.vae.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True):
         # Frozen: stays in eval mode whatever the parent module asks.
@@ -144,6 +148,9 @@ class FrozenVAE(nn.Module):
         if hw[0] % f or hw[1] % f:
             raise ValueError(f"{what} size {hw[0]}x{hw[1]} is not divisible by the VAE downsample factor {f}")
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def normalize(self, mean: torch.Tensor) -> torch.Tensor:
         if self.convention == "shift_scale":
             return (mean - self.shift_factor) * self.scaling_factor
@@ -161,8 +168,8 @@ class FrozenVAE(nn.Module):
         """images (B,3,H,W) in [-1,1] -> normalised posterior-mean latents (B,C,H/f,W/f), fp32."""
         self._check_images(images)
         with self._precision(images, autocast_dtype):
-            mean = self.vae.encode(images.float()).latent_dist.mean
-        return self.normalize(mean.float())
+            mean = self.vae.encode(self._layout(images.float())).latent_dist.mean
+        return self.normalize(mean.float()).contiguous()
 
     def decode(self, latents: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
         """normalised latents (B,C,h,w) -> images (B,3,h*f,w*f), about [-1,1] (not clamped, so
@@ -171,8 +178,8 @@ class FrozenVAE(nn.Module):
             raise ValueError(f"FrozenVAE.decode expects latents (B, {self.latent_channels}, h, w), "
                              f"got {tuple(latents.shape)}")
         with self._precision(latents, autocast_dtype):
-            images = self.vae.decode(self.denormalize(latents.float())).sample
-        return images.float()
+            images = self.vae.decode(self._layout(self.denormalize(latents.float()))).sample
+        return images.float().contiguous()
 
     # -- persistence / reporting ---------------------------------------------------------------
 

@@ -27,10 +27,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, train_cfg, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    # The fused kernel is only worth it (and only well tested) on CUDA.
-    fused = device.type == "cuda"
+    """AdamW over ``param_groups``; ``train.adamw`` picks the kernel: ``fused`` (one kernel for
+    every tensor), ``foreach`` (batched per op), ``auto`` = fused on CUDA, foreach elsewhere (on our
+    CPU the fused kernel was no faster: docs/performance.md)."""
+    impl = getattr(train_cfg, "adamw", "auto")
+    fused = device.type == "cuda" if impl == "auto" else impl == "fused"
     return torch.optim.AdamW(param_groups(model, train_cfg.weight_decay), lr=lr,
-                             betas=tuple(train_cfg.betas), fused=fused)
+                             betas=tuple(train_cfg.betas), fused=fused, foreach=None if fused else True)
 
 
 def scaled_lr(base_lr: float, batch_size: int, scale_by_batch: bool = True) -> float:

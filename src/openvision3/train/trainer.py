@@ -104,13 +104,15 @@ def forward_context(device: torch.device, amp_dtype, attention_kernel: str = "au
 
 
 def forward_backward(model, images, tokens, lpips_weight, accum: int, amp_dtype,
-                     attention_kernel: str = "auto") -> dict:
-    """One optimizer step's forward and backward over ``accum`` micro-batches; mean loss terms."""
+                     attention_kernel: str = "auto", latents=None) -> dict:
+    """One optimizer step's forward and backward over ``accum`` micro-batches; mean loss terms.
+    ``latents``: the images' VAE latents when they come from a latent cache."""
     totals: dict = {}
-    for i, (x, t) in enumerate(zip(images.chunk(accum), tokens.chunk(accum))):
+    lats = latents.chunk(accum) if latents is not None else [None] * accum
+    for i, (x, t, z) in enumerate(zip(images.chunk(accum), tokens.chunk(accum), lats)):
         with set_grad_sync(model, i == accum - 1):  # all-reduce once, on the last micro-batch
             with forward_context(x.device, amp_dtype, attention_kernel):
-                out = model(x, t, lpips_weight=lpips_weight)
+                out = model(x, t, lpips_weight=lpips_weight, **({} if z is None else {"latents": z}))
             (out["loss"] / accum).backward()
         if i == accum - 1:
             sync_replicated_grads(model)  # FSDP2 leaves scalars (logit_scale) unsharded
@@ -189,8 +191,13 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
     trainable_keys = set(model.trainable_state_dict())
 
     # Data: one resumable stream for the whole run; stages only change resolution and batch.
-    ds = open_data(cfg.data.train, split="train", resolution=stages[0].resolution, train=True,
-                   cfg=cfg.data, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+    if cfg.data.latent_cache:  # images + precomputed latents; refused if made with another VAE/size
+        from ..data.latent_cache import open_latent_cache
+        ds = open_latent_cache(cfg.data.latent_cache, model.vae, [s.resolution for s in stages], cfg=cfg.data,
+                               seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+    else:
+        ds = open_data(cfg.data.train, split="train", resolution=stages[0].resolution, train=True,
+                       cfg=cfg.data, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
 
     step, counters = 0, {"bad_steps": 0, "skipped": Counter()}
     if ckpt is not None:
@@ -257,6 +264,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         wait += time.perf_counter() - t0
         counters["skipped"].update(batch["skipped"])
         images = batch["image"].to(info.device, non_blocking=True)
+        latents = batch["latent"].to(info.device, non_blocking=True) if "latent" in batch else None
         if step == first_step and info.is_main:  # the first batch this process trains on
             _warn_unknown_words(model.tokenizer, batch["caption"])
         tokens = model.tokenizer(batch["caption"]).to(info.device, non_blocking=True)
@@ -265,7 +273,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
                              f"{t.grad_accum_steps} micro-batches")
         try:
             terms = forward_backward(wrapped, images, tokens, stage.lpips_weight, t.grad_accum_steps, amp_dtype,
-                                     t.attention_kernel)
+                                     t.attention_kernel, latents=latents)
         except torch.OutOfMemoryError:
             raise TrainError(
                 f"out of memory at step {step} with global batch {stage.batch_size} "
