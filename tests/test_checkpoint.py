@@ -48,8 +48,9 @@ def test_damaged_newest_falls_back(tmp_path):
         assert ck.resolve_resume(str(tmp_path), tmp_path)["trainer_state"]["step"] == 3
 
 
-def test_no_checkpoints_is_one_clear_error(tmp_path):
-    with pytest.raises(ck.CheckpointError, match="no checkpoints found"):
-        ck.resolve_resume("auto", tmp_path)
+def test_no_checkpoints_yet_starts_over_but_a_missing_path_is_one_clear_error(tmp_path):
+    # a requeued job always passes --resume auto, also when it was killed before its first checkpoint
+    with pytest.warns(UserWarning, match="no checkpoint .* yet; starting from step 0"):
+        assert ck.resolve_resume("auto", tmp_path) is None
     with pytest.raises(ck.CheckpointError, match="does not exist"):
         ck.resolve_resume(str(tmp_path / "nope"), tmp_path)

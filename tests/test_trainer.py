@@ -127,9 +127,8 @@ def test_bad_inputs(tmp_path, capsys):
     assert rc == 2 and "unknown config key 'train.stpes'" in err and "train.steps" in err
     rc, err = _cli(capsys, "--out", str(tmp_path / "b"), "data.train=folder:/does/not/exist")
     assert rc == 2 and "/does/not/exist" in err
-    (tmp_path / "c").mkdir()
-    rc, err = _cli(capsys, "--out", str(tmp_path / "c"), "--resume", "auto")
-    assert rc == 2 and "no checkpoints found" in err
+    rc, err = _cli(capsys, "--out", str(tmp_path / "c"), "--resume", str(tmp_path / "no_such_run"))
+    assert rc == 2 and "does not exist" in err
     rc, err = _cli(capsys, "--out", str(tmp_path / "d"), "train.batch_size=8", "train.grad_accum_steps=3")
     assert rc == 2 and "not divisible" in err
     with pytest.raises(ConfigError, match="not divisible by world size 3"):

@@ -14,6 +14,14 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other bad input (exit code 2); the
+    usage text is one ``--help`` away. Subcommand parsers inherit the class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj, default=str))
 
@@ -129,6 +137,7 @@ def _run_train_vae(args):
     from pathlib import Path
 
     from .data import DataSpecError
+    from .train.checkpoint import CheckpointError
     from .train.vae_trainer import get_vae_config, train_vae
     overrides = list(args.overrides)
     if args.data:
@@ -137,7 +146,7 @@ def _run_train_vae(args):
     out = args.out or str(Path("runs") / Path(args.config).stem)
     try:
         r = train_vae(cfg, out, resume=args.resume)
-    except DataSpecError as e:
+    except (DataSpecError, CheckpointError) as e:
         raise UserError(str(e)) from None
     print(f"VAE: {r['steps']} steps in {r['train_seconds']} s; held-out PSNR {r['val_psnr']:.2f} dB, "
           f"SSIM {r['val_ssim']:.3f}; saved to {r['model_dir']}", file=sys.stderr)
@@ -419,8 +428,8 @@ def _run_bench(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ov3", description="OpenVision 3: train, evaluate and use "
-                                     "unified visual encoders")
+    parser = OneLineParser(prog="ov3", description="OpenVision 3: train, evaluate and use "
+                           "unified visual encoders")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_data, _add_train, _add_eval, _add_demo, _add_bench):
         add(sub)
@@ -430,11 +439,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .config import ConfigError
     from .data.errors import DataSpecError
-    args = build_parser().parse_args(argv)
+    from .train.run_lock import RunLockError
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage error (one line, code 2) or --help (code 0)
+        return e.code if isinstance(e.code, int) else 2
     try:
         args.func(args)
-    except (UserError, ConfigError, DataSpecError, FileNotFoundError) as e:
-        print(f"ov3 {args.command}: error: {e}", file=sys.stderr)
+    except (UserError, ConfigError, DataSpecError, FileNotFoundError, RunLockError) as e:
+        print(f"ov3 {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine said no (permissions, a path through a file, a full disk)
+        what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else (str(e) or type(e).__name__)
+        print(f"ov3 {args.command}: error: {' '.join(what.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ov3 {args.command}: interrupted", file=sys.stderr)

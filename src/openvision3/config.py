@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -292,7 +293,75 @@ def _build(cls, values: dict, prefix: str = "", base=None):
             _build(tp, value, f"{prefix}{key}.", base=current)
         else:
             setattr(obj, key, _coerce(value, hints[key], prefix + key))
+            _check_bounds(cls, key, getattr(obj, key), prefix + key)
     return obj
+
+
+def _at_least_1(v):
+    return v >= 1
+
+
+def _positive(v):
+    return v > 0
+
+
+def _non_negative(v):
+    return v >= 0
+
+
+def _fraction(v):
+    return 0 <= v <= 1
+
+
+def _open_fraction(v):
+    return 0 < v <= 1
+
+
+def _decay(v):
+    return 0 <= v < 1
+
+
+_BOUND_TEXT = {_at_least_1: ">= 1", _positive: "> 0", _non_negative: ">= 0", _fraction: "between 0 and 1",
+               _open_fraction: "in (0, 1]", _decay: "in [0, 1)"}
+# Bounds of numeric keys (by dataclass name, base classes included), checked as YAML or key=value
+# sets them, so an impossible value is one line naming the key instead of a crash minutes later.
+BOUNDS: dict[str, dict] = {
+    "TowerConfig": dict(width=_at_least_1, layers=_at_least_1, heads=_at_least_1, mlp_ratio=_positive),
+    "TextTowerConfig": dict(context_length=_at_least_1),
+    "ModelConfig": dict(image_size=_at_least_1, patch_size=_at_least_1, embed_dim=_at_least_1,
+                        vocab_size=_at_least_1, noise_tau=_non_negative, caption_keep_ratio=_open_fraction),
+    "VAEConfig": dict(latent_channels=_at_least_1, layers_per_block=_at_least_1, norm_num_groups=_at_least_1),
+    "DataConfig": dict(resolution=_at_least_1, num_workers=_non_negative, shuffle_buffer=_at_least_1,
+                       min_crop_area=_open_fraction, color_jitter=_non_negative, shapes_single_fraction=_fraction,
+                       shapes_single_size=_fraction),
+    "StageConfig": dict(resolution=_at_least_1, steps=_at_least_1, epochs=_positive, batch_size=_at_least_1,
+                        lr=_non_negative, lpips_weight=_non_negative, warmup_steps=_non_negative),
+    "TrainConfig": dict(steps=_at_least_1, epochs=_positive, epoch_size=_at_least_1, batch_size=_at_least_1,
+                        lr=_non_negative, min_lr_ratio=_fraction, warmup_steps=_non_negative,
+                        weight_decay=_non_negative, grad_clip=_non_negative, ema_decay=_decay,
+                        grad_accum_steps=_at_least_1, keep_last=_non_negative, max_bad_steps=_at_least_1),
+    "LossConfig": dict(w_rec=_non_negative, w_und=_non_negative, beta_latent=_non_negative,
+                       lpips_weight=_non_negative, alpha_contrastive=_non_negative, caption_weight=_non_negative,
+                       pixel_subbatch=_non_negative),
+    "EvalConfig": dict(num_samples=_at_least_1, batch_size=_at_least_1),
+    # train/vae_trainer.py's tree shares this builder
+    "VAEArchConfig": dict(layers_per_block=_at_least_1, latent_channels=_at_least_1, norm_num_groups=_at_least_1),
+    "VAETrainConfig": dict(eval_samples=_at_least_1, steps=_at_least_1, max_seconds=_non_negative,
+                           batch_size=_at_least_1, lr=_non_negative, warmup_steps=_non_negative,
+                           min_lr_ratio=_fraction, weight_decay=_non_negative, grad_clip=_non_negative,
+                           l1_weight=_non_negative, mse_weight=_non_negative, kl_weight=_non_negative,
+                           lpips_weight=_non_negative, lpips_start=_fraction, gan_weight=_non_negative,
+                           gan_start=_fraction, keep_last=_non_negative),
+}
+
+
+def _check_bounds(cls, key: str, value, dotted: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    for klass in cls.__mro__:
+        ok = BOUNDS.get(klass.__name__, {}).get(key)
+        if ok is not None and not ok(value):
+            raise ConfigError(f"config key '{dotted}' must be {_BOUND_TEXT[ok]}, got {value!r}")
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
@@ -354,10 +423,7 @@ def load_values(name_or_yaml: str | None = None, overrides: list[str] | None = N
     values: dict = {}
     if name_or_yaml:
         path = resolve_config_path(name_or_yaml)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        values = read_yaml(path)
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     return _deep_merge(values, parse_overrides(overrides or []))
@@ -378,4 +444,23 @@ def config_to_yaml(cfg) -> str:
 
 def load_config_file(path: str | Path) -> Config:
     """Load a config saved by ``config_to_yaml`` (a checkpoint's or model's ``config.yaml``)."""
-    return config_from_dict(yaml.safe_load(Path(path).read_text()) or {})
+    values = read_yaml(path)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return config_from_dict(values)
+
+
+def read_yaml(path: str | Path):
+    """Plain YAML data only (``yaml.safe_load``): a ``!!python/...`` tag, which ``yaml.load`` would
+    turn into a call, is refused with one line and never constructed."""
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.constructor.ConstructorError as e:
+        tag = re.search(r"tag '([^']+)'", str(e))
+        raise ConfigError(f"{path}: refused: a YAML tag that only Python-object loaders accept "
+                          f"({tag.group(1) if tag else str(e).splitlines()[0]}); configs are plain data, "
+                          f"nothing in the file was run") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None

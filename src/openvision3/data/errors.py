@@ -38,3 +38,5 @@ EMPTY_CAPTION = "empty_caption"
 CAPTION_NOT_UTF8 = "caption_not_utf8"
 NO_IMAGE = "no_image"
 TAR_ERROR = "tar_error"
+DECOMPRESSION_BOMB = "decompression_bomb"  # a header declaring a huge image (PIL's bomb check)
+DUPLICATE_KEY = "duplicate_key"  # a webdataset key met twice in one shard: the repeat is dropped

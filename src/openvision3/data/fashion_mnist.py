@@ -9,6 +9,7 @@ index, so deterministic); labels index ``CLASS_NAMES``.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,19 @@ _CACHE: dict = {}
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    """An idx file (uint8 payload) as an array; a damaged file is one DataSpecError line."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":  # magic: two zero bytes, type 0x08 = uint8
+            raise ValueError("not an idx file of uint8")
+        ndim = raw[3]
+        dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    except (OSError, EOFError, ValueError, zlib.error) as e:  # truncated gzip, short payload, bad header
+        raise DataSpecError(f"fashion-mnist: {path} is damaged ({type(e).__name__}: {e}); reinstall "
+                            f"dataset-fashion-mnist or pass fashion-mnist:DIR") from None
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -49,8 +57,14 @@ def load_arrays(root: str | None, official_split: str):
     key = (str(root), official_split)
     if key not in _CACHE:
         stem = "train" if official_split == "train" else "t10k"
-        _CACHE[key] = (_read_idx(_find(root, f"{stem}-images-idx3-ubyte")),
-                       _read_idx(_find(root, f"{stem}-labels-idx1-ubyte")).astype(np.int64))
+        images = _read_idx(_find(root, f"{stem}-images-idx3-ubyte"))
+        labels = _read_idx(_find(root, f"{stem}-labels-idx1-ubyte")).astype(np.int64)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataSpecError(f"fashion-mnist: {root}: {stem} images {images.shape} and labels "
+                                f"{labels.shape} do not match")
+        if labels.size and not 0 <= labels.min() <= labels.max() < len(CLASS_NAMES):
+            raise DataSpecError(f"fashion-mnist: {root}: {stem} labels outside 0..{len(CLASS_NAMES) - 1}")
+        _CACHE[key] = (images, labels)
     return _CACHE[key]
 
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import warnings
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from . import errors as E
 
@@ -14,21 +17,37 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """bytes -> RGB PIL image (first frame; alpha composited on white). Raises SkipSample."""
+    """bytes -> RGB PIL image (first frame; EXIF orientation applied; alpha composited on white;
+    16-bit scaled to 8). Raises SkipSample; a decompression bomb (a header declaring more than
+    twice PIL's ``Image.MAX_IMAGE_PIXELS``, ~179 M pixels) is refused before any pixel is decoded."""
     if not data:
         raise E.SkipSample(E.EMPTY_FILE)
     try:
-        img = Image.open(io.BytesIO(data))
-        img.seek(0)  # gif/webp animations: first frame
-        img.load()
+        with warnings.catch_warnings():
+            # Between 1x and 2x MAX_IMAGE_PIXELS PIL only warns; such images are decoded (large, real).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.seek(0)  # gif/webp animations: first frame
+            img.load()
+    except Image.DecompressionBombError:
+        raise E.SkipSample(E.DECOMPRESSION_BOMB) from None
     except UnidentifiedImageError:
         raise E.SkipSample(E.NOT_AN_IMAGE) from None
-    except (OSError, SyntaxError, ValueError, EOFError):
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError):
+        # a damaged file surfaces as any of these, depending on the format plugin and where it breaks
         raise E.SkipSample(E.TRUNCATED_IMAGE) from None
+    try:
+        img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF, not in pixels
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        pass  # a damaged EXIF block: the pixels are fine, keep them as stored
     return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: PIL's convert("RGB") clips to 0..255 instead of scaling (a white image)
+        arr = np.asarray(img, dtype=np.int64)
+        img = Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), "L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):

@@ -1,7 +1,7 @@
 """``wds:PATTERN``: webdataset tar shards (DataComp style), read with the webdataset library.
 
 PATTERN is a local brace pattern (``shards/{000000..000099}.tar``), a glob, a directory (all
-``*.tar`` under it), or any URL / ``pipe:`` command ``webdataset.gopen`` accepts (``::`` joins
+``*.tar`` / ``*.tar.gz`` / ``*.tgz`` under it), or any URL / ``pipe:`` command ``webdataset.gopen`` accepts (``::`` joins
 several patterns). A sample is the tar members sharing a key: image ``jpg``/``jpeg``/``png``/``webp``,
 caption ``txt`` or the ``caption`` field of ``json`` (whose ``label`` int is used when present).
 
@@ -32,6 +32,7 @@ from .errors import DataSpecError, Skip
 from .imageio import caption_from_json, decode_caption, decode_image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+SHARD_EXTS = (".tar", ".tar.gz", ".tgz")  # gzip-compressed tars are read transparently
 
 
 def _is_remote(url: str) -> bool:
@@ -47,9 +48,9 @@ def list_shards(pattern: str) -> list[str]:
             continue
         p = Path(pat).expanduser()
         if p.is_dir():
-            found = sorted(str(q) for q in p.rglob("*.tar"))
+            found = sorted(str(q) for ext in SHARD_EXTS for q in p.rglob(f"*{ext}"))
             if not found:
-                raise DataSpecError(f"wds:{pat}: directory has no .tar files")
+                raise DataSpecError(f"wds:{pat}: directory has no {' / '.join(SHARD_EXTS)} files")
             urls += found
             continue
         expanded = [q for b in braceexpand(str(p)) for q in (sorted(glob.glob(b)) if glob.has_magic(b) else [b])]
@@ -63,8 +64,16 @@ def list_shards(pattern: str) -> list[str]:
 
 
 def read_shard(url: str):
-    """Yield grouped samples ``{"__key__", ext: bytes}`` of one shard, then Skip on a broken tar."""
-    group = None
+    """Yield grouped samples ``{"__key__", ext: bytes}`` of one shard, then Skip on a broken tar.
+
+    A key met again in the same shard (after other keys, or as a repeated member of the current
+    sample) starts a duplicate sample: it is dropped and counted as ``duplicate_key``, so the first
+    copy wins and no member of one sample silently overwrites another's."""
+    group, seen = None, set()
+
+    def finish(g):
+        return Skip(E.DUPLICATE_KEY) if g.pop("__duplicate__", False) else g
+
     try:
         stream = webdataset.gopen(url)
     except Exception:  # noqa: BLE001 - any open failure is one unreadable shard
@@ -75,16 +84,18 @@ def read_shard(url: str):
             prefix, suffix = base_plus_ext(member["fname"])
             if prefix is None:
                 continue
-            if group is None or prefix != group["__key__"]:
+            suffix = suffix.lower()
+            if group is None or prefix != group["__key__"] or suffix in group:
                 if group is not None:
-                    yield group
-                group = {"__key__": prefix}
-            group[suffix.lower()] = member["data"]
+                    yield finish(group)
+                group = {"__key__": prefix, "__duplicate__": prefix in seen}
+                seen.add(prefix)
+            group[suffix] = member["data"]
         if group is not None:
-            yield group
-    except (tarfile.TarError, OSError, EOFError, ValueError):
+            yield finish(group)
+    except Exception:  # noqa: BLE001 - truncated / corrupt tar or gzip: the rest of the shard is lost
         if group is not None:
-            yield group  # what was read before the break; an incomplete one is skipped by reason
+            yield finish(group)  # what was read before the break; an incomplete one is skipped by reason
         yield Skip(E.TAR_ERROR)
     finally:
         stream.close()

@@ -35,7 +35,20 @@ def _read_weights(path: Path) -> dict:
         from safetensors.torch import load_file
         return load_file(str(path))
     # weights_only: never run pickled code from a downloaded file
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    import pickle
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:120]})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise CheckpointError(f"{path}: refused: it pickles Python objects that are not tensors or plain data"
+                              f"{f' ({found.group(1)})' if found else ''}, which could run code when loaded; "
+                              f"nothing in it was run") from None
+    except (RuntimeError, EOFError, OSError) as e:  # truncated / not a torch file
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CheckpointError(f"{path}: not a readable weights file ({type(e).__name__})") from None
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 

@@ -8,12 +8,20 @@ A checkpoint directory holds
                          the RNG states (Python, NumPy, torch, CUDA) and the data position
   config.yaml            the full run config
   meta.json              step, package version, git commit, time
-It is written to ``.tmp_step_N`` and renamed, so a ``step_N`` directory is always complete; a
-file damaged afterwards (disk, copy) is caught on load and ``--resume auto`` falls back.
+It is written to ``.tmp_step_N``, synced and renamed, so a ``step_N`` directory is always
+complete, whenever the process is killed: replacing or pruning a checkpoint first renames it
+away (``.old_step_N``), and leftovers of a killed write are removed at the next save. A disk that
+fills during the write stops with one line naming the directory and the space needed, and the
+previous checkpoint stays as it was. A file damaged afterwards (disk, copy) or holding a pickle
+that is more than tensors and plain data is caught on load, and ``--resume auto`` falls back.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import pickle
 import random
 import re
 import shutil
@@ -27,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_LEFTOVER = re.compile(r"^\.(tmp|old)_step_\d+$")  # a write or a removal cut short by a kill
 REQUIRED = ("model.safetensors", "optimizer.pt", "trainer_state.pt", "meta.json")
 
 
@@ -90,7 +99,116 @@ def prune(ckpt_root: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
     for old in list_checkpoints(ckpt_root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Rename, then delete: a kill halfway through never leaves a partial ``step_N``."""
+    gone = path.with_name(f".old_{path.name}")
+    shutil.rmtree(gone, ignore_errors=True)
+    path.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def remove_leftovers(ckpt_root: Path) -> None:
+    """Delete ``.tmp_step_N`` / ``.old_step_N`` left by a killed process (the run lock makes this
+    process the only writer of the directory, so none of them is being written now)."""
+    if Path(ckpt_root).is_dir():
+        for p in Path(ckpt_root).iterdir():
+            if _LEFTOVER.match(p.name):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------- disk space
+_OUT_OF_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# torch.save and safetensors report a short write without an errno; these are their words for it
+_SHORT_WRITE_WORDS = ("unexpected pos", "file write failed", "no space left", "file too large",
+                      "quota exceeded", "os error 28", "os error 27", "os error 122", "storagefull")
+
+
+def nbytes(obj) -> int:
+    """Bytes of the tensors (and arrays) inside nested dicts/lists: a checkpoint's size, roughly."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB" if n < 2**30 else f"{n / 2**30:,.2f} GB"
+
+
+def is_out_of_space(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in _OUT_OF_SPACE_ERRNOS:
+        return True
+    text = str(e).lower()
+    return any(w in text for w in _SHORT_WRITE_WORDS)
+
+
+def out_of_space_message(where: Path, needed: int, reason: str) -> str:
+    free = shutil.disk_usage(where).free
+    limit = "" if free < needed else "; the disk has room, so a quota or a file-size limit applies"
+    return (f"cannot write the checkpoint in {where}: {reason}; it needs about {_mb(needed)}, "
+            f"{_mb(free)} free there{limit}. The previous checkpoint is intact: free space, then "
+            f"rerun with --resume auto")
+
+
+@contextlib.contextmanager
+def checkpoint_writer(ckpt_root: Path, step: int, needed: int):
+    """Yield a fresh ``.tmp_step_N`` to fill; on success it becomes ``step_N`` atomically.
+
+    ``needed`` (bytes, e.g. ``nbytes`` of the states) is checked against the free space first; a
+    write that runs out of space anyway (quota, file-size limit, a disk filled by someone else)
+    removes the partial directory and raises CheckpointError with one line."""
+    ckpt_root = Path(ckpt_root)
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(ckpt_root)
+    final, tmp = ckpt_root / f"step_{step}", ckpt_root / f".tmp_step_{step}"
+    needed = int(needed) + 2**16  # headers, config, metadata
+    if shutil.disk_usage(ckpt_root).free < needed:
+        raise CheckpointError(out_of_space_message(ckpt_root, needed, "not enough free space"))
+    tmp.mkdir()
+    try:
+        yield tmp
+        _sync_tree(tmp)  # the data is on disk before the name says the checkpoint exists
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and is_out_of_space(e):
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write was cut short"
+            raise CheckpointError(out_of_space_message(ckpt_root, needed, reason)) from None
+        raise
+    if final.exists():  # re-saving the same step
+        _remove(final)
+    tmp.rename(final)
+    _fsync_dir(ckpt_root)
+
+
+def _sync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*"), reverse=True):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        else:
+            _fsync_dir(p)
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------- save
@@ -99,29 +217,39 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_state: dict, optimizer_
                     keep_last: int = 0) -> Path:
     """Write ``step_N`` atomically (rank 0 only; callers gather per-rank state first)."""
     ckpt_root = Path(ckpt_root)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final, tmp = ckpt_root / f"step_{step}", ckpt_root / f".tmp_step_{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    needed = nbytes(model_state) + nbytes(optimizer_state) + nbytes(ema_state or {}) + nbytes(trainer_state)
     meta = {"format": "safetensors", "library": "openvision3"}
-    save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
-              str(tmp / "model.safetensors"), metadata=meta)
-    if ema_state is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()},
-                  str(tmp / "ema.safetensors"), metadata=meta)
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(trainer_state, tmp / "trainer_state.pt")
-    (tmp / "config.yaml").write_text(config_yaml)
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "version": package_version(),
-                                               "git_commit": git_commit(), "time": time.time()}))
-    if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with checkpoint_writer(ckpt_root, step, needed) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
+                  str(tmp / "model.safetensors"), metadata=meta)
+        if ema_state is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()},
+                      str(tmp / "ema.safetensors"), metadata=meta)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "version": package_version(),
+                                                   "git_commit": git_commit(), "time": time.time()}))
     prune(ckpt_root, keep_last)
-    return final
+    return ckpt_root / f"step_{step}"
 
 
 # ---------------------------------------------------------------------------------- load
+def load_plain(path: Path, map_location="cpu"):
+    """``torch.load`` of tensors and plain data only (``weights_only=True``). A file holding any
+    other pickled object (one that could run code when unpickled) is refused with one line
+    before anything in it runs; other damage raises as it comes."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise CheckpointError(f"{path}: refused: it pickles Python objects that are not tensors or plain "
+                              f"data{f' ({found.group(1)})' if found else ''}, which could run code when "
+                              f"loaded; nothing in it was run") from None
+
+
 def load_checkpoint(path: Path) -> dict:
     """Read and validate every file of one checkpoint; raises CheckpointError if any is damaged."""
     path = Path(path)
@@ -131,22 +259,29 @@ def load_checkpoint(path: Path) -> dict:
     try:
         out = {"path": path,
                "model": load_file(str(path / "model.safetensors")),
-               "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
-               "trainer_state": torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True),
+               "optimizer": load_plain(path / "optimizer.pt"),
+               "trainer_state": load_plain(path / "trainer_state.pt"),
                "meta": json.loads((path / "meta.json").read_text())}
         ema = path / "ema.safetensors"
         out["ema"] = load_file(str(ema)) if ema.is_file() else None
+    except CheckpointError:
+        raise
     except Exception as e:  # truncated / corrupted files surface as many exception types
         raise CheckpointError(f"{path}: damaged ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     return out
 
 
-def resolve_resume(resume: str, out_dir: Path) -> dict:
+def resolve_resume(resume: str, out_dir: Path) -> dict | None:
     """``auto``: the newest loadable checkpoint of ``out_dir`` (falls back, with a warning, past
-    damaged ones). A path: that checkpoint, or the newest inside that run / checkpoints dir."""
+    damaged or refused ones); None, with a warning, when the run has no checkpoint yet (killed
+    before its first one), so a requeued job that always passes ``--resume auto`` starts from
+    step 0. A path: that checkpoint, or the newest inside that run / checkpoints dir."""
     if resume == "auto":
         candidates = list_checkpoints(Path(out_dir) / "checkpoints")
         where = Path(out_dir) / "checkpoints"
+        if not candidates:
+            warnings.warn(f"--resume auto: no checkpoint in '{where}' yet; starting from step 0")
+            return None
     else:
         p = Path(resume)
         if not p.exists():
@@ -163,7 +298,7 @@ def resolve_resume(resume: str, out_dir: Path) -> dict:
             ckpt = load_checkpoint(cand)
         except CheckpointError as e:
             errors.append(str(e))
-            warnings.warn(f"checkpoint {cand.name} is damaged, falling back to the previous one ({e})")
+            warnings.warn(f"checkpoint {cand.name} is damaged or refused, falling back to the previous one ({e})")
             continue
         return ckpt
     raise CheckpointError(f"every checkpoint in '{where}' is damaged: {'; '.join(errors)}")

@@ -26,8 +26,8 @@ class MetricsLogger:
         """A resumed run rewrites the steps after its checkpoint; drop the old lines for them."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [line for line in self.path.read_text().splitlines() if (row := _parse(line)) is not None
+                and row.get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def log(self, step: int, values: dict) -> None:
@@ -53,11 +53,20 @@ class MetricsLogger:
             self.writer.close()
 
 
+def _parse(line: str) -> dict | None:
+    """One metrics row; None for a blank line or one cut short (a disk that filled mid-write)."""
+    try:
+        row = json.loads(line) if line.strip() else None
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for line in path.read_text().splitlines() if (row := _parse(line)) is not None]
 
 
 def plot_losses(metrics_path: Path, png_path: Path) -> None:

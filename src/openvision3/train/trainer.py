@@ -32,6 +32,7 @@ from .distributed import (all_reduce_mean, any_rank, barrier, cleanup, enable_gr
                           reshard_fsdp, seed_everything, set_grad_sync, sync_replicated_grads, wrap_model)
 from .logging import MetricsLogger
 from .optim import build_ema, build_optimizer, scaled_lr, set_lr, warmup_cosine
+from .run_lock import LOCK_NAME, RunLock, RunLockError
 from .precision import resolve_precision
 
 VAL_BATCHES = 4  # validation losses are the mean over this many batches per rank
@@ -83,15 +84,37 @@ def build_stages(cfg: Config, world_size: int = 1) -> list[Stage]:
 
 # ------------------------------------------------------------------------------------ helpers
 def prepare_out_dir(out: Path, resume: str | None, overwrite: bool, is_main: bool) -> None:
-    """Never write over an existing run unless asked to (--resume or --overwrite)."""
-    if out.exists() and any(out.iterdir()) and resume is None:
+    """Never write over an existing run unless asked to (--resume or --overwrite). The run lock
+    (``.lock``, held by this run) is neither content nor cleared."""
+    content = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.exists() else []
+    if content and resume is None:
         if not overwrite:
             raise TrainError(f"run directory '{out}' is not empty; pass --resume auto to continue it "
                              f"or --overwrite to start over")
         if is_main:
-            shutil.rmtree(out)
+            for p in content:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     barrier()  # nobody creates files before rank 0 has cleared the directory
     out.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def hold_run_dir(out: Path, info):
+    """Rank 0 holds ``OUT/.lock`` for the whole run (train/run_lock.py); if another live process
+    holds it, every rank stops with one line instead of writing into that run."""
+    lock, error = None, None
+    if info.is_main:
+        try:
+            lock = RunLock(out).acquire()
+        except RunLockError as e:
+            error = str(e)
+    if any_rank(error is not None, info.device):
+        raise TrainError(error or "the run directory is in use (rank 0 says by whom)")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def forward_context(device: torch.device, amp_dtype, attention_kernel: str = "auto"):
@@ -153,7 +176,8 @@ def train(cfg: Config, out_dir, resume: str | None = None, overwrite: bool = Fal
     """
     info = init_distributed()
     try:
-        return _train(cfg, Path(out_dir), resume, overwrite, eval_fn, info)
+        with hold_run_dir(Path(out_dir), info):
+            return _train(cfg, Path(out_dir), resume, overwrite, eval_fn, info)
     finally:
         cleanup()
 
@@ -203,7 +227,9 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
     if ckpt is not None:
         step = _restore(ckpt, model, optimizer, ema, ds, counters, info)
     last_good = str(ckpt["path"]) if ckpt is not None else None
-    logger = MetricsLogger(out, enabled=info.is_main, resume_step=step if ckpt is not None else None)
+    # On resume (also one that found no checkpoint yet) the rows a killed run wrote after its
+    # checkpoint are dropped: they are written again, identically.
+    logger = MetricsLogger(out, enabled=info.is_main, resume_step=step if resume else None)
 
     # SIGTERM (preemption) / SIGUSR1 (SLURM's warning): checkpoint at the next step, then exit.
     stop = {"signal": None}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ import torch.nn.functional as F
 import yaml
 
 from ..config import ConfigError, DataConfig, LpipsNet, Precision, _build, load_values
+from . import checkpoint as ckpt_lib
+from .run_lock import run_lock
 from .precision import resolve_precision
 
 
@@ -222,21 +223,74 @@ def decoder_backward_seconds(vae, latents: torch.Tensor, dtype: torch.dtype | No
 
 
 def _list_checkpoints(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+    return ckpt_lib.list_checkpoints(root)
 
 
-def _save_checkpoint(root: Path, step: int, vae, opt, state: dict, keep_last: int) -> None:
-    tmp, final = root / f".tmp_step_{step}", root / f"step_{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(str(tmp / "model"), safe_serialization=True)
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in _list_checkpoints(root)[:-max(1, keep_last)]:
-        shutil.rmtree(old, ignore_errors=True)
+def _save_checkpoint(root: Path, step: int, vae, opt, state: dict, keep_last: int, disc=None,
+                     disc_opt=None) -> None:
+    """Atomic like the main trainer's (checkpoint.checkpoint_writer): complete or absent, and a
+    disk that fills stops the run with one line while the previous checkpoint stays intact."""
+    from safetensors.torch import save_file
+    states = [vae.state_dict(), opt.state_dict()] + ([disc.state_dict(), disc_opt.state_dict()] if disc else [])
+    with ckpt_lib.checkpoint_writer(root, step, sum(ckpt_lib.nbytes(s) for s in states)) as tmp:
+        vae.save_pretrained(str(tmp / "model"), safe_serialization=True)
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        if disc is not None:
+            save_file(disc.state_dict(), str(tmp / "discriminator.safetensors"))
+            torch.save(disc_opt.state_dict(), tmp / "discriminator_optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
+    ckpt_lib.prune(root, max(1, keep_last))
+
+
+def _load_checkpoint(path: Path, vae, opt, disc, disc_opt, device) -> dict:
+    """Load one VAE checkpoint into the live objects; CheckpointError (one line) if it is damaged
+    or holds pickled objects that are more than tensors and plain data."""
+    from safetensors.torch import load_file
+    try:
+        state = json.loads((path / "state.json").read_text())
+        weights = load_file(str(path / "model" / "diffusion_pytorch_model.safetensors"))
+        opt_state = ckpt_lib.load_plain(path / "optimizer.pt", map_location=device)
+        extra = None
+        if disc is not None:
+            if not (path / "discriminator.safetensors").is_file():
+                raise ckpt_lib.CheckpointError(f"{path}: has no discriminator but gan_weight > 0")
+            extra = (load_file(str(path / "discriminator.safetensors")),
+                     ckpt_lib.load_plain(path / "discriminator_optimizer.pt", map_location=device))
+        vae.load_state_dict(weights)
+        opt.load_state_dict(opt_state)
+        if extra is not None:
+            disc.load_state_dict(extra[0])
+            disc_opt.load_state_dict(extra[1])
+        return state
+    except ckpt_lib.CheckpointError:
+        raise
+    except Exception as e:  # missing or truncated files surface as many exception types
+        raise ckpt_lib.CheckpointError(f"{path}: damaged ({type(e).__name__}: "
+                                       f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+
+
+def _resume(ckpt_root: Path, resume: str, vae, opt, disc, disc_opt, device) -> dict | None:
+    """``auto``: the newest loadable checkpoint (falling back past damaged or refused ones, with
+    a warning), None when there is none yet; a path: that checkpoint, or an error line."""
+    import warnings
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_dir():
+            raise ckpt_lib.CheckpointError(f"resume path '{path}' does not exist")
+        return _load_checkpoint(path, vae, opt, disc, disc_opt, device)
+    found = _list_checkpoints(ckpt_root)
+    if not found:
+        warnings.warn(f"--resume auto: no checkpoint in '{ckpt_root}' yet; starting from step 0")
+    errors = []
+    for cand in reversed(found):
+        try:
+            return _load_checkpoint(cand, vae, opt, disc, disc_opt, device)
+        except ckpt_lib.CheckpointError as e:
+            errors.append(str(e))
+            warnings.warn(f"checkpoint {cand.name} is damaged or refused, falling back to the previous one ({e})")
+    if errors:
+        raise ckpt_lib.CheckpointError(f"every checkpoint in '{ckpt_root}' is damaged: {'; '.join(errors)}")
+    return None
 
 
 def _open_images(spec: str, split: str, n: int, resolution: int, data_cfg: DataConfig) -> torch.Tensor:
@@ -260,6 +314,17 @@ def _open_images(spec: str, split: str, n: int, resolution: int, data_cfg: DataC
 
 def train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = None,
               progress: bool = True, device: str | torch.device | None = None) -> dict:
+    """Train, evaluate on the held-out split, save ``out_dir/model`` (diffusers). Returns results.
+
+    ``resume``: ``"auto"`` continues from the newest ``out_dir/checkpoints/step_N`` if there is one.
+    The run holds ``out_dir/.lock`` throughout: a second run into the same directory is refused.
+    """
+    with run_lock(out_dir):
+        return _train_vae(cfg, out_dir, resume, progress, device)
+
+
+def _train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = None,
+               progress: bool = True, device: str | torch.device | None = None) -> dict:
     """Train, evaluate on the held-out split, save ``out_dir/model`` (diffusers). Returns results.
 
     ``resume``: ``"auto"`` continues from the newest ``out_dir/checkpoints/step_N`` if there is one.
@@ -294,20 +359,18 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = Non
         disc = PatchDiscriminator().to(device).train()
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
 
-    step, spent = 0, 0.0
+    step, spent, rng = 0, 0.0, None
     ckpt_root = out / "checkpoints"
-    if resume:
-        found = _list_checkpoints(ckpt_root) if resume == "auto" else [Path(resume)]
-        if found:
-            from diffusers import AutoencoderKL
-            last = found[-1]
-            vae.load_state_dict(AutoencoderKL.from_pretrained(str(last / "model")).state_dict())
-            opt.load_state_dict(torch.load(last / "optimizer.pt", map_location=device, weights_only=True))
-            state = json.loads((last / "state.json").read_text())
-            step, spent = state["step"], state.get("seconds", 0.0)
-            train_ds.load_state_dict(state["data"])
+    state = _resume(ckpt_root, resume, vae, opt, disc, disc_opt, device) if resume else None
+    if state is not None:
+        step, spent, rng = state["step"], state.get("seconds", 0.0), state.get("rng")
+        train_ds.load_state_dict(state["data"])
     (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    metrics = (out / "metrics.jsonl").open("a" if step else "w")
+    if resume:  # rows a killed run wrote after its checkpoint (and a final row) are written again
+        from .logging import read_metrics
+        kept = [r for r in read_metrics(out / "metrics.jsonl") if r.get("step", 0) <= step and not r.get("final")]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    metrics = (out / "metrics.jsonl").open("a" if resume else "w")
 
     def log(row):
         metrics.write(json.dumps(row) + "\n")
@@ -319,6 +382,9 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = Non
     ac = dict(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
     first_l1 = last_l1 = None
     for batch in loader:
+        if rng is not None:  # restored after the loader's first draw, as where the saving run was
+            ckpt_lib.set_rng_state(rng)
+            rng = None
         if step >= cfg.steps or (cfg.max_seconds > 0 and time.perf_counter() - t_start >= cfg.max_seconds):
             break
         x = batch["image"].to(device)
@@ -375,7 +441,8 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = Non
         bar.set_postfix(l1=f"{row['l1']:.4f}", **({"psnr": f"{row['val_psnr']:.2f}"} if "val_psnr" in row else {}))
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
             _save_checkpoint(ckpt_root, step, vae, opt, {"seconds": time.perf_counter() - t_start,
-                                                         "data": train_ds.state_dict()}, cfg.keep_last)
+                                                         "data": train_ds.state_dict(), "rng": ckpt_lib.rng_state()},
+                             cfg.keep_last, disc, disc_opt)
     bar.close()
     train_seconds = time.perf_counter() - t_start
 
@@ -385,8 +452,8 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = Non
     scaling = 1.0 / max(ev["latent_std"], 1e-6)
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(str(out / "model"), safe_serialization=True)
-    _save_checkpoint(ckpt_root, step, vae, opt, {"seconds": train_seconds, "data": train_ds.state_dict()},
-                     cfg.keep_last)
+    _save_checkpoint(ckpt_root, step, vae, opt, {"seconds": train_seconds, "data": train_ds.state_dict(),
+                                                 "rng": ckpt_lib.rng_state()}, cfg.keep_last, disc, disc_opt)
     _save_grid(val_images, ev["recons"], out / "recon.png")
     z64 = vae.encode(val_images[:64].to(device)).latent_dist.mean.detach()
     results = {
