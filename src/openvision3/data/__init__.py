@@ -1,7 +1,8 @@
 """Every data source behind one spec string.
 
 Specs: ``shapes[?k=v&...]`` (embedded, procedural; see ``data/shapes.py`` for options),
-``wds:PATTERN`` (webdataset tars), ``folder:DIR`` (images + captions), ``fashion-mnist[:DIR]``.
+``wds:PATTERN`` (webdataset tars), ``folder:DIR`` (images + captions), ``fashion-mnist[:DIR]``,
+``imagefolder:DIR`` (one sub-folder per class, ImageNet's train layout; see ``data/imagefolder.py``).
 
     from openvision3.data import open_data, make_loader, DataSpecError, Tokenizer
     ds = open_data("shapes", split="train", resolution=128, train=True, cfg=DataConfig(), seed=0,
@@ -29,13 +30,13 @@ from .transforms import build_transform
 __all__ = ["open_data", "make_loader", "parse_spec", "DataSpecError", "SkipSample", "Tokenizer", "WordTokenizer",
            "StreamDataset", "Loader", "collate", "build_transform"]
 
-SCHEMES = ("shapes", "wds", "folder", "fashion-mnist")
+SCHEMES = ("shapes", "wds", "folder", "fashion-mnist", "imagefolder")
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict]:
     """``"shapes?kind=single"`` -> ("shapes", "", {"kind": "single"}); ``"wds:a.tar"`` -> ("wds", "a.tar", {})."""
     if not isinstance(spec, str) or not spec.strip():
-        raise DataSpecError("empty data spec; use shapes, wds:PATTERN, folder:DIR or fashion-mnist")
+        raise DataSpecError("empty data spec; use shapes, wds:PATTERN, folder:DIR, imagefolder:DIR or fashion-mnist")
     spec = spec.strip()
     scheme, _, rest = spec.partition(":")
     query = {}
@@ -47,8 +48,9 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
         rest, _, q = rest.partition("?")
         query = dict(parse_qsl(q, keep_blank_values=True))
     if scheme not in SCHEMES:
-        raise DataSpecError(f"unknown data spec '{spec}'; use shapes, wds:PATTERN, folder:DIR or fashion-mnist")
-    if scheme in ("wds", "folder") and not rest:
+        raise DataSpecError(f"unknown data spec '{spec}'; use shapes, wds:PATTERN, folder:DIR, "
+                            "imagefolder:DIR or fashion-mnist")
+    if scheme in ("wds", "folder", "imagefolder") and not rest:
         raise DataSpecError(f"data spec '{spec}' needs a path: {scheme}:PATH")
     return scheme, rest, query
 
@@ -83,6 +85,10 @@ def open_source(spec: str, split: str = "train", cfg=None, kind: str | None = No
         from .fashion_mnist import FashionMnistSource
         q = dict(query)
         src = FashionMnistSource(split, rest or None)
+    elif scheme == "imagefolder":
+        from .imagefolder import ImageFolderSource
+        q = dict(query)
+        src = ImageFolderSource(rest, split)
     elif scheme == "folder":
         from .folder import FolderSource
         q = dict(query)

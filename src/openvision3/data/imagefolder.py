@@ -1,0 +1,61 @@
+"""``imagefolder:DIR``: labelled images in torchvision's ImageFolder layout (ImageNet's train layout).
+
+    DIR/<class name>/**/<image>     one sub-folder per class (images found recursively inside it)
+
+Classes are the sub-folder names in sorted order (torchvision's ``ImageFolder`` order, so class ids
+agree with it); a label is the index of its folder, the caption is "a photo of a <class>." (the
+class name with "_" read as a space). Images: jpg/jpeg/png/webp/bmp/gif; unreadable ones (empty,
+truncated, not an image) are skipped and counted by reason, as in every source.
+Splits: when DIR holds exactly the folders ``train`` and ``val`` (and optionally ``test``), each
+split reads its own folder (``imagefolder:/data/imagenet`` with ``train/`` and ``val/``); otherwise
+the whole of DIR serves every split (use separate folders for train and val).
+Fewer than two classes, or no image at all, is a DataSpecError: there is nothing to condition on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import DataSpecError
+from .imageio import IMAGE_EXTS, decode_image
+from .mapsource import MapSource
+
+SPLIT_DIRS = {"train", "val", "test"}
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTS)
+
+
+class ImageFolderSource(MapSource):
+    def __init__(self, root: str, split: str = "train"):
+        base = Path(root).expanduser()
+        if not base.is_dir():
+            raise DataSpecError(f"imagefolder:{root}: no such directory")
+        subdirs = {p.name for p in base.iterdir() if p.is_dir()}
+        if {"train", "val"} <= subdirs <= SPLIT_DIRS:
+            if split not in subdirs:
+                raise DataSpecError(f"imagefolder:{root}: no '{split}' folder (has {', '.join(sorted(subdirs))})")
+            base = base / split
+        self.root = base
+        classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if len(classes) < 2:
+            raise DataSpecError(f"imagefolder:{root}: needs one sub-folder per class and at least two classes, "
+                                f"found {len(classes)} in {base}")
+        files, labels = [], []
+        for i, name in enumerate(classes):
+            found = _images_under(base / name)
+            files += found
+            labels += [i] * len(found)
+        if not files:
+            raise DataSpecError(f"imagefolder:{root}: no image files ({', '.join(IMAGE_EXTS)}) in its "
+                                f"{len(classes)} class folders")
+        self.files, self.labels = files, labels
+        self.num_samples = len(files)  # candidates; unreadable ones are skipped when read
+        self.class_names = [c.replace("_", " ") for c in classes]
+        self.templates = ["a photo of a {}."]
+
+    def load(self, index: int, resolution):
+        path, label = self.files[index], self.labels[index]
+        image = decode_image(path.read_bytes())
+        caption = self.templates[0].format(self.class_names[label])
+        return image, caption, label, str(path.relative_to(self.root))
