@@ -427,11 +427,109 @@ def _run_bench(args):
         print_json(r)
 
 
+# --- ov3 export hf / push / probe llava (interop/ and recipes/llava_probe.py) -----------------
+def _add_export(sub):
+    p = sub.add_parser("export", help="write a model in another library's format")
+    p.set_defaults(func=lambda a: p.print_help())
+    esub = p.add_subparsers(dest="export_command")
+    h = esub.add_parser("hf", help="a transformers vision tower (AutoModel, LLaVA's vision_config) + image processor")
+    h.add_argument("--model", required=True, help="a saved OpenVision3 directory, or a released OV3 tower "
+                   "(hub id, directory or weights file; then --vae names its VAE)")
+    h.add_argument("--out", required=True, help="output directory (save_pretrained format)")
+    h.add_argument("--vae", default="flux-ov3", help="for a released tower: the VAE it reads (default flux-ov3)")
+    h.add_argument("--image-size", type=_positive_int, default=None,
+                   help="input pixels (default: the model's image size; 256 for a released tower)")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=_run_export_hf)
+
+
+def _run_export_hf(args):
+    from pathlib import Path
+
+    from .interop.official import CheckpointError
+    from .interop.transformers import export_hf, is_openvision3_dir
+    src = Path(args.model)
+    if src.is_dir() and not is_openvision3_dir(src) and not any(src.glob("*.safetensors")) \
+            and not any(src.glob("*.bin")):
+        raise UserError(f"'{args.model}' is not an OpenVision 3 model: no config.yaml + model.safetensors "
+                        "(save_pretrained) and no released-tower weights")
+    try:
+        r = export_hf(args.model, args.out, vae=args.vae, image_size=args.image_size)
+    except (CheckpointError, ValueError) as e:
+        raise UserError(f"cannot export '{args.model}': {str(e).splitlines()[0]}") from None
+    print(f"wrote a transformers vision tower ({r['hidden_size']} wide, {r['layers']} layers, {r['image_size']} px, "
+          f"{r['image_tokens']} image tokens) to {r['out']}; load it with AutoModel.from_pretrained after "
+          "`import openvision3.interop.transformers`")
+    if args.json:
+        print_json(r)
+
+
+def _add_push(sub):
+    p = sub.add_parser("push", help="upload a model directory (with its model card) to the Hugging Face Hub")
+    p.add_argument("--model", required=True, help="a saved OpenVision3 directory or an `ov3 export hf` directory")
+    p.add_argument("--repo-id", required=True, help="owner/name on the Hub (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_run_push)
+
+
+def _run_push(args):
+    from .interop.hub import push_model
+    r = push_model(args.model, args.repo_id, private=args.private, commit_message=args.message)
+    print(f"pushed {r['kind']} model {args.model} to {r['repo_id']}{' (private)' if r['private'] else ''}: {r['url']}")
+    if args.json:
+        print_json(r)
+
+
+def _add_probe(sub):
+    p = sub.add_parser("probe", help="probe a frozen encoder under a downstream model")
+    p.set_defaults(func=lambda a: p.print_help())
+    psub = p.add_subparsers(dest="probe_command")
+    ll = psub.add_parser("llava", help="LLaVA-1.5 in miniature on `shapes`: frozen tower, MLP projector, a small "
+                         "Llama from scratch; held-out VQA exact match per question type")
+    ll.add_argument("--model", required=True, help="a saved OpenVision3 directory or an `ov3 export hf` directory")
+    ll.add_argument("--out", default=None, help="report directory (default: MODEL/eval, where the model card "
+                    "finds it)")
+    ll.add_argument("--steps", type=_positive_int, default=None,
+                    help="stage-2 steps (default 1200; stages 0 and 1 keep their share)")
+    ll.add_argument("--seed", type=int, default=0, help="language model init and data order (the test set is fixed)")
+    ll.add_argument("--features", default="tokens", choices=["tokens", "vae"],
+                    help="tokens: the encoder (default); vae: the model's VAE latents alone, as a floor")
+    ll.add_argument("--vision-feature-layer", type=int, default=None,
+                    help="hidden state LLaVA reads (default -2, LLaVA-1.5's; -1 for --features vae)")
+    ll.add_argument("--no-progress", action="store_true")
+    ll.add_argument("--json", action="store_true")
+    ll.set_defaults(func=_run_probe_llava)
+
+
+def _run_probe_llava(args):
+    from pathlib import Path
+
+    from .recipes.llava_probe import QUESTION_TYPES, ProbeError, run_llava_probe
+    out = args.out or (Path(args.model) / "eval" if Path(args.model).is_dir() else None)
+    try:
+        r = run_llava_probe(args.model, out_dir=out, steps=args.steps, seed=args.seed, features=args.features,
+                            vision_feature_layer=args.vision_feature_layer, progress=not args.no_progress)
+    except ProbeError as e:
+        raise UserError(str(e)) from None
+    for t in QUESTION_TYPES:
+        if t in r["per_type"]:
+            print(f"{t:9s} {r['per_type'][t]:.3f}  (majority baseline {r['baselines'][t]:.3f}, "
+                  f"{r['n_per_type'][t]} questions)")
+    print(f"overall   {r['accuracy']:.3f}  (majority baseline {r['baselines']['overall']:.3f}); "
+          f"{r['seconds']} s; report {Path(out) / 'llava_probe.md' if out else '(not written)'}")
+    if args.json:
+        print_json({k: r[k] for k in ("accuracy", "per_type", "baselines", "steps", "seconds", "seed", "features",
+                                      "vision_feature_layer", "n_per_type", "model")})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="ov3", description="OpenVision 3: train, evaluate and use "
                            "unified visual encoders")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_data, _add_train, _add_eval, _add_demo, _add_bench):
+    for add in (_add_info, _add_data, _add_train, _add_eval, _add_demo, _add_bench,
+                _add_export, _add_push, _add_probe):
         add(sub)
     return parser
 

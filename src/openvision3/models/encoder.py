@@ -41,6 +41,12 @@ class UnifiedEncoder(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B, C, h, w) -> unified tokens (B, h/p * w/p, width)."""
+        x = self.transformer(self.embed(latents))
+        return x[:, 1:]  # avg pooling excludes the class slot [C]
+
+    def embed(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, C, h, w) -> the transformer's input (B, 1 + N, width): class slot first, then
+        the patch tokens, fixed positions added (the transformers vision tower walks the blocks itself)."""
         if latents.ndim != 4 or latents.shape[1] != self.in_channels:
             raise ValueError(f"encoder expects latents (B, {self.in_channels}, h, w), got {tuple(latents.shape)}"
                              " (does the VAE's latent channel count match the encoder?)")
@@ -51,9 +57,7 @@ class UnifiedEncoder(nn.Module):
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
         gh, gw = self.grid_size((h, w))
-        x = x + sincos_2d(self.width, gh, gw, cls_token=True, device=x.device, dtype=x.dtype)
-        x = self.transformer(x)
-        return x[:, 1:]  # avg pooling excludes the class slot [C]
+        return x + sincos_2d(self.width, gh, gw, cls_token=True, device=x.device, dtype=x.dtype)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Unified tokens -> pooled embedding (B, embed_dim): mean (or max), ln_post, proj [C]."""

@@ -162,7 +162,8 @@ class OpenVision3(nn.Module):
         return out
 
     def save_pretrained(self, directory) -> Path:
-        """``model.safetensors`` + ``config.yaml``; a VAE that is not a hub id is saved under ``vae/``."""
+        """``model.safetensors`` + ``config.yaml`` + a model card (``README.md``, models/card.py); a VAE
+        that is not a hub id is saved under ``vae/``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cfg = copy.deepcopy(self.cfg)
@@ -172,6 +173,9 @@ class OpenVision3(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "openvision3"})
         (directory / CONFIG_NAME).write_text(config_to_yaml(cfg))
+        from ..config import config_to_dict
+        from .card import write_card  # README.md: Hub metadata, the VAE it needs, how to load
+        write_card(directory, "openvision3", {"config": config_to_dict(cfg)})
         return directory
 
     @classmethod

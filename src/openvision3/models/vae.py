@@ -97,13 +97,20 @@ def load_autoencoder(source: str):
 class FrozenVAE(nn.Module):
     """A frozen diffusers ``AutoencoderKL`` with OV3's latent normalisation."""
 
-    def __init__(self, cfg: VAEConfig | None = None, compute_dtype: torch.dtype | None = None):
+    def __init__(self, cfg: VAEConfig | None = None, compute_dtype: torch.dtype | None = None,
+                 autoencoder=None):
+        """``autoencoder``: an ``AutoencoderKL`` already built (e.g. from a config whose weights come
+        with the enclosing checkpoint, as the transformers vision tower does); ``cfg.source`` is then
+        only recorded."""
         super().__init__()
         cfg = cfg or VAEConfig()
         if cfg.convention not in CONVENTIONS:
             raise ConfigError(f"unknown vae.convention '{cfg.convention}'; valid: {', '.join(CONVENTIONS)}")
         self.source, self.convention = cfg.source, cfg.convention
-        self.vae = _inline_vae(cfg) if cfg.source == "inline" else load_autoencoder(cfg.source)
+        if autoencoder is not None:
+            self.vae = autoencoder
+        else:
+            self.vae = _inline_vae(cfg) if cfg.source == "inline" else load_autoencoder(cfg.source)
         self.vae.requires_grad_(False)
         self.vae.eval()
         vc = self.vae.config

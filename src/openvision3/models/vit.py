@@ -40,6 +40,8 @@ def clip_init_(transformer: Transformer) -> None:
     """CLIP's initialisation (as in open_clip's TextTransformer.init_parameters): residual
     projections scaled down with depth so deep towers start near identity."""
     width, layers = transformer.width, transformer.layers
+    if layers == 0:  # a tower without blocks (the VAE-latent floor of the LLaVA probe)
+        return
     proj_std = (width ** -0.5) * ((2 * layers) ** -0.5)
     attn_std = width ** -0.5
     fc_std = (2 * width) ** -0.5

@@ -1,0 +1,72 @@
+"""The Hugging Face Hub: push a saved model with its card.
+
+    push_model("runs/demo/model", "me/ov3-nano-shapes", private=True)   # `ov3 push`
+
+Either kind of directory goes up as it is: a saved OpenVision3 (``config.yaml`` +
+``model.safetensors`` [+ ``vae/``]), loaded back by ``OpenVision3.from_pretrained("me/...")``, or a
+transformers tower from ``ov3 export hf`` (``config.json`` + ``model.safetensors`` +
+``preprocessor_config.json``), loaded back by ``AutoModel.from_pretrained``. The model card
+(``README.md``) is rewritten first, so it lists the evaluation results found in the directory.
+Loading needs no network once a snapshot is in the local cache (``HF_HUB_OFFLINE=1`` works).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import ConfigError, load_config_file
+
+# never uploaded: training state and scratch files a run directory may hold
+IGNORE_PATTERNS = ["checkpoints/*", "*.tmp", "*.lock", "tensorboard/*", "__pycache__/*"]
+
+
+class HubError(ConfigError):
+    """A push that cannot start (not a model directory, bad repo id). One line for the user."""
+
+
+def model_kind(directory) -> str:
+    """"openvision3" or "transformers" for a model directory; HubError otherwise."""
+    d = Path(directory)
+    if (d / "config.yaml").is_file() and (d / "model.safetensors").is_file():
+        return "openvision3"
+    cfg = d / "config.json"
+    if cfg.is_file() and (d / "model.safetensors").is_file():
+        try:
+            if json.loads(cfg.read_text()).get("model_type") == "openvision3_vision":
+                return "transformers"
+        except json.JSONDecodeError:
+            pass
+    raise HubError(f"'{directory}' is not an OpenVision 3 model directory (config.yaml + model.safetensors "
+                   "from save_pretrained, or config.json of type openvision3_vision from ov3 export hf)")
+
+
+def refresh_card(directory) -> Path:
+    """Rewrite ``directory/README.md`` from the directory's config and evaluation files."""
+    from ..config import config_to_dict
+    from ..models.card import write_card
+    kind = model_kind(directory)
+    if kind == "openvision3":
+        info = {"config": config_to_dict(load_config_file(Path(directory) / "config.yaml"))}
+    else:
+        info = {"config": json.loads((Path(directory) / "config.json").read_text())}
+    return write_card(directory, kind, info)
+
+
+def push_model(directory, repo_id: str, private: bool = False, token: str | None = None,
+               commit_message: str | None = None) -> dict:
+    """Create ``repo_id`` if needed and upload ``directory`` (huggingface_hub ``upload_folder``)."""
+    from huggingface_hub import HfApi
+    kind = model_kind(directory)
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise HubError(f"--repo-id must look like owner/name, got '{repo_id}'")
+    card = refresh_card(directory)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(folder_path=str(directory), repo_id=repo_id, repo_type="model",
+                               commit_message=commit_message or f"Upload {kind} model with openvision3",
+                               ignore_patterns=IGNORE_PATTERNS)
+    return {"repo_id": repo_id, "kind": kind, "private": private, "card": str(card),
+            "url": getattr(commit, "commit_url", None) or str(commit)}
+
+
+__all__ = ["push_model", "refresh_card", "model_kind", "HubError", "IGNORE_PATTERNS"]
