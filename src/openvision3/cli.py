@@ -494,6 +494,8 @@ def _add_probe(sub):
     ll.add_argument("--steps", type=_positive_int, default=None,
                     help="stage-2 steps (default 1200; stages 0 and 1 keep their share)")
     ll.add_argument("--seed", type=int, default=0, help="language model init and data order (the test set is fixed)")
+    ll.add_argument("--train-images", type=_positive_int, default=None, help="rendered training images (default 6000)")
+    ll.add_argument("--test-images", type=_positive_int, default=None, help="held-out test images (default 500)")
     ll.add_argument("--features", default="tokens", choices=["tokens", "vae"],
                     help="tokens: the encoder (default); vae: the model's VAE latents alone, as a floor")
     ll.add_argument("--vision-feature-layer", type=int, default=None,
@@ -507,10 +509,15 @@ def _run_probe_llava(args):
     from pathlib import Path
 
     from .recipes.llava_probe import QUESTION_TYPES, ProbeError, run_llava_probe
+    from .recipes.llava_probe import ProbeConfig
     out = args.out or (Path(args.model) / "eval" if Path(args.model).is_dir() else None)
+    pcfg = ProbeConfig()
+    pcfg.train_images = args.train_images or pcfg.train_images
+    pcfg.test_images = args.test_images or pcfg.test_images
     try:
         r = run_llava_probe(args.model, out_dir=out, steps=args.steps, seed=args.seed, features=args.features,
-                            vision_feature_layer=args.vision_feature_layer, progress=not args.no_progress)
+                            vision_feature_layer=args.vision_feature_layer, pcfg=pcfg,
+                            progress=not args.no_progress)
     except ProbeError as e:
         raise UserError(str(e)) from None
     for t in QUESTION_TYPES:

@@ -354,6 +354,10 @@ def run_llava_probe(model_dir: str, out_dir=None, steps: int | None = None, seed
     tower = load_tower(model_dir, features)
     layer = vision_feature_layer if vision_feature_layer is not None else (
         pcfg.vision_feature_layer if tower.config.num_hidden_layers > 0 else -1)  # the floor has one state
+    try:
+        ov3hf.check_feature_layer(tower.config, layer)  # before any work
+    except ValueError as e:
+        raise ProbeError(str(e)) from None
     res = tower.config.image_size
     train_imgs, train_caps, train_qas = render_pool(pcfg.train_images, "train", res, pcfg.data_seed,
                                                     pcfg.single_fraction)
