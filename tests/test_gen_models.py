@@ -121,3 +121,19 @@ def test_guidance_scale_one_is_the_conditional_model_and_the_formula_holds():
         assert torch.allclose(w3, uncond + 3.0 * (cond - uncond), atol=1e-5)
         outside = guided_velocity(model, x, t, y, model.null_class, 3.0, interval=(0.0, 0.3))
         assert torch.allclose(outside, cond, atol=1e-6)  # t = 0.5 is outside the guidance interval
+
+
+def test_fd_and_precision_recall_on_known_sets():
+    from openvision3.generation.metrics import frechet_distance, precision_recall
+    g = torch.Generator().manual_seed(0)
+    real, same = torch.randn(600, 4, generator=g), torch.randn(600, 4, generator=g)
+    assert frechet_distance(real, same) < 0.1
+    shifted = same + torch.tensor([3.0, 0, 0, 0])
+    assert abs(frechet_distance(real, shifted) - 9.0) < 0.6  # ||mu_r - mu_f||^2 with equal covariances
+    p, r = precision_recall(real, same)
+    assert p > 0.9 and r > 0.9
+    collapsed = real[:1].repeat(600, 1) + 0.01 * torch.randn(600, 4, generator=g)  # one mode only
+    p, r = precision_recall(real, collapsed)
+    assert p > 0.9 and r < 0.1  # realistic but not diverse
+    p, r = precision_recall(real, shifted)
+    assert p < 0.3 and r < 0.3

@@ -165,6 +165,9 @@ class TrainConfig:
     eval_every: int = 0  # 0 = only at the end
     max_bad_steps: int = 5  # non-finite steps in a row before the run stops
     init_from: str | None = None  # a saved model dir to start from (e.g. stage 2 after stage 1)
+    # [?] ours: parameter-name prefixes kept frozen (e.g. [encoder.] to train a latent decoder on an
+    # encoder's frozen tokens, as `ov3 gen compare` does for the understanding-only encoder)
+    freeze: list[str] = field(default_factory=list)
     stages: list[StageConfig] = field(default_factory=list)
 
 

@@ -32,17 +32,26 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
+CHUNK = 2048  # rows of a distance matrix held at once (50k x 50k would not fit)
+
+
 def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
-    d = torch.cdist(x, x)
-    return d.kthvalue(k + 1, dim=1).values  # the 0th neighbour is the point itself
+    """Distance of every point to its k-th nearest other point."""
+    return torch.cat([torch.cdist(x[i:i + CHUNK], x).kthvalue(k + 1, dim=1).values  # 0th: the point itself
+                      for i in range(0, len(x), CHUNK)])
+
+
+def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """Share of ``points`` inside at least one ball (centre, radius)."""
+    inside = [(torch.cdist(points[i:i + CHUNK], centres) <= radii[None, :]).any(1)
+              for i in range(0, len(points), CHUNK)]
+    return torch.cat(inside).double().mean()
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
     real, fake = real.double(), fake.double()
-    r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)
-    d = torch.cdist(fake, real)  # (F, R)
-    precision = (d <= r_real[None, :]).any(1).double().mean()
-    recall = (d.T <= r_fake[None, :]).any(1).double().mean()
+    precision = _covered(fake, real, _knn_radii(real, k))
+    recall = _covered(real, fake, _knn_radii(fake, k))
     return float(precision), float(recall)
 
 

@@ -201,6 +201,12 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
     model = OpenVision3(cfg)
     if t.init_from:
         model.load_weights(OpenVision3.from_pretrained(t.init_from).trainable_state_dict())
+    if t.freeze:  # e.g. a latent decoder trained afterwards on an encoder's frozen tokens (gen compare)
+        frozen = [p for name, p in model.named_parameters() if name.startswith(tuple(t.freeze))]
+        if not frozen:
+            raise ConfigError(f"train.freeze {t.freeze} matches no parameter name (e.g. 'encoder.')")
+        for p in frozen:
+            p.requires_grad_(False)
     model.loss_fn = OpenVision3Loss(cfg.loss, rank=info.rank, world_size=info.world_size)
     model.to(info.device)
     if t.grad_checkpointing:
