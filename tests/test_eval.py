@@ -254,3 +254,31 @@ def test_picture_titles_keep_each_line_and_wrap_it_alone():
     assert all(len(line) <= 40 for line in lines)
     assert " ".join(lines[:-1]) == f"GT: {gt}"  # nothing cut
     assert len(wrap_title("a " * 200, width=10, max_lines=3).split("\n")) == 3
+
+
+def test_cider_ranks_matching_captions_first_and_ignores_case_and_punctuation():
+    from openvision3.eval.captioning import caption_scores
+    refs = ["a red star", "two blue circles", "a small green ring", "a large yellow square"]
+    same = caption_scores(refs, refs)["cider"]
+    noisy = ["A red star.", "Two blue circles!", "a small, green ring", "A large yellow square"]
+    assert caption_scores(noisy, refs)["cider"] == pytest.approx(same)
+    assert caption_scores(refs[1:] + refs[:1], refs)["cider"] < same / 2
+
+
+def test_probe_baselines_are_the_same_images_as_pixels_and_as_vae_latents(tiny_model):
+    from openvision3.eval.common import iterate, open_for
+    from openvision3.eval.probe import FEATURES, eval_probe, features
+    ds = open_for("probe", "shapes", "test", 32)
+    x, y = features(tiny_model, ds, 6, 4, "probe", progress=False, kinds=FEATURES)
+    images = torch.cat([b["image"] for b in iterate(ds, 6, 4, "again", progress=False)])
+    assert len(y) == 6
+    torch.testing.assert_close(torch.from_numpy(x["pixels"]), images.flatten(1))
+    with torch.no_grad():
+        latents = tiny_model.vae.encode(images)
+        pooled = tiny_model.image_features(tiny_model.encode_image(images))
+    torch.testing.assert_close(torch.from_numpy(x["vae_latents"]), latents.flatten(1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(x["tokens"]), pooled, rtol=1e-4, atol=1e-5)
+    r = eval_probe(tiny_model, open_for("probe", "shapes", "train", 32), ds, 16, 8, 8, progress=False)
+    assert set(r["baselines"]) == {"pixels", "vae_latents"}
+    assert r["baselines"]["pixels"]["dim"] == 3 * 32 * 32 and 0 <= r["baselines"]["pixels"]["top1"] <= 1
+    assert r["baselines"]["vae_latents"]["dim"] == latents[0].numel()

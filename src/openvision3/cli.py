@@ -570,6 +570,45 @@ def _add_export(sub):
     h.add_argument("--model", required=True, help="a saved OpenVision3 directory, or a released OV3 tower "
                    "(hub id, directory or weights file; then --vae names its VAE)")
     h.add_argument("--out", required=True, help="output directory (save_pretrained format)")
+# --- ov3 ablate synergy (recipes/synergy.py) ------------------------------------------------
+def _add_ablate(sub):
+    p = sub.add_parser("ablate", help="ablations that train and compare several models")
+    p.set_defaults(func=lambda a: p.print_help())
+    asub = p.add_subparsers(dest="ablate_command")
+    s = asub.add_parser("synergy", help="the paper's synergy ablation: joint vs rec_only vs und_only "
+                        "(curves, held-out evaluation, verdicts; docs/synergy.md)")
+    s.add_argument("--config", required=True, help="a config name (configs/NAME.yaml) or a YAML path")
+    s.add_argument("--out", default=None, help="output directory (default: runs/synergy/<config name>); "
+                   "each arm's run and model in OUT/seed_S/ARM/, finished arms are reused")
+    s.add_argument("--steps", type=_positive_int, default=None, help="training steps per arm (default: the config's)")
+    s.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)")
+    s.add_argument("--arms", default="joint,rec_only,und_only", help="comma list of arms (default: all three)")
+    s.add_argument("--tasks", default="recon,zeroshot,retrieval,caption,probe",
+                   help="held-out evaluation tasks per arm (default: all five)")
+    s.add_argument("--num-samples", type=_positive_int, default=500, help="held-out images per task (default 500)")
+    s.add_argument("--no-progress", action="store_true", help="no evaluation progress bars")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    s.add_argument("overrides", nargs="*", help="key=value overrides of the config, applied to every arm")
+    s.set_defaults(func=_run_ablate_synergy)
+
+
+def _run_ablate_synergy(args):
+    from .eval import EvalError
+    from .eval.report import jsonable
+    from .recipes.synergy import SynergyStopped, run_synergy
+    from .train.checkpoint import CheckpointError
+    from .train.trainer import TrainError
+    try:
+        summary = run_synergy(args.config, args.out, steps=args.steps, seeds=args.seeds, arms=args.arms,
+                              overrides=args.overrides, tasks=args.tasks, num_samples=args.num_samples,
+                              progress=not args.no_progress)
+    except (EvalError, CheckpointError, TrainError, SynergyStopped) as e:
+        raise UserError(str(e)) from None
+    print("verdicts: " + ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()), file=sys.stderr)
+    if args.json:
+        print_json(jsonable(summary))
+
+
     h.add_argument("--vae", default="flux-ov3", help="for a released tower: the VAE it reads (default flux-ov3)")
     h.add_argument("--image-size", type=_positive_int, default=None,
                    help="input pixels (default: the model's image size; 256 for a released tower)")
@@ -669,7 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="ov3", description="OpenVision 3: train, evaluate and use "
                            "unified visual encoders")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_data, _add_train, _add_eval, _add_gen, _add_demo, _add_bench, _add_export, _add_push, _add_probe):
+    for add in (_add_info, _add_data, _add_train, _add_eval, _add_gen, _add_demo, _add_bench, _add_export, _add_push, _add_probe, _add_ablate):
         add(sub)
     return parser
 

@@ -181,6 +181,11 @@ class LossConfig:
     caption_weight: float = 1.0  # [S] L_und = L_caption + alpha * L_con
     lpips_net: LpipsNet = "alex"  # [?] the paper does not name the LPIPS backbone
     pixel_subbatch: int = 0  # [?] our CPU option: pixel/LPIPS losses on the first N images; 0 = all
+    # [?] ours, for the synergy ablation (recipes/synergy.py): a branch whose weight (w_rec or
+    # w_und) is 0 is still trained, with weight 1, on *detached* unified tokens, so its losses
+    # measure what the encoder learnt without ever shaping it. The token-producing encoder gets no
+    # gradient from it; the contrastive read-out (encoder.ln_post, encoder.proj) is part of the probe.
+    probe_detached: bool = False
 
 
 @dataclass

@@ -6,7 +6,9 @@
 
 beta 0.4, lambda 0 (stage 1) / 0.5 (stage 2), alpha 1, w_rec 0.5, w_und 1.0 -- all [S], from
 LossConfig. All terms are computed in fp32, outside any autocast region. A branch whose weight
-is 0 is never computed; ``combine`` reports its terms as 0 so logs keep their columns.
+is 0 is never computed; ``combine`` reports its terms as 0 so logs keep their columns. With
+``probe_detached`` (the synergy ablation's option) such a branch is computed on detached unified
+tokens instead, and ``combine`` adds its loss with weight 1: it trains only its own parameters.
 """
 from __future__ import annotations
 
@@ -45,6 +47,16 @@ class OpenVision3Loss(nn.Module):
     @property
     def und_enabled(self) -> bool:
         return self.cfg.w_und > 0
+
+    @property
+    def rec_probed(self) -> bool:
+        """The reconstruction branch is off (w_rec = 0) but trained on detached tokens."""
+        return self.cfg.probe_detached and not self.rec_enabled
+
+    @property
+    def und_probed(self) -> bool:
+        """The understanding branch is off (w_und = 0) but trained on detached tokens."""
+        return self.cfg.probe_detached and not self.und_enabled
 
     def _lpips(self, device: torch.device):
         if self.lpips is None:
@@ -119,8 +131,9 @@ class OpenVision3Loss(nn.Module):
     # -- total ---------------------------------------------------------------------------------
 
     def combine(self, terms: dict) -> dict:
-        """Add ``loss`` = w_rec * loss_rec + w_und * loss_und over the enabled branches, and fill
-        the columns of a skipped branch with 0."""
+        """Add ``loss`` = w_rec * loss_rec + w_und * loss_und over the enabled branches, plus the
+        loss of a probed branch (weight 0, ``probe_detached``) with weight 1, and fill the columns
+        of a skipped branch with 0."""
         if not (self.rec_enabled or self.und_enabled):
             raise ValueError("loss.w_rec and loss.w_und are both 0: there is nothing to train")
         out = dict(terms)
@@ -137,6 +150,13 @@ class OpenVision3Loss(nn.Module):
             if "loss_und" not in terms:
                 raise ValueError("understanding is enabled (w_und > 0) but no loss_und was computed")
             loss = loss + self.cfg.w_und * terms["loss_und"]
+        # A probed branch saw detached tokens, so this trains its own parameters only; weight 1 [?]
+        # (Adam makes the scale nearly irrelevant; it only enters the shared grad-norm clip).
+        for probed, name in ((self.rec_probed, "loss_rec"), (self.und_probed, "loss_und")):
+            if probed:
+                if name not in terms:
+                    raise ValueError(f"loss.probe_detached is set but no {name} was computed")
+                loss = loss + terms[name]
         out["loss"] = loss
         return out
 

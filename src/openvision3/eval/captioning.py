@@ -1,7 +1,9 @@
-"""Captioning: greedy ``model.caption``; corpus BLEU-4 and ROUGE-L F (torchmetrics.text),
-CIDEr only when pycocoevalcap is importable."""
+"""Captioning: greedy ``model.caption``; corpus BLEU-4 and ROUGE-L F (torchmetrics.text) and
+CIDEr (pycocoevalcap's pure-Python scorer, the CIDEr-D variant COCO reports as "CIDEr", on text
+lower-cased and stripped of punctuation here instead of by its Java PTB tokenizer)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -13,14 +15,17 @@ def caption_scores(preds: list[str], refs: list[str]) -> dict:
     from torchmetrics.text import BLEUScore, ROUGEScore
     out = {"bleu4": float(BLEUScore(n_gram=4)(preds, [[r] for r in refs])),
            "rouge_l": float(ROUGEScore(rouge_keys="rougeL")(preds, [[r] for r in refs])["rougeL_fmeasure"])}
-    try:
-        from pycocoevalcap.cider.cider import Cider
-        score, _ = Cider().compute_score({i: [r] for i, r in enumerate(refs)}, {i: [p] for i, p in enumerate(preds)})
-        out["cider"] = float(score)
-    except ImportError:
-        out["cider"] = None
-        out["cider_status"] = "skipped: pycocoevalcap not installed"
+    from pycocoevalcap.cider.cider import Cider
+    # one reference per image; the document frequencies come from these references (COCO's way)
+    score, _ = Cider().compute_score({i: [coco_words(r)] for i, r in enumerate(refs)},
+                                     {i: [coco_words(p)] for i, p in enumerate(preds)})
+    out["cider"] = float(score)
     return out
+
+
+def coco_words(text: str) -> str:
+    """Lower case, punctuation dropped, single spaces: what COCO's PTB tokenizer hands CIDEr."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 @torch.no_grad()

@@ -1,4 +1,8 @@
-"""Linear probe: sklearn LogisticRegression on pooled image features (train vs test split)."""
+"""Linear probe: sklearn LogisticRegression on pooled image features (train vs test split).
+
+Beside the unified tokens' pooled features, the same classifier is fitted on two baselines under
+the identical protocol (same images, same split, same classifier): the raw input pixels and the
+frozen VAE latents, flattened. They show what the unified tokens add over their own input."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,19 +11,32 @@ import torch
 from .common import device_of, iterate
 
 
+FEATURES = ("tokens", "pixels", "vae_latents")  # what the probe is fitted on, in that order
+
+
 @torch.no_grad()
-def features(model, ds, n: int, batch_size: int, desc: str, progress: bool = True):
+def features(model, ds, n: int, batch_size: int, desc: str, progress: bool = True,
+             kinds: tuple[str, ...] = ("tokens",)):
+    """Features of the first ``n`` labelled images: ``tokens`` the pooled unified tokens (the
+    model's image embedding), ``pixels`` the flattened input images, ``vae_latents`` the flattened
+    frozen-VAE latents. Returns ({kind: x (n, dim)}, labels (n,))."""
     dev = device_of(model)
-    xs, ys = [], []
+    xs, ys = {k: [] for k in kinds}, []
     for batch in iterate(ds, n, batch_size, desc, progress):
         keep = batch["label"] >= 0
         if keep.any():
             x = batch["image"][keep].to(dev)
-            xs.append(model.image_features(model.encode_image(x)).float().cpu())
+            latents = model.vae.encode(x) if {"tokens", "vae_latents"} & set(kinds) else None
+            for k in kinds:
+                f = (model.image_features(model.encoder(latents)) if k == "tokens" else
+                     x if k == "pixels" else latents)
+                xs[k].append(f.flatten(1).float().cpu())
             ys.append(batch["label"][keep])
-    if not xs:
-        return np.zeros((0, 1), np.float32), np.zeros((0,), np.int64)
-    return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+    if not ys:
+        xs, y = {k: np.zeros((0, 1), np.float32) for k in kinds}, np.zeros((0,), np.int64)
+    else:
+        xs, y = {k: torch.cat(v).numpy() for k, v in xs.items()}, torch.cat(ys).numpy()
+    return xs, y
 
 
 def fit_probe(x_train, y_train, x_test, y_test, max_iter: int = 1000) -> dict:
@@ -37,17 +54,28 @@ def fit_probe(x_train, y_train, x_test, y_test, max_iter: int = 1000) -> dict:
 
 
 def eval_probe(model, train_ds, test_ds, n_train: int, n_test: int, batch_size: int = 64,
-               progress: bool = True) -> dict:
-    """``test_ds=None``: one stream, the first ``n_train`` samples train, the next ``n_test`` test."""
+               progress: bool = True, baselines: bool = True) -> dict:
+    """``test_ds=None``: one stream, the first ``n_train`` samples train, the next ``n_test`` test.
+    With ``baselines``, ``result["baselines"]`` holds the same probe on raw pixels and on the
+    frozen VAE latents ({"pixels": {"top1", ...}, "vae_latents": {...}})."""
     if not train_ds.class_names:
         return {"skipped": "data has no class labels (class_names is None)"}
+    kinds = FEATURES if baselines else FEATURES[:1]
     if test_ds is None:
-        x, y = features(model, train_ds, n_train + n_test, batch_size, "probe", progress)
+        x, y = features(model, train_ds, n_train + n_test, batch_size, "probe", progress, kinds)
         split = min(n_train, max(len(y) - n_test, len(y) // 2))
-        xtr, ytr, xte, yte = x[:split], y[:split], x[split:], y[split:]
+        xtr, ytr = {k: v[:split] for k, v in x.items()}, y[:split]
+        xte, yte = {k: v[split:] for k, v in x.items()}, y[split:]
     else:
-        xtr, ytr = features(model, train_ds, n_train, batch_size, "probe train", progress)
-        xte, yte = features(model, test_ds, n_test, batch_size, "probe test", progress)
+        xtr, ytr = features(model, train_ds, n_train, batch_size, "probe train", progress, kinds)
+        xte, yte = features(model, test_ds, n_test, batch_size, "probe test", progress, kinds)
     if len(yte) == 0:
         return {"skipped": "no labelled test samples"}
-    return fit_probe(xtr, ytr, xte, yte)
+    out = fit_probe(xtr["tokens"], ytr, xte["tokens"], yte)
+    out["dim"] = int(xtr["tokens"].shape[1])
+    if baselines and "top1" in out:
+        out["baselines"] = {}
+        for k in kinds[1:]:
+            r = fit_probe(xtr[k], ytr, xte[k], yte)
+            out["baselines"][k] = {"top1": r.get("top1"), "dim": int(xtr[k].shape[1])}
+    return out

@@ -49,6 +49,9 @@ def _md_task(name: str, r: dict) -> list[str]:
     rows = [(k, v) for k, v in r.items() if not isinstance(v, (list, dict)) and k != "figure"]
     lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {METRIC_DOC.get(k, k)} | {_fmt(v)} |" for k, v in rows]
+    # the probe's baselines: the same classifier on the raw pixels and on the frozen VAE latents
+    lines += [f"| top-1 accuracy on {k.replace('_', ' ')} ({b.get('dim')} dims, same protocol) | "
+              f"{_fmt(b.get('top1'))} |" for k, b in (r.get("baselines") or {}).items()]
     lines.append("")
     if r.get("examples"):
         lines += ["| reference | generated |", "|---|---|"]
@@ -103,6 +106,7 @@ def format_summary(results: dict) -> str:
         parts = [f"{k} {_fmt(r[k])}" for k in SUMMARY_KEYS.get(name, ()) if k in r and r[k] is not None]
         if name == "recon" and r.get("rfid") is None and r.get("rfid_status"):
             parts.append(f"rfid {r['rfid_status']}")
+        parts += [f"{k} {_fmt(b.get('top1'))}" for k, b in (r.get("baselines") or {}).items()]
         n = r.get("n", r.get("n_test"))
         lines.append(f"{name}: " + ", ".join(parts) + (f" (n={n})" if n is not None else ""))
     return "\n".join(lines)

@@ -94,27 +94,30 @@ class OpenVision3(nn.Module):
     def forward(self, images: torch.Tensor, tokens=None, lpips_weight: float | None = None,
                 latents: torch.Tensor | None = None) -> dict:
         """Every loss term and the total ``loss``. ``tokens``: ids (B, T) or captions (list of str).
-        A branch whose weight is 0 is not computed at all."""
+        A branch whose weight is 0 is not computed at all, unless ``loss.probe_detached``: then it
+        runs on detached unified tokens, so it trains its own parameters and never the encoder."""
         lf, lc = self.loss_fn, self.cfg.loss
         # ``latents``: the VAE latents of ``images`` when already known (a latent cache, MAR's
         # idea: data/latent_cache.py); the VAE encoder is then skipped.
         latents = self.vae.encode(images) if latents is None else latents.float()
         z_u = self.encoder(latents)
         terms: dict = {}
-        if lf.rec_enabled:
-            pred_latents = self.decoder(z_u)
+        if lf.rec_enabled or lf.rec_probed:
+            pred_latents = self.decoder(z_u.detach() if lf.rec_probed else z_u)
             n = lc.pixel_subbatch if 0 < lc.pixel_subbatch < images.shape[0] else images.shape[0]
             recon = self.vae.decode(pred_latents[:n])  # pixel/LPIPS sub-batch: our CPU option [?]
             terms.update(lf.reconstruction(images[:n], recon, latents, pred_latents, lpips_weight=lpips_weight))
-        if lf.und_enabled:
+        if lf.und_enabled or lf.und_probed:
             if tokens is None:
-                raise ValueError("the understanding losses need caption tokens; pass tokens= or set loss.w_und=0")
+                raise ValueError("the understanding losses need caption tokens; pass tokens= or set loss.w_und=0"
+                                 + (" and loss.probe_detached=false" if lf.und_probed else ""))
             tokens = self._as_tokens(tokens)
+            z_und = z_u.detach() if lf.und_probed else z_u
             image_feats = text_feats = logits = targets = None
             if lc.alpha_contrastive > 0:
-                image_feats, text_feats = self.encoder.pool(z_u), self.text_encoder(tokens)
+                image_feats, text_feats = self.encoder.pool(z_und), self.text_encoder(tokens)
             if lc.caption_weight > 0:
-                logits, targets = self.caption_decoder(z_u, tokens)
+                logits, targets = self.caption_decoder(z_und, tokens)
             terms.update(lf.understanding(image_feats, text_feats, self.logit_scale.exp(), logits, targets))
         out = lf.combine(terms)
         out["logit_scale"] = self.logit_scale.detach().exp()
