@@ -105,5 +105,6 @@ def test_every_shipped_config_loads():
     from openvision3.train.vae_trainer import get_vae_config
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert names, "configs/ is empty"
-    for name in names:  # vae_* are `ov3 train-vae` recipes, the rest `ov3 train` configs
-        (get_vae_config if name.startswith("vae_") else get_config)(name)
+    from openvision3.interop.transformers import llava_recipe
+    for name in names:  # vae_* are `ov3 train-vae` recipes, llava* LLaVA recipes, the rest `ov3 train` configs
+        (get_vae_config if name.startswith("vae_") else llava_recipe if name.startswith("llava") else get_config)(name)

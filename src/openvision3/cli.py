@@ -561,15 +561,6 @@ def _run_bench(args):
         print_json(r)
 
 
-# --- ov3 export hf / push / probe llava (interop/ and recipes/llava_probe.py) -----------------
-def _add_export(sub):
-    p = sub.add_parser("export", help="write a model in another library's format")
-    p.set_defaults(func=lambda a: p.print_help())
-    esub = p.add_subparsers(dest="export_command")
-    h = esub.add_parser("hf", help="a transformers vision tower (AutoModel, LLaVA's vision_config) + image processor")
-    h.add_argument("--model", required=True, help="a saved OpenVision3 directory, or a released OV3 tower "
-                   "(hub id, directory or weights file; then --vae names its VAE)")
-    h.add_argument("--out", required=True, help="output directory (save_pretrained format)")
 # --- ov3 ablate synergy (recipes/synergy.py) ------------------------------------------------
 def _add_ablate(sub):
     p = sub.add_parser("ablate", help="ablations that train and compare several models")
@@ -609,6 +600,15 @@ def _run_ablate_synergy(args):
         print_json(jsonable(summary))
 
 
+# --- ov3 export hf / push / probe llava (interop/ and recipes/llava_probe.py) -----------------
+def _add_export(sub):
+    p = sub.add_parser("export", help="write a model in another library's format")
+    p.set_defaults(func=lambda a: p.print_help())
+    esub = p.add_subparsers(dest="export_command")
+    h = esub.add_parser("hf", help="a transformers vision tower (AutoModel, LLaVA's vision_config) + image processor")
+    h.add_argument("--model", required=True, help="a saved OpenVision3 directory, or a released OV3 tower "
+                   "(hub id, directory or weights file; then --vae names its VAE)")
+    h.add_argument("--out", required=True, help="output directory (save_pretrained format)")
     h.add_argument("--vae", default="flux-ov3", help="for a released tower: the VAE it reads (default flux-ov3)")
     h.add_argument("--image-size", type=_positive_int, default=None,
                    help="input pixels (default: the model's image size; 256 for a released tower)")
@@ -665,9 +665,9 @@ def _add_probe(sub):
     ll.add_argument("--out", default=None, help="report directory (default: MODEL/eval, where the model card "
                     "finds it)")
     ll.add_argument("--steps", type=_positive_int, default=None,
-                    help="stage-2 steps (default 1200; stages 0 and 1 keep their share)")
+                    help="stage-2 steps (default 800; stages 0 and 1 keep their share)")
     ll.add_argument("--seed", type=int, default=0, help="language model init and data order (the test set is fixed)")
-    ll.add_argument("--train-images", type=_positive_int, default=None, help="rendered training images (default 6000)")
+    ll.add_argument("--train-images", type=_positive_int, default=None, help="rendered training images (default 4000)")
     ll.add_argument("--test-images", type=_positive_int, default=None, help="held-out test images (default 500)")
     ll.add_argument("--features", default="tokens", choices=["tokens", "vae"],
                     help="tokens: the encoder (default); vae: the model's VAE latents alone, as a floor")

@@ -282,6 +282,24 @@ def export_hf(source: str, out_dir, vae: str = "flux-ov3", image_size: int | Non
             "vae_parameters": sum(p.numel() for p in tower.vae.parameters())}
 
 
+def llava_recipe(name_or_yaml: str) -> dict:
+    """A LLaVA training recipe (``configs/llava*.yaml``, read by docs/llava.md) as a dict, with the
+    keys a GPU run needs checked: the tower's feature layer and strategy, and each stage's schedule."""
+    from ..config import load_values
+    r = load_values(name_or_yaml)
+    tower = r.get("vision_tower") or {}
+    for key in ("source", "vision_feature_layer", "vision_feature_select_strategy"):
+        if key not in tower:
+            raise ConfigError(f"LLaVA recipe '{name_or_yaml}': vision_tower.{key} is missing")
+    for i, stage in enumerate(r.get("stages") or []):
+        missing = [k for k in ("data", "trainable", "epochs", "global_batch_size", "learning_rate") if k not in stage]
+        if missing:
+            raise ConfigError(f"LLaVA recipe '{name_or_yaml}': stage {i} lacks {', '.join(missing)}")
+    if not r.get("stages"):
+        raise ConfigError(f"LLaVA recipe '{name_or_yaml}': no stages")
+    return r
+
+
 def llava_processor(vision_config: OpenVision3VisionConfig, tokenizer,
                     select_strategy: str = LLAVA_SELECT_STRATEGY, image_token: str = "<image>"):
     """``LlavaProcessor`` for our tower: our image processor, and the image-token count LLaVA expects
@@ -295,5 +313,5 @@ def llava_processor(vision_config: OpenVision3VisionConfig, tokenizer,
 __all__ = ["OpenVision3VisionConfig", "OpenVision3VisionModel", "build_image_processor", "llava_config",
            "check_feature_layer", "set_llava_trainable", "vision_model_from_openvision3",
            "vision_model_from_official", "vision_model_from_parts", "vae_latent_model", "export_hf",
-           "num_image_tokens", "is_openvision3_dir", "llava_processor", "LLAVA_FEATURE_LAYER",
+           "num_image_tokens", "is_openvision3_dir", "llava_processor", "llava_recipe", "LLAVA_FEATURE_LAYER",
            "LLAVA_SELECT_STRATEGY"]

@@ -51,17 +51,19 @@ class ProbeError(ValueError):
 class ProbeConfig:
     """Sizes and schedule; [P] LLaVA-1.5's published choice, [?] ours for 2 CPU cores."""
 
-    train_images: int = 6000  # [?] rendered once; stage 2 sees each about (steps x batch / n) times
+    train_images: int = 4000  # [?] rendered once; stage 2 sees each about (steps x batch / n) times
     test_images: int = 500  # [?] held-out `test` split, every applicable question of each image
     single_fraction: float = 1 / 3  # [?] 1, 2 and 3 objects equally often (balanced counts)
-    lm_width: int = 128  # [?] a Llama of ~1 M parameters (LLaVA-1.5: Vicuna 7B/13B [P])
+    # [?] a Llama of ~0.5 M parameters (LLaVA-1.5: Vicuna 7B/13B [P]) and a schedule sized by
+    # FLOPs (about 6 x params x tokens) to fit 10 min on 2 CPU cores with the demo's 64 image tokens
+    lm_width: int = 96
     lm_layers: int = 4
     lm_heads: int = 4
-    lm_mlp: int = 512
-    stage0_steps: int = 150
-    stage1_steps: int = 300
-    stage2_steps: int = 1200
-    batch_size: int = 64  # [?] LLaVA-1.5: 256 in stage 1, 128 in stage 2 [P]
+    lm_mlp: int = 384
+    stage0_steps: int = 100
+    stage1_steps: int = 200
+    stage2_steps: int = 800
+    batch_size: int = 32  # [?] LLaVA-1.5: 256 in stage 1, 128 in stage 2 [P]
     lr0: float = 1e-3  # [?]
     lr1: float = 1e-3  # [P] LLaVA-1.5 stage 1
     lr2: float = 5e-4  # [?] LLaVA-1.5 stage 2 uses 2e-5 on a pretrained LM [P]; ours is from scratch
