@@ -60,9 +60,12 @@ def test_cached_tokens_equal_fresh_encoder_output_and_refuse_another_encoder(tmp
     assert len(cache) == 24 and cache.tokens.shape == (24, 16, 32) and cache.num_classes == 8
     from openvision3.data import make_loader, open_data
     images = next(iter(make_loader(open_data(SPEC, split="train", resolution=32, train=False, infinite=False), 24)))
-    fresh = space.encode(images["image"])
-    assert torch.equal(cache.tokens, fresh.half()) and torch.equal(cache.labels, images["label"])
-    assert torch.equal(cache.tokens_flip, space.encode(images["image"].flip(-1)).half())
+    x = images["image"]
+
+    def fresh(batch):  # encoded in the cache's batches (cache.batch_size=16): same shapes, same kernels
+        return torch.cat([space.encode(batch[:16]), space.encode(batch[16:])]).half()
+    assert torch.equal(cache.tokens, fresh(x)) and torch.equal(cache.labels, images["label"])
+    assert torch.equal(cache.tokens_flip, fresh(x.flip(-1)))
     # statistics of the generated view (LN tokens, flips included), stored with the cache
     view = space.decoder_view(torch.cat([cache.tokens, cache.tokens_flip])).reshape(-1, 32)
     assert torch.allclose(cache.stats.mean, view.mean(0), atol=1e-4)
@@ -111,7 +114,7 @@ def test_train_sample_eval_end_to_end(tmp_path, encoder_dir, capsys):
 
 
 def test_kill9_then_resume_reproduces_every_loss(tmp_path, encoder_dir):
-    over = gen_overrides(tmp_path, encoder_dir, "train.steps=30")
+    over = gen_overrides(tmp_path, encoder_dir, "train.steps=60")
     cfg = get_gen_config(None, over)
     train_generator(cfg, tmp_path / "ref", progress=False)
     run = tmp_path / "killed"
@@ -126,7 +129,7 @@ def test_kill9_then_resume_reproduces_every_loss(tmp_path, encoder_dir):
     assert (run / "checkpoints" / "step_2").exists()
     assert not (run / "generator").exists()  # it really died before the end
     train_generator(get_gen_config(None, over), run, resume="auto", progress=False)
-    assert losses(run) == losses(tmp_path / "ref") and len(losses(run)) == 30  # exactly, step by step
+    assert losses(run) == losses(tmp_path / "ref") and len(losses(run)) == 60  # exactly, step by step
 
 
 def test_bad_inputs(tmp_path, encoder_dir, capsys):
