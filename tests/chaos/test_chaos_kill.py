@@ -1,0 +1,81 @@
+"""kill -9 at random instants, also inside a checkpoint write: ``--resume auto`` always starts from
+a complete checkpoint and every per-step loss equals the uninterrupted run's exactly (CPU).
+
+One run directory takes several kills in a row (each relaunch resumes the previous one's
+checkpoint), then finishes in this process; its metrics must equal a reference run's, step by
+step. benchmarks/soak.py runs the same trials by the hundred.
+"""
+import random
+import time
+import warnings
+
+from . import faults
+from .faults import FAST, TINY, VAE_FAST
+
+from openvision3.config import get_config
+from openvision3.train.trainer import train
+from openvision3.train.vae_trainer import get_vae_config, train_vae
+
+TRAIN_OVER = ["train.steps=6", "train.checkpoint_every=2", "train.keep_last=2"]
+VAE_OVER = ["steps=8", "checkpoint_every=2", "keep_last=2"]
+
+
+def kill_chain(launcher, tmp_path, argv, kills: int, in_write: set, rng, span_s: float, vae=False):
+    """Launch ``ov3 argv --resume auto`` ``kills`` times, killing each with SIGKILL: at a random
+    instant within ``span_s`` of its start, or (trial index in ``in_write``) between two files
+    of a checkpoint write. Returns one record per trial."""
+    run = tmp_path / "run"
+    records = []
+    for trial in range(kills):
+        hook = trial in in_write
+        marks = tmp_path / f"marks_{trial}"
+        marks.mkdir()
+        proc = launcher.start([*argv, "--out", str(run), "--resume", "auto"], tmp_path / f"log_{trial}.txt",
+                              slow_write_s=0.25 if hook else 0.0, marker_dir=marks)
+        if hook:  # wait for the first file of a checkpoint, then kill within the next few files
+            reached = faults.wait_for(lambda: any(marks.iterdir()), proc)
+            time.sleep(rng.uniform(0.0, 0.6))
+        else:
+            reached = True
+            time.sleep(rng.uniform(0.1, 1.0) * span_s)
+        partial = sorted(p.name for p in (run / "checkpoints").glob(".tmp_step_*")) if (run / "checkpoints").exists() else []
+        code = proc.kill9()
+        states = faults.checkpoint_states(run, vae=vae)
+        records.append({"trial": trial, "in_write": hook, "reached_write": reached, "exit": code,
+                        "partial_at_kill": partial, "checkpoints": states})
+        # Whatever the instant, every step_N on disk is complete and loads.
+        assert all(v == "ok" for v in states.values()), (records[-1], (tmp_path / f"log_{trial}.txt").read_text()[-2000:])
+    return run, records
+
+
+def test_train_kill9_at_random_instants_resumes_exactly(launcher, tmp_path):
+    t0 = time.perf_counter()
+    train(get_config(TINY, FAST + TRAIN_OVER), tmp_path / "ref")
+    span = time.perf_counter() - t0
+    argv = ["train", "--config", TINY, *FAST, *TRAIN_OVER]
+    run, records = kill_chain(launcher, tmp_path, argv, kills=5, in_write={1, 3}, rng=random.Random(20), span_s=span)
+    assert all(r["exit"] == -9 or r["exit"] == 0 for r in records), records
+    assert any(r["in_write"] and r["partial_at_kill"] for r in records), records  # a kill inside a write
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no checkpoint yet" when every kill came before the first one
+        train(get_config(TINY, FAST + TRAIN_OVER), run, resume="auto")
+    assert not list((run / "checkpoints").glob(".*")), "leftovers of killed writes are cleaned up"
+    ref, got = faults.loss_rows(tmp_path / "ref"), faults.loss_rows(run)
+    assert sorted(got) == list(range(1, 7)) and got == ref  # exactly, step by step, every term
+
+
+def test_train_vae_kill9_at_random_instants_resumes_exactly(launcher, tmp_path):
+    yaml = tmp_path / "vae_tiny.yaml"
+    yaml.write_text("data: {train: shapes, val: shapes}\n")
+    cfg = get_vae_config(str(yaml), VAE_FAST + VAE_OVER)
+    t0 = time.perf_counter()
+    train_vae(cfg, tmp_path / "ref", progress=False)
+    span = time.perf_counter() - t0
+    argv = ["train-vae", "--config", str(yaml), *VAE_FAST, *VAE_OVER]
+    run, records = kill_chain(launcher, tmp_path, argv, kills=2, in_write={1}, rng=random.Random(21),
+                              span_s=span, vae=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_vae(get_vae_config(str(yaml), VAE_FAST + VAE_OVER), run, resume="auto", progress=False)
+    ref, got = faults.loss_rows(tmp_path / "ref"), faults.loss_rows(run)
+    assert sorted(got) == list(range(1, 9)) and got == ref
