@@ -31,6 +31,7 @@ def test_save_pretrained_writes_a_model_card(saved):
     assert meta["library_name"] == "openvision3" and meta["license"] == "apache-2.0"
     assert "openvision3" in meta["tags"]
     assert meta["vae"]["convention"] == "scale" and meta["vae"]["source"] == "vae"  # saved beside the weights
+    assert meta["vae"]["scaling_factor"] == 1.0  # as resolved by the saved VAE (inline: identity)
     assert "model-index" not in meta  # no evaluation yet
     assert "OpenVision3.from_pretrained" in (d / "README.md").read_text()
 

@@ -78,7 +78,7 @@ def build_card(kind: str, info: dict, results: dict, license: str = "apache-2.0"
     cfg = info.get("config") or {}
     if kind == "openvision3":
         m = cfg.get("model", {})
-        vae = {**m.get("vae", {})}
+        vae = {**m.get("vae", {}), **{k: v for k, v in (info.get("vae_resolved") or {}).items() if v is not None}}
         name = info.get("name") or f"OpenVision 3 ({m.get('preset')}, {m.get('image_size')} px)"
         library = "openvision3"
         arch = (f"encoder {m.get('encoder', {}).get('width')} wide x {m.get('encoder', {}).get('layers')} "
@@ -136,6 +136,11 @@ def build_card(kind: str, info: dict, results: dict, license: str = "apache-2.0"
 def write_card(directory, kind: str, info: dict, results: dict | None = None) -> Path:
     """Write ``directory/README.md``; ``results`` default to the evaluation files found there."""
     directory = Path(directory)
+    vae_cfg = directory / "vae" / "config.json"  # a saved VAE: its factors as resolved, not the config's None
+    if kind == "openvision3" and vae_cfg.is_file() and "vae_resolved" not in info:
+        vc = json.loads(vae_cfg.read_text())
+        info = {**info, "vae_resolved": {"scaling_factor": vc.get("scaling_factor"),
+                                         "shift_factor": vc.get("shift_factor")}}
     card = build_card(kind, info, read_results(directory) if results is None else results)
     path = directory / "README.md"
     path.write_text(str(card), encoding="utf-8")
