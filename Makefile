@@ -22,8 +22,10 @@ data:
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
 	  echo "fashion-mnist: install the Debian package dataset-fashion-mnist (or pass a path) to use it")
 
+# `make demo SEED=1` trains with another seed into runs/demo_seed1; a stopped demo resumes when run again.
+SEED ?= 0
 demo: setup
-	$(BIN)/ov3 demo --out runs/demo
+	$(BIN)/ov3 demo --seed $(SEED)
 
 test: setup data
 	$(BIN)/python -m pytest tests

@@ -1,42 +1,100 @@
 """`ov3 demo` end to end at toy size: every phase runs, the report and metrics exist with the
-eval.json structure, the floors table is there, and a second call reuses the trained parts."""
+eval.json structure, the floors table is there, a second call reuses the trained parts, a stopped
+demo exits non-zero and resumes, and the shipped demo VAE loads and reconstructs."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
-from openvision3.eval.demo import FLOORS, run_demo
+import pytest
+import torch
 
-TOY = ["train.steps=3", "train.checkpoint_every=3", "train.log_every=1", "train.warmup_steps=1"]
-TOY_VAE = ["steps=4", "max_seconds=0", "eval_samples=16", "batch_size=4"]
+from openvision3.recipes.demo import FLOORS, SHIPPED_VAE, DemoStopped, default_out, run_demo
+
+TOY = ["train.stages=[{name: low, resolution: 16, steps: 2}, {name: main, resolution: 32, steps: 2}]",
+       "train.checkpoint_every=4", "train.log_every=1", "train.warmup_steps=1"]
+TOY_VAE = ["steps=4", "eval_samples=16", "batch_size=4"]
 
 
 def test_demo_runs_every_phase_and_reuses_outputs(tmp_path, capsys):
     out = tmp_path / "demo"
-    results = run_demo(out, overrides=TOY, vae_overrides=TOY_VAE, num_samples=16)
+    results = run_demo(out, overrides=TOY, vae_overrides=TOY_VAE, num_samples=16, train_vae=True)
     for task, keys in {"recon": ("psnr", "ssim", "lpips_alex", "rfid_status"), "zeroshot": ("top1", "top5"),
                        "retrieval": ("i2t_r1", "t2i_r5", "t2i_r10"), "caption": ("bleu4", "rouge_l")}.items():
         assert all(k in results[task] for k in keys), (task, results[task])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["recon"]["psnr"] == results["recon"]["psnr"] and saved["recon"]["rfid"] is None
+    assert saved["training"]["precision"] in ("fp32", "bf16") and saved["training"]["precision_reason"]
+    assert saved["vae"]["shipped"] is False and saved["seed"] == 0
+    assert [(st["resolution"], st["steps"]) for st in saved["training"]["stages"]] == [(16, 2), (32, 2)]
     report = (out / "report.md").read_text()
     assert "Demo floors" in report and all(f"{t} {k}" in report for t, k in FLOORS)
+    assert saved["training"]["precision_reason"] in report
     for png in ("recon.png", "zeroshot_confusion.png", "retrieval.png", "captions.png", "losses.png"):
         assert (out / png).stat().st_size > 0, png
     assert (out / "model" / "model.safetensors").exists() and (out / "model" / "vae" / "config.json").exists()
     capsys.readouterr()
 
-    again = run_demo(out, overrides=TOY, vae_overrides=TOY_VAE, num_samples=16)
+    again = run_demo(out, overrides=TOY, vae_overrides=TOY_VAE, num_samples=16, train_vae=True)
     printed = capsys.readouterr().out
     assert printed.count("reusing") == 2  # neither the VAE nor the model is trained again
     assert again["recon"]["psnr"] == results["recon"]["psnr"]  # same model, same held-out data
 
+    with pytest.raises(DemoStopped, match="seed 0"):  # another seed never reuses this run's model
+        run_demo(out, overrides=TOY, num_samples=16, seed=1, train_vae=True)
 
-def test_floor_table_counts_the_floors_met():
-    from openvision3.eval.demo import _floor_table
-    all_met: dict = {}
-    for (task, key), floor in FLOORS.items():
-        all_met.setdefault(task, {})[key] = floor + 0.01
-    assert _floor_table(all_met).startswith(f"This run meets all {len(FLOORS)} floors")
-    one_short = {**all_met, "retrieval": {"t2i_r5": 0.94, "i2t_r1": 0.9}}
-    table = _floor_table(one_short)
-    assert table.startswith(f"This run misses 1 of {len(FLOORS)} floors")
-    assert "| retrieval t2i_r5 | 0.940 | 0.95 | no |" in table
-    assert "misses 4" in _floor_table({})  # nothing measured: nothing met
+
+def test_shipped_demo_vae_loads_and_reconstructs():
+    """assets/demo_vae: the VAE `make demo` uses, trained once by configs/vae_demo.yaml."""
+    from openvision3.config import VAEConfig
+    from openvision3.data import make_loader, open_data
+    from openvision3.models.vae import FrozenVAE
+    from openvision3.train.vae_trainer import psnr
+    summary = json.loads((SHIPPED_VAE / "results.json").read_text())
+    assert summary["complete"] and summary["steps"] == 500 and summary["precision"] == "fp32"
+    vae = FrozenVAE(VAEConfig(source=str(SHIPPED_VAE)))
+    assert vae.latent_channels == 16 and vae.downsample == 2
+    x = next(iter(make_loader(open_data("shapes", split="test", resolution=32, train=False), 32)))["image"]
+    with torch.no_grad():
+        z = vae.encode(x)
+        y = vae.decode(z).clamp(-1, 1)
+    assert z.shape == (32, 16, 16, 16) and 0.5 < float(z.std()) < 2.0  # normalised latents
+    assert float(psnr(y, x).mean()) > 23.0  # held-out shapes images (summary: ~26 dB on 256 of them)
+
+
+def test_default_out_dir_per_seed():
+    assert default_out(0) == "runs/demo" and default_out(2) == "runs/demo_seed2"
+
+
+def _ov3(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "openvision3.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_stopped_demo_says_so_exits_nonzero_and_resumes(tmp_path):
+    """SIGTERM during training: one 'stopped' line, exit code 3, no evaluation; the same command
+    again resumes from the checkpoint and finishes."""
+    out = tmp_path / "demo"
+    toy = ["train.stages=[{resolution: 32, steps: 400}]", "train.checkpoint_every=2", "train.log_every=1",
+           "train.warmup_steps=1", "train.batch_size=8", "model.encoder.layers=1"]
+    proc = _ov3("demo", "--out", str(out), "--num-samples", "8", *toy, cwd=tmp_path)
+    ckpts = out / "train" / "checkpoints"
+    deadline = time.time() + 240
+    while not (ckpts.exists() and any(ckpts.glob("step_*"))) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 3, err
+    lines = [line for line in err.splitlines() if line.startswith("ov3 demo:")]
+    assert len(lines) == 1 and "stopped" in lines[0] and "run the same command again" in lines[0], err
+    assert "Traceback" not in err and not (out / "report.md").exists()
+    stopped_at = max(int(p.name.split("_")[1]) for p in ckpts.glob("step_*"))
+
+    shorter = [f"train.stages=[{{resolution: 32, steps: {stopped_at + 2}}}]"] + toy[1:]  # two more steps show it
+    again = _ov3("demo", "--out", str(out), "--num-samples", "8", *shorter, cwd=tmp_path)
+    printed, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err
+    assert f"resuming {out / 'train'} from step {stopped_at}" in printed and (out / "report.md").exists()

@@ -94,3 +94,11 @@ def test_metrics():
     assert torch.isinf(psnr(x, x)).logical_not().all() and psnr(x, x).min() > 90
     assert ssim(x, x).allclose(torch.ones(2), atol=1e-4)
     assert psnr(x, -x).max() < psnr(x, x * 0.9).min()
+
+
+def test_time_cap_stops_loudly_and_marks_the_result_incomplete(tmp_path, capsys):
+    cfg = get_vae_config(None, TINY + ["steps=50", "max_seconds=1e-9"])
+    r = train_vae(cfg, tmp_path, progress=False)
+    assert r["complete"] is False and r["steps"] < 50 and "max_seconds" in r["stopped"]
+    assert "INCOMPLETE" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["complete"] is False

@@ -501,8 +501,13 @@ def _run_gen_compare(args):
 
 # --- ov3 demo --------------------------------------------------------------------------------
 def _add_demo(sub):
-    p = sub.add_parser("demo", help="train a VAE and a nano OpenVision 3 on embedded data, evaluate, report")
-    p.add_argument("--out", default="runs/demo", help="run directory (phases already done there are reused)")
+    p = sub.add_parser("demo", help="train a nano OpenVision 3 on embedded data with the shipped demo VAE, "
+                       "evaluate, report")
+    p.add_argument("--out", default=None, help="run directory (default runs/demo, runs/demo_seedN for "
+                   "--seed N); phases already done there are reused, a stopped run is resumed")
+    p.add_argument("--seed", type=int, default=0, help="training seed (model init and data order)")
+    p.add_argument("--train-vae", action="store_true", help="train the demo VAE again (configs/vae_demo.yaml) "
+                   "instead of using the shipped one")
     p.add_argument("--num-samples", type=int, default=500, help="held-out images per evaluation task")
     p.add_argument("--json", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value overrides of configs/demo.yaml")
@@ -510,8 +515,12 @@ def _add_demo(sub):
 
 
 def _run_demo(args):
-    from .eval.demo import run_demo
-    results = run_demo(args.out, overrides=args.overrides, num_samples=args.num_samples)
+    from .recipes.demo import DemoStopped, run_demo
+    try:
+        results = run_demo(args.out, overrides=args.overrides, num_samples=args.num_samples, seed=args.seed,
+                           train_vae=args.train_vae)
+    except DemoStopped as e:
+        raise Stopped(str(e)) from None
     if args.json:
         print_json(results)
 
@@ -708,26 +717,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="ov3", description="OpenVision 3: train, evaluate and use "
                            "unified visual encoders")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_data, _add_train, _add_eval, _add_gen, _add_demo, _add_bench, _add_export, _add_push, _add_probe, _add_ablate):
+    for add in (_add_info, _add_data, _add_train, _add_eval, _add_gen, _add_demo, _add_bench, _add_ablate,
+                _add_export, _add_push, _add_probe):
         add(sub)
     return parser
 
 
+class Stopped(Exception):
+    """A run that ended before its last step (a signal, non-finite losses): one line, exit code 3;
+    running the same command again resumes it."""
+
+
+def _user_error_types() -> tuple[type, ...]:
+    """The exception types that mean bad input. Looked up in sys.modules, not imported: a module
+    that was never imported cannot have raised its error, and importing ``openvision3.data`` would
+    pull torch and open_clip into ``ov3 --help`` (seconds instead of milliseconds)."""
+    found = [UserError, FileNotFoundError]
+    for module, name in (("openvision3.config", "ConfigError"), ("openvision3.data.errors", "DataSpecError"),
+                         ("openvision3.train.run_lock", "RunLockError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
 def main(argv=None) -> int:
-    from .config import ConfigError
-    from .data.errors import DataSpecError
-    from .train.run_lock import RunLockError
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # usage error (one line, code 2) or --help (code 0)
         return e.code if isinstance(e.code, int) else 2
     try:
         args.func(args)
-    except (UserError, ConfigError, DataSpecError, FileNotFoundError, RunLockError) as e:
-        print(f"ov3 {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the machine said no (permissions, a path through a file, a full disk)
-        what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else (str(e) or type(e).__name__)
+    except Stopped as e:
+        print(f"ov3 {args.command}: stopped: {' '.join(str(e).split())}", file=sys.stderr)
+        return 3
+    except Exception as e:
+        if isinstance(e, _user_error_types()):
+            what = str(e)
+        elif isinstance(e, OSError):  # the machine said no (permissions, a path through a file, a full disk)
+            what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else (str(e) or type(e).__name__)
+        else:
+            raise
         print(f"ov3 {args.command}: error: {' '.join(what.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

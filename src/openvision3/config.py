@@ -151,7 +151,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     # [?] ours: AdamW kernel. auto = fused on CUDA, foreach on CPU (measured: docs/performance.md)
     adamw: AdamWImpl = "auto"
-    precision: Precision = "auto"  # auto: bf16 on CUDA, or on CPUs that have it
+    precision: Precision = "auto"  # auto: bf16 on CUDA or on CPUs with native bf16 (train/precision.py)
     compile: bool = False
     # [?] ours: "auto" = SDPA's math kernel on CPU (a train step of the demo ~14% faster than the CPU
     # flash kernel, whose backward is slow on short sequences; benchmarks/attention_kernels.py),

@@ -33,7 +33,7 @@ from .distributed import (all_reduce_mean, any_rank, barrier, cleanup, enable_gr
 from .logging import MetricsLogger
 from .optim import build_ema, build_optimizer, scaled_lr, set_lr, warmup_cosine
 from .run_lock import LOCK_NAME, RunLock, RunLockError
-from .precision import resolve_precision
+from .precision import choose_precision
 
 VAL_BATCHES = 4  # validation losses are the mean over this many batches per rank
 
@@ -211,7 +211,10 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
     model.to(info.device)
     if t.grad_checkpointing:
         enable_grad_checkpointing(model)
-    amp_dtype = resolve_precision(t.precision, info.device)
+    precision = choose_precision(t.precision, info.device)
+    amp_dtype = precision.dtype
+    if info.is_main:
+        print(precision.describe(), flush=True)
     ema = build_ema(model, t.ema_decay)
     wrapped = wrap_model(model, info, fsdp=t.fsdp)  # bf16 via autocast, as with DDP: the VAE stays fp32
     if t.compile:
@@ -232,6 +235,8 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
     step, counters = 0, {"bad_steps": 0, "skipped": Counter()}
     if ckpt is not None:
         step = _restore(ckpt, model, optimizer, ema, ds, counters, info)
+        if info.is_main:
+            print(f"resuming {out} from step {step} ({ckpt['path']})", flush=True)
     last_good = str(ckpt["path"]) if ckpt is not None else None
     # On resume (also one that found no checkpoint yet) the rows a killed run wrote after its
     # checkpoint are dropped: they are written again, identically.
@@ -274,7 +279,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
     if info.is_main:
         from tqdm.auto import tqdm
         progress = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
-    t_last, wait, seen = time.perf_counter(), 0.0, 0
+    t_last, wait, seen, logged_reason = time.perf_counter(), 0.0, 0, False
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)
     status = "finished"
@@ -349,7 +354,9 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
                        samples_per_s=seen / dt, data_wait_frac=wait / dt, bad_steps=counters["bad_steps"],
                        skipped=dict(counters["skipped"]),
                        peak_mem_gb=(torch.cuda.max_memory_allocated(info.device) / 2**30
-                                    if info.device.type == "cuda" else None))
+                                    if info.device.type == "cuda" else None), precision=precision.name)
+            if not logged_reason:  # the first row after every start (and resume) says why
+                row["precision_reason"], logged_reason = precision.reason, True
             logger.log(step, row)
             window, t_last, wait, seen = [], time.perf_counter(), 0.0, 0
 
@@ -380,6 +387,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
     barrier()
     logger.close()
     return {"status": status, "step": step, "total_steps": total_steps, "out_dir": str(out),
+            "precision": precision.name, "precision_reason": precision.reason,
             "last_checkpoint": last_good, "bad_steps": counters["bad_steps"],
             "skipped": dict(counters["skipped"]), "final": last,
             "val": val, "model_dir": str(out / "model") if status == "finished" else None}

@@ -29,7 +29,7 @@ import yaml
 from ..config import ConfigError, DataConfig, LpipsNet, Precision, _build, load_values
 from . import checkpoint as ckpt_lib
 from .run_lock import run_lock
-from .precision import resolve_precision
+from .precision import choose_precision, resolve_precision
 
 
 @dataclass
@@ -56,7 +56,9 @@ class VAETrainConfig:
     val_split: str = "val"  # held-out split of data.val used for the final PSNR / SSIM
     eval_samples: int = 256
     steps: int = 400
-    max_seconds: float = 0.0  # > 0: stop early (and save) once this much training time is spent
+    # > 0: a safety net that stops (and saves) once this much training time is spent; the result is
+    # then marked incomplete ("complete": false), since what is trained would depend on the machine
+    max_seconds: float = 0.0
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 20
@@ -74,7 +76,7 @@ class VAETrainConfig:
     lpips_start: float = 0.0  # fraction of the steps after which LPIPS is on (its backward is costly)
     gan_weight: float = 0.0  # PatchGAN hinge loss; 0 = off (no discriminator is built)
     gan_start: float = 0.5  # fraction of the steps after which the GAN loss is on
-    precision: Precision = "auto"  # auto: bf16 on CUDA or on CPUs that support it
+    precision: Precision = "auto"  # auto: bf16 on CUDA or on CPUs with native bf16 (train/precision.py)
     log_every: int = 10
     eval_every: int = 0  # steps between held-out PSNR evaluations; 0 = only at the end
     checkpoint_every: int = 200
@@ -338,7 +340,9 @@ def _train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = No
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormals in tiny-VAE activations cost an 8x slowdown
-    dtype = resolve_precision(cfg.precision, device)
+    precision = choose_precision(cfg.precision, device)
+    dtype = precision.dtype
+    print(precision.describe(), flush=True)
     torch.manual_seed(cfg.seed)
     res = cfg.data.resolution
     down = 2 ** (len(cfg.arch.block_out_channels) - 1)
@@ -381,11 +385,19 @@ def _train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = No
     t_start = time.perf_counter() - spent
     ac = dict(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
     first_l1 = last_l1 = None
+    logged_reason = False
+    stopped = None  # why the run ended before cfg.steps, if it did
     for batch in loader:
         if rng is not None:  # restored after the loader's first draw, as where the saving run was
             ckpt_lib.set_rng_state(rng)
             rng = None
-        if step >= cfg.steps or (cfg.max_seconds > 0 and time.perf_counter() - t_start >= cfg.max_seconds):
+        if step >= cfg.steps:
+            break
+        if cfg.max_seconds > 0 and time.perf_counter() - t_start >= cfg.max_seconds:
+            # A safety net, never a silent recipe change: the result depends on the machine's speed.
+            stopped = f"max_seconds={cfg.max_seconds:g} reached at step {step} of {cfg.steps}"
+            print(f"train-vae: INCOMPLETE: {stopped}; this VAE is weaker than the config's and "
+                  "differs between machines", flush=True)
             break
         x = batch["image"].to(device)
         lr = _lr_at(step, cfg)
@@ -436,6 +448,9 @@ def _train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = No
             ev = evaluate(vae, val_images, dtype)
             row.update(val_psnr=ev["psnr"], val_ssim=ev["ssim"])
         if step % cfg.log_every == 0 or "val_psnr" in row or step == 1:
+            if not logged_reason:  # the first row after every start (and resume) says what it ran in
+                row.update(precision.as_row())
+                logged_reason = True
             log(row)
         bar.update(1)
         bar.set_postfix(l1=f"{row['l1']:.4f}", **({"psnr": f"{row['val_psnr']:.2f}"} if "val_psnr" in row else {}))
@@ -457,13 +472,13 @@ def _train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = No
     _save_grid(val_images, ev["recons"], out / "recon.png")
     z64 = vae.encode(val_images[:64].to(device)).latent_dist.mean.detach()
     results = {
-        "steps": step, "train_seconds": round(train_seconds, 1),
+        "steps": step, "complete": stopped is None, "stopped": stopped, "train_seconds": round(train_seconds, 1),
         "val_psnr": round(ev["psnr"], 3), "val_ssim": round(ev["ssim"], 4),
         "val_images": len(val_images), "val_spec": f"{cfg.data.val} ({cfg.val_split})", "resolution": res,
         "first_l1": first_l1, "last_l1": last_l1, "scaling_factor": scaling,
         "latent_shape": list(z64.shape[1:]), "downsample": down,
         "parameters": sum(p.numel() for p in vae.parameters()),
-        "precision": "bf16" if dtype is not None else "fp32",
+        **precision.as_row(),
         "decoder_backward_s_per_64": round(decoder_backward_seconds(vae, z64, dtype), 3),
         "model_dir": str(out / "model"),
     }

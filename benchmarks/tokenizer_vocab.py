@@ -1,12 +1,15 @@
 """Train-step time of the demo with open_clip's BPE (49,408 ids) against its closed word list
 (model.tokenizer=words, 17 words + 4 special ids).
 
-    .venv/bin/python benchmarks/tokenizers.py [--config demo] [--rounds 6] [--json] [key=value ...]
+    .venv/bin/python benchmarks/tokenizer_vocab.py [--config demo] [--rounds 6] [--json] [key=value ...]
 
 Builds both models with an untrained inline VAE of the demo VAE's shape, times full training
 steps (forward, backward, gradient clipping, AdamW) on one fixed `shapes` batch, alternating the
 two in rounds; reports the median seconds per step and their ratio. The vocabulary sets the size
 of the caption softmax and of both text towers' embedding tables. Not part of the test run.
+
+(Not named tokenizers.py: run as a script, benchmarks/ comes first on sys.path, and that name
+would shadow the `tokenizers` package that transformers and diffusers import.)
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from openvision3.config import get_config
 from openvision3.data import make_loader, open_data
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.train.optim import build_optimizer
-from openvision3.train.trainer import forward_backward, resolve_precision
+from openvision3.train.precision import resolve_precision
+from openvision3.train.trainer import forward_backward
 
 VARIANTS = {"bpe": ["model.tokenizer=bpe"], "words": ["model.tokenizer=words"]}
 
