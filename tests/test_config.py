@@ -105,6 +105,8 @@ def test_every_shipped_config_loads():
     from openvision3.train.vae_trainer import get_vae_config
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert names, "configs/ is empty"
+    from openvision3.generation.config import get_gen_config
     from openvision3.interop.transformers import llava_recipe
-    for name in names:  # vae_* are `ov3 train-vae` recipes, llava* LLaVA recipes, the rest `ov3 train` configs
-        (get_vae_config if name.startswith("vae_") else llava_recipe if name.startswith("llava") else get_config)(name)
+    loaders = {"vae_": get_vae_config, "llava": llava_recipe, "gen_": get_gen_config}  # the rest: `ov3 train`
+    for name in names:
+        next((load for prefix, load in loaders.items() if name.startswith(prefix)), get_config)(name)

@@ -107,8 +107,8 @@ def test_imagefolder_where_it_exists(fuzz, tmp_path):
         pytest.skip("imagefolder: is not in this tree yet (issue 16 / its own issue)")
     samples = [s for s in fuzz[0] if s["kind"] in {"wrong_extension", "cmyk_jpeg", "png_16bit_grey", "zero_byte",
                                                     "truncated_jpeg", "decompression_bomb", "not_an_image"}]
-    for s in samples:  # two classes, ImageNet's layout
-        d = tmp_path / "data" / "train" / ("cat" if hash(s["key"]) % 2 else "dog")
+    for i, s in enumerate(samples):  # two classes, ImageNet's layout (DIR/<class>/<image>)
+        d = tmp_path / "data" / ("cat" if i % 2 else "dog")
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{s['key']}.{s['ext']}").write_bytes(s["image"])
     r = inspect_data(f"imagefolder:{tmp_path / 'data'}")
