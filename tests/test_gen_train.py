@@ -113,9 +113,6 @@ def test_train_sample_eval_end_to_end(tmp_path, encoder_dir, capsys):
         assert (run / f).is_file(), f
 
 
-@pytest.mark.xfail(reason="known bug (issue 16): two `ov3 gen train` runs of one config already differ at "
-                          "step 1 (1.978 vs 1.943), so something in gen training is not seeded; exact resume "
-                          "is unproven until that is found", strict=False)
 def test_kill9_then_resume_reproduces_every_loss(tmp_path, encoder_dir):
     over = gen_overrides(tmp_path, encoder_dir, "train.steps=60")
     tiny = str(ROOT / "configs" / "gen_tiny.yaml")
@@ -169,6 +166,16 @@ def test_bad_inputs(tmp_path, encoder_dir, capsys):
     assert (existing / "metrics.jsonl").read_text() == "precious\n" and len(list(existing.iterdir())) == 1
     rc, _, err = _cli(capsys, "gen", "sample", "--run", str(existing), "--classes", "0", "--out", str(tmp_path / "x.png"))
     assert rc == 2 and "no checkpoint" in err and not (tmp_path / "x.png").exists()
+    busy = tmp_path / "busy"  # a run directory another live process trains into: refused, one line
+    from openvision3.train.run_lock import RunLock
+    lock = RunLock(busy).acquire()
+    try:
+        rc, _, err = _cli(capsys, "gen", "train", "--config", tiny, "--out", str(busy), "--resume", "auto",
+                          "--no-progress", *gen_overrides(tmp_path, encoder_dir))
+    finally:
+        lock.release()
+    assert rc == 2 and "in use" in err and len(err.strip().splitlines()) == 1
+    assert not (busy / "metrics.jsonl").exists()
     run = tmp_path / "ok"
     assert train(run, "train.steps=2")[0] == 0
     rc, _, err = _cli(capsys, "gen", "sample", "--run", str(run), "--classes", "0,8", "--out", str(tmp_path / "y.png"))

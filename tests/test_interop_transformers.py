@@ -111,7 +111,7 @@ def test_feature_layer_out_of_range_is_one_clear_error(ov3):
     ov3hf.llava_config(tower.config, text, image_token_id=39, vision_feature_layer=[-2, -1])
 
 
-def test_export_hf_from_saved_model(ov3, images, tmp_path, capsys):
+def test_export_hf_from_saved_model(ov3, images, tmp_path, capsys, monkeypatch):
     ov3.save_pretrained(tmp_path / "model")
     assert main(["export", "hf", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "hf")]) == 0
     tower = AutoModel.from_pretrained(tmp_path / "hf").eval()
@@ -125,6 +125,13 @@ def test_export_hf_from_saved_model(ov3, images, tmp_path, capsys):
     assert main(["export", "hf", "--model", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not an OpenVision 3 model" in err and len(err.splitlines()) == 1
+    # mistyped local paths: one line at once, never a hub lookup (offline, that hung ~30 s)
+    monkeypatch.chdir(tmp_path)  # "model/missing" has a local parent: a path, not the hub id owner/name
+    for missing in (str(tmp_path / "nope" / "model"), "model/missing"):
+        assert main(["export", "hf", "--model", missing, "--out", str(tmp_path / "y")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "does not exist" in err or "neither a file" in err, err
+        assert len(err.splitlines()) == 1 and not (tmp_path / "y").exists()
 
 
 def test_export_hf_from_released_tower(tmp_path):

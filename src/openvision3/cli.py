@@ -628,16 +628,20 @@ def _add_export(sub):
 def _run_export_hf(args):
     from pathlib import Path
 
-    from .interop.official import CheckpointError
+    from .interop.official import CheckpointError, check_source
     from .interop.transformers import export_hf, is_openvision3_dir
     src = Path(args.model)
+    try:
+        check_source(args.model)  # a mistyped path fails here, not after a VAE or hub lookup
+    except FileNotFoundError as e:
+        raise UserError(f"cannot export: {e}") from None
     if src.is_dir() and not is_openvision3_dir(src) and not any(src.glob("*.safetensors")) \
             and not any(src.glob("*.bin")):
         raise UserError(f"'{args.model}' is not an OpenVision 3 model: no config.yaml + model.safetensors "
                         "(save_pretrained) and no released-tower weights")
     try:
         r = export_hf(args.model, args.out, vae=args.vae, image_size=args.image_size)
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
         raise UserError(f"cannot export '{args.model}': {str(e).splitlines()[0]}") from None
     print(f"wrote a transformers vision tower ({r['hidden_size']} wide, {r['layers']} layers, {r['image_size']} px, "
           f"{r['image_tokens']} image tokens) to {r['out']}; load it with AutoModel.from_pretrained after "

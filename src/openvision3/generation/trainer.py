@@ -16,7 +16,6 @@ weights + stats, EMA, optimizer, trainer state), generator/ (the finished genera
 from __future__ import annotations
 
 import math
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,12 +24,13 @@ import torch
 
 from ..config import ConfigError
 from ..train import checkpoint as ckpt_lib
-from ..train.distributed import (all_reduce_mean, any_rank, barrier, cleanup, gather_objects, init_distributed,
+from ..train.distributed import (all_reduce_mean, barrier, cleanup, gather_objects, init_distributed,
                                  seed_everything, wrap_model)
 from ..train.logging import MetricsLogger
 from ..train.optim import build_ema, set_lr
-from ..train.precision import resolve_precision
-from ..train.trainer import TrainError, forward_context, prepare_out_dir
+from ..train.precision import choose_precision
+from ..train.stop import StopRequest
+from ..train.trainer import TrainError, forward_context, hold_run_dir, prepare_out_dir
 from .config import GenConfig, gen_config_to_yaml
 from .dit import DiTDH, count_parameters
 from .flow import flow_loss
@@ -84,7 +84,8 @@ def train_generator(cfg: GenConfig, out_dir, resume: str | None = None, overwrit
     """Train (or continue) a generator run in ``out_dir``; returns a summary dict."""
     info = init_distributed()
     try:
-        return _train(cfg, Path(out_dir), resume, overwrite, progress, info)
+        with hold_run_dir(Path(out_dir), info):  # one writer per run directory (train/run_lock.py)
+            return _train(cfg, Path(out_dir), resume, overwrite, progress, info)
     finally:
         cleanup()
 
@@ -102,13 +103,15 @@ def _train(cfg: GenConfig, out: Path, resume, overwrite, progress, info) -> dict
         (out / "config.yaml").write_text(gen_config_to_yaml(cfg))
     if info.device.type == "cpu":
         torch.set_flush_denormal(True)
-    seed_everything(cfg.seed, info.rank)
 
     t_cache = time.perf_counter()
     space = TokenSpace.load(cfg.encoder, cfg.space, info.device)
     enc_id = encoder_id(cfg.encoder)
     cache = prepare_cache(cfg, space, enc_id, info.is_main, progress)
     cache_seconds = time.perf_counter() - t_cache
+    # Seeded after the cache: building it draws random numbers that a run finding it ready does not,
+    # so seeding before it made two runs of one config differ from step 1 (issue 16).
+    seed_everything(cfg.seed, info.rank)
     meta = {"grid": list(space.grid), "token_dim": space.token_dim, "num_classes": cache.num_classes,
             "class_names": cache.meta["class_names"], "encoder_id": enc_id, "cache": str(cache.path),
             "space": cfg.space}
@@ -118,7 +121,10 @@ def _train(cfg: GenConfig, out: Path, resume, overwrite, progress, info) -> dict
         torch.manual_seed(cfg.seed)
         dit = DiTDH(space.token_dim, space.grid, cache.num_classes, cfg.dit).to(info.device)
     shift = flow_shift(cfg, space.grid[0] * space.grid[1], space.token_dim)
-    amp_dtype = resolve_precision(t.precision, info.device)
+    precision = choose_precision(t.precision, info.device)
+    amp_dtype = precision.dtype
+    if info.is_main:
+        print(precision.describe(), flush=True)
     ema = build_ema(dit, t.ema_decay)
     wrapped = wrap_model(dit, info, find_unused=False)
     optimizer = torch.optim.AdamW(dit.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
@@ -140,14 +146,9 @@ def _train(cfg: GenConfig, out: Path, resume, overwrite, progress, info) -> dict
         ckpt_lib.set_rng_state(st["rng"][info.rank])
         batches.load_state_dict(st["data"][info.rank])
     last_good = str(ckpt["path"]) if ckpt is not None else None
-    logger = MetricsLogger(out, enabled=info.is_main, resume_step=step if ckpt is not None else None)
+    logger = MetricsLogger(out, enabled=info.is_main, resume_step=step if resume else None)
 
-    stop = {"signal": None}
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        try:
-            signal.signal(sig, lambda s, _f: stop.__setitem__("signal", signal.Signals(s).name))
-        except ValueError:  # not the main thread
-            pass
+    stop = StopRequest()  # SIGTERM / SIGUSR1: checkpoint at the end of this step, then return
 
     def save(at_step: int) -> None:
         nonlocal last_good
@@ -169,7 +170,7 @@ def _train(cfg: GenConfig, out: Path, resume, overwrite, progress, info) -> dict
     if info.is_main and progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=t.steps, initial=step, desc="gen train", dynamic_ncols=True)
-    window, status, last, bad_in_row = [], "finished", {}, 0
+    window, status, last, bad_in_row, logged_reason = [], "finished", {}, 0, False
     t_start, t_last, seen = time.perf_counter(), time.perf_counter(), 0
     dit.train()
     while step < t.steps:
@@ -203,15 +204,18 @@ def _train(cfg: GenConfig, out: Path, resume, overwrite, progress, info) -> dict
             dt = time.perf_counter() - t_last
             row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
             row.update(lr=optimizer.param_groups[0]["lr"], samples_per_s=seen / dt, bad_steps=bad_steps)
+            if not logged_reason:  # the first row after every start (and resume) says what it ran in
+                row.update(precision.as_row())
+                logged_reason = True
             logger.log(step, row)
             window, t_last, seen = [], time.perf_counter(), 0
         saved_now = (t.checkpoint_every > 0 and step % t.checkpoint_every == 0) or step == t.steps
         if saved_now:
             save(step)
-        if any_rank(stop["signal"] is not None, info.device):
+        if stop.requested(info.device):
             if not saved_now:
                 save(step)
-            status = f"stopped by {stop['signal'] or 'a signal on another rank'}"
+            status = stop.status()
             break
     if bar is not None:
         bar.close()
@@ -223,6 +227,7 @@ def _train(cfg: GenConfig, out: Path, resume, overwrite, progress, info) -> dict
     barrier()
     logger.close()
     return {"status": status, "step": step, "total_steps": t.steps, "out_dir": str(out), "final": last,
+            "precision": precision.name, "precision_reason": precision.reason,
             "bad_steps": bad_steps, "last_checkpoint": last_good, "cache": str(cache.path),
             "cache_samples": len(cache), "cache_seconds": round(cache_seconds, 1),
             "train_seconds": round(train_seconds, 1), "shift": shift, "parameters": count_parameters(dit),

@@ -52,12 +52,24 @@ def _read_weights(path: Path) -> dict:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
+def check_source(source: str) -> bool:
+    """True if ``source`` is a local path; False if it can only be a hub id (owner/name). Raises
+    FileNotFoundError, at once and before any download, for a path that is not there."""
+    path = Path(source)
+    if path.exists():
+        return True
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) is None:
+        raise FileNotFoundError(f"'{source}' is neither a file, a directory nor a hub id")
+    if path.parent.is_dir():  # e.g. runs/model with a local runs/: a mistyped path, not a hub id
+        raise FileNotFoundError(f"'{source}' does not exist (its parent '{path.parent}' is a local "
+                                "directory, so it is not taken for a hub id)")
+    return False
+
+
 def _find_files(source: str) -> tuple[Path, dict]:
     """Resolve a hub id, a hub-layout directory, or a single weights file -> (weights, config)."""
     path = Path(source)
-    if not path.exists():
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) is None:
-            raise FileNotFoundError(f"'{source}' is neither a file, a directory nor a hub id")
+    if not check_source(source):
         from huggingface_hub import snapshot_download  # online only
         path = Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors", "*.bin"]))
     if path.is_file():

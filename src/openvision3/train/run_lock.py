@@ -65,8 +65,10 @@ class RunLock:
         self.out = Path(out_dir)
         self.path = self.out / LOCK_NAME
         self._fd: int | None = None
+        self._created = False
 
     def acquire(self) -> "RunLock":
+        self._created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -128,6 +130,9 @@ class RunLock:
                 self.path.unlink()  # before closing: nobody can lock this inode in between
         os.close(self._fd)  # drops the flock
         self._fd = None
+        if self._created:  # a run that stopped before writing anything (a bad config) leaves no directory
+            with contextlib.suppress(OSError):
+                self.out.rmdir()  # only if empty
 
 
 @contextlib.contextmanager

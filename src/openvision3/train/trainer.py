@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from .distributed import (all_reduce_mean, any_rank, barrier, cleanup, enable_gr
 from .logging import MetricsLogger
 from .optim import build_ema, build_optimizer, scaled_lr, set_lr, warmup_cosine
 from .run_lock import LOCK_NAME, RunLock, RunLockError
+from .stop import StopRequest
 from .precision import choose_precision
 
 VAL_BATCHES = 4  # validation losses are the mean over this many batches per rank
@@ -242,13 +242,7 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
     # checkpoint are dropped: they are written again, identically.
     logger = MetricsLogger(out, enabled=info.is_main, resume_step=step if resume else None)
 
-    # SIGTERM (preemption) / SIGUSR1 (SLURM's warning): checkpoint at the next step, then exit.
-    stop = {"signal": None}
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        try:
-            signal.signal(sig, lambda s, _f: stop.__setitem__("signal", signal.Signals(s).name))
-        except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-            pass
+    stop = StopRequest()  # SIGTERM / SIGUSR1: checkpoint at the end of this step, then return
 
     def save(at_step: int) -> str:
         nonlocal last_good
@@ -369,10 +363,10 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         saved_now = _due(step, t.checkpoint_every) or step == total_steps
         if saved_now:
             save(step)
-        if any_rank(stop["signal"] is not None, info.device):
+        if stop.requested(info.device):
             if not saved_now:
                 save(step)
-            status = f"stopped by {stop['signal'] or 'a signal on another rank'}"
+            status = stop.status()
             break
 
     if progress is not None:
