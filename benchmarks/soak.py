@@ -1,12 +1,13 @@
 """The long version of tests/chaos: many kill -9 trials, disk-full trials, fuzzed data and hostile
 files, with the figures docs/reliability.md quotes. Prints a Markdown table and, last, one JSON line.
 
-    python benchmarks/soak.py                       # 50 train + 10 train-vae kills, ~20-40 min on 2 cores
+    python benchmarks/soak.py                       # 50 train + 10 train-vae kills, ~15-30 min on 2 cores
     python benchmarks/soak.py --kills 200 --exec    # the installed `ov3` script, a fresh interpreter per launch
 
 Kill trials: chains of runs on configs/tiny.yaml (tests/chaos overrides). Each launch of
-``ov3 train ... --resume auto`` is killed with SIGKILL at a random instant of its life, or (every
-third one) between two files of a checkpoint write; then every ``step_N`` on disk must load, and
+``ov3 train ... --resume auto`` is killed with SIGKILL at a random instant of its training (after
+the metrics row of a random step still ahead of it, plus up to 0.2 s), or (every third one)
+between two files of a checkpoint write; a launch that ends before its kill is not counted; then every ``step_N`` on disk must load, and
 every metrics row present must equal the uninterrupted reference run's row for that step. A
 *verified resume* is a launch that started from a checkpoint (step > 0) and wrote at least one
 row before it died, all equal to the reference. Each chain ends with one unkilled launch; its
@@ -28,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "chaos"))
 import faults  # noqa: E402
 from faults import FAST, TINY, VAE_FAST  # noqa: E402
 
-TRAIN_OVER = ["train.steps=6", "train.checkpoint_every=2", "train.keep_last=2"]
-VAE_OVER = ["steps=8", "checkpoint_every=2", "keep_last=2"]
+TRAIN_OVER = ["train.steps=12", "train.checkpoint_every=2", "train.keep_last=2"]
+VAE_OVER = ["steps=12", "checkpoint_every=2", "keep_last=2"]
+TOTAL_STEPS = {"train": 12, "train-vae": 12}
 
 
 def newest_ok(run: Path, vae: bool) -> int:
@@ -50,15 +52,19 @@ def kill_chains(launcher, work: Path, trainer: str, kills: int, per_chain: int, 
     t0 = time.perf_counter()
     proc = launcher.start([*argv, "--out", str(ref_dir)], work / f"{trainer}_ref.txt")
     assert proc.wait() == 0, (work / f"{trainer}_ref.txt").read_text()[-2000:]
-    span = time.perf_counter() - t0
+    span = ref_seconds = time.perf_counter() - t0
     ref = faults.loss_rows(ref_dir)
     stats = Counter()
     bad = []
     chain = 0
     while stats["kills"] < kills:
         run = work / f"{trainer}_chain_{chain}"
-        for k in range(min(per_chain, kills - stats["kills"])):
+        for k in range(per_chain):
+            if stats["kills"] >= kills:
+                break
             start_step = newest_ok(run, vae)
+            if start_step >= TOTAL_STEPS[trainer]:
+                break  # the run is complete: a launch now would only be a no-op, not a trial
             in_write = (stats["kills"] % 3 == 1)
             marks = work / f"marks_{trainer}_{chain}_{k}"
             marks.mkdir()
@@ -72,17 +78,25 @@ def kill_chains(launcher, work: Path, trainer: str, kills: int, per_chain: int, 
             elif in_write:  # the real script has no hook: catch a write by watching for its temp dir
                 faults.wait_for(lambda: any((run / "checkpoints").glob(".tmp_step_*")), p,
                                 timeout=3 * span + 60, interval=0.002)
-            else:
-                time.sleep(rng.uniform(0.05, 1.0) * span)
+            else:  # a random instant of training: once a random step's row is written, within a step
+                target = rng.randint(start_step + 1, max(start_step + 1, TOTAL_STEPS[trainer] - 1))
+                faults.wait_for(lambda: max(faults.loss_rows(run), default=0) >= target, p,
+                                timeout=3 * span + 60, interval=0.005)
+                time.sleep(rng.uniform(0.0, 0.2))
             partial = any((run / "checkpoints").glob(".tmp_step_*")) if (run / "checkpoints").exists() else False
             code = p.kill9()
+            stats["launches"] += 1
+            if code == 0:  # it ended before the kill came: not a kill trial
+                stats["finished_before_the_kill"] += 1
+                continue
             stats["kills"] += 1
             stats["killed_in_a_checkpoint_write"] += partial
-            stats["finished_before_the_kill"] += code == 0
             states = faults.checkpoint_states(run, vae=vae)
             stats["checkpoints_all_complete_after_kill"] += all(v == "ok" for v in states.values())
             rows = faults.loss_rows(run)
-            mismatch = [s for s, r in rows.items() if ref.get(s) != r]
+            # every value present equals the reference's; a row not yet written is not a mismatch (a
+            # kill between step N's training row and its validation row leaves only the first)
+            mismatch = [s for s, r in rows.items() if any(ref.get(s, {}).get(k) != v for k, v in r.items())]
             stats["rows_all_equal_reference_after_kill"] += not mismatch
             mine = [s for s in rows if s > start_step]
             if start_step > 0:
@@ -105,7 +119,11 @@ def kill_chains(launcher, work: Path, trainer: str, kills: int, per_chain: int, 
         if not exact:
             bad.append({"run": str(run), "final": True, "exit": code})
         chain += 1
-    return {"trainer": trainer, "reference_seconds": round(span, 1), **stats, "failures": bad[:10]}
+    keys = ("launches", "kills", "finished_before_the_kill", "killed_in_a_checkpoint_write",
+            "checkpoints_all_complete_after_kill", "rows_all_equal_reference_after_kill",
+            "resumes_from_a_checkpoint", "verified_resumes", "chains", "chains_finished", "chains_exact")
+    return {"trainer": trainer, "reference_seconds": round(ref_seconds, 1), **{k: stats[k] for k in keys},
+            "failures": bad[:10]}
 
 
 def disk_full_trials(launcher, work: Path, n: int, rng) -> dict:
@@ -229,7 +247,7 @@ def print_table(r: dict) -> None:
         if not k.get("kills"):
             continue
         print(f"| kill -9 `ov3 {k['trainer']}` | {k['kills']} ({k['killed_in_a_checkpoint_write']} inside a "
-              f"checkpoint write, {k['finished_before_the_kill']} finished first) | every step_N complete after "
+              f"checkpoint write; {k['finished_before_the_kill']} more launches finished before their kill and are not counted) | every step_N complete after "
               f"{k['checkpoints_all_complete_after_kill']}/{k['kills']} kills; rows equal to the reference after "
               f"{k['rows_all_equal_reference_after_kill']}/{k['kills']}; {k['verified_resumes']}/"
               f"{k['resumes_from_a_checkpoint']} resumes verified; {k['chains_exact']}/{k['chains']} runs "
