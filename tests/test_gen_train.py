@@ -180,3 +180,19 @@ def test_bad_inputs(tmp_path, encoder_dir, capsys):
     assert train(run, "train.steps=2")[0] == 0
     rc, _, err = _cli(capsys, "gen", "sample", "--run", str(run), "--classes", "0,8", "--out", str(tmp_path / "y.png"))
     assert rc == 2 and "out of range" in err and "0..7" in err and not (tmp_path / "y.png").exists()
+
+
+def test_judge_accuracy_is_measured_as_it_judges(tmp_path, encoder_dir):
+    """The judge's own held-out accuracy comes from the network in the mode it judges in (eval:
+    BatchNorm on running statistics), and the cached judge predicts exactly the same."""
+    from openvision3.generation.judge import get_judge, load_labelled
+    cfg = get_gen_config(None, gen_overrides(tmp_path, encoder_dir, "judge.steps=6"))
+    net, info = get_judge(cfg, "cpu", progress=False)
+    assert not net.training
+    xv, yv, _ = load_labelled(cfg.data.val, cfg.val_split, cfg.data.resolution, cfg.eval.real_samples, cfg.data)
+    with torch.no_grad():
+        logits = net.embed(xv)[1]
+    assert info["judge_real_top1"] == float((logits.argmax(1) == yv).float().mean())
+    cached, cached_info = get_judge(cfg, "cpu", progress=False)
+    with torch.no_grad():
+        assert torch.equal(cached.embed(xv)[1], logits) and cached_info == info

@@ -83,7 +83,8 @@ def load_labelled(spec: str, split: str, resolution: int, n: int, data_cfg, prog
 
 def judge_dir(cfg) -> Path:
     """Where the judge for this data, size and judge setting lives (shared by every run)."""
-    key = json.dumps({"spec": cfg.data.train, "val": cfg.data.val, "split": cfg.val_split,
+    # v2: held-out accuracy measured in eval mode (v1 measured it with BatchNorm on the held-out batch)
+    key = json.dumps({"judge_version": 2, "spec": cfg.data.train, "val": cfg.data.val, "split": cfg.val_split,
                       "res": cfg.data.resolution, "judge": dataclasses.asdict(cfg.judge)}, sort_keys=True)
     return Path(cfg.cache.dir) / f"judge_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
@@ -111,12 +112,14 @@ def train_judge(cfg, device, progress: bool = True) -> tuple[JudgeNet, dict]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    _, logits = net.embed(xv)
+    net.eval()  # measured as it judges: BatchNorm on its running statistics, not the held-out batch's
+    with torch.no_grad():
+        _, logits = net.embed(xv)
     acc = float((logits.argmax(1) == yv).float().mean())
     info = {"judge_real_top1": acc, "held_out": len(yv), "held_out_split": cfg.val_split,
             "train_images": len(y), "steps": j.steps, "num_classes": len(names), "class_names": names,
-            "final_loss": float(loss), "min_accuracy": j.min_accuracy}
-    return net.eval(), info
+            "final_loss": float(loss.detach()), "min_accuracy": j.min_accuracy}
+    return net, info
 
 
 def get_judge(cfg, device="cpu", progress: bool = True) -> tuple[JudgeNet, dict]:
