@@ -31,9 +31,9 @@ from .distributed import (all_reduce_mean, any_rank, barrier, cleanup, enable_gr
                           reshard_fsdp, seed_everything, set_grad_sync, sync_replicated_grads, wrap_model)
 from .logging import MetricsLogger
 from .optim import build_ema, build_optimizer, scaled_lr, set_lr, warmup_cosine
+from .precision import choose_precision
 from .run_lock import LOCK_NAME, RunLock, RunLockError
 from .stop import StopRequest
-from .precision import choose_precision
 
 VAL_BATCHES = 4  # validation losses are the mean over this many batches per rank
 
