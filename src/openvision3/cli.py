@@ -148,6 +148,9 @@ def _run_train_vae(args):
         r = train_vae(cfg, out, resume=args.resume)
     except (DataSpecError, CheckpointError) as e:
         raise UserError(str(e)) from None
+    if r.get("resumable"):
+        raise Stopped(f"{r['stopped']} at step {r['steps']}/{r['total_steps']}, checkpoint {r['checkpoint']}; "
+                      f"continue it with --resume auto")
     print(f"VAE: {r['steps']} steps in {r['train_seconds']} s; held-out PSNR {r['val_psnr']:.2f} dB, "
           f"SSIM {r['val_ssim']:.3f}; saved to {r['model_dir']}", file=sys.stderr)
     if args.json:
@@ -183,10 +186,13 @@ def _run_train(args):
         summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     except (DataSpecError, CheckpointError, TrainError) as e:
         raise UserError(str(e)) from None
-    print(f"{summary['status']} at step {summary['step']}/{summary['total_steps']}; run in {summary['out_dir']}",
-          file=sys.stderr)
     if args.json:
         print_json(summary)
+    if summary["status"] != "finished":  # exit 3, so a requeue script can tell a stop from the end
+        raise Stopped(f"{summary['status']} at step {summary['step']}/{summary['total_steps']}; "
+                      f"continue it with --resume auto (run in {summary['out_dir']})")
+    print(f"{summary['status']} at step {summary['step']}/{summary['total_steps']}; run in {summary['out_dir']}",
+          file=sys.stderr)
 
 
 # --- ov3 eval / reconstruct / caption / encode / demo (eval/ owner) ---------------------------
@@ -434,11 +440,13 @@ def _run_gen_train(args):
                             progress=not args.no_progress)
     except _gen_errors() as e:
         raise UserError(str(e)) from None
-    print(f"{r['status']} at step {r['step']}/{r['total_steps']} ({r['train_seconds']} s; cache of "
-          f"{r['cache_samples']} samples); run in {r['out_dir']}"
-          + ("" if r["status"] == "finished" else "; continue it with --resume auto"), file=sys.stderr)
     if args.json:
         print_json(r)
+    if r["status"] != "finished":  # exit 3, as `ov3 train`
+        raise Stopped(f"{r['status']} at step {r['step']}/{r['total_steps']}; continue it with --resume auto "
+                      f"(run in {r['out_dir']})")
+    print(f"{r['status']} at step {r['step']}/{r['total_steps']} ({r['train_seconds']} s; cache of "
+          f"{r['cache_samples']} samples); run in {r['out_dir']}", file=sys.stderr)
 
 
 def _run_gen_sample(args):

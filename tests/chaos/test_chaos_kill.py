@@ -79,3 +79,57 @@ def test_train_vae_kill9_at_random_instants_resumes_exactly(launcher, tmp_path):
         train_vae(get_vae_config(str(yaml), VAE_FAST + VAE_OVER), run, resume="auto", progress=False)
     ref, got = faults.loss_rows(tmp_path / "ref"), faults.loss_rows(run)
     assert sorted(got) == list(range(1, 9)) and got == ref
+
+
+def test_train_vae_sigterm_checkpoints_says_so_and_resumes_exactly(launcher, tmp_path):
+    """SIGTERM (pre-emption) is not a kill: the VAE run checkpoints at the end of its step, exits 3
+    with one 'stopped' line and writes no model/; --resume auto then finishes with the reference's
+    losses, step by step."""
+    import os
+    import signal
+    yaml = tmp_path / "vae_tiny.yaml"
+    yaml.write_text("data: {train: shapes, val: shapes}\n")
+    over = VAE_FAST + ["steps=40", "checkpoint_every=0"]  # only the signal writes a checkpoint
+    train_vae(get_vae_config(str(yaml), over), tmp_path / "ref", progress=False)
+    run = tmp_path / "run"
+    argv = ["train-vae", "--config", str(yaml), *over, "--out", str(run)]
+    proc = launcher.start(argv, tmp_path / "log.txt")
+    assert faults.wait_for(lambda: (run / "metrics.jsonl").is_file()
+                           and len((run / "metrics.jsonl").read_text().splitlines()) >= 3, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(120) == 3, (tmp_path / "log.txt").read_text()[-2000:]
+    log = (tmp_path / "log.txt").read_text()
+    lines = [line for line in log.splitlines() if line.startswith("ov3 train-vae:")]
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and "--resume auto" in lines[0], log
+    assert "Traceback" not in log and not (run / "model").exists()
+    (stopped_at,) = [p.name for p in (run / "checkpoints").glob("step_*")]
+    assert 0 < int(stopped_at.split("_")[1]) < 40
+    r = train_vae(get_vae_config(str(yaml), over), run, resume="auto", progress=False)
+    assert r["complete"] and (run / "model" / "config.json").is_file()
+    ref, got = faults.loss_rows(tmp_path / "ref"), faults.loss_rows(run)
+    assert sorted(got) == list(range(1, 41)) and got == ref
+
+
+def test_train_sigusr1_checkpoints_exits_3_and_resumes_exactly(launcher, tmp_path):
+    """SLURM's warning before the time limit (SIGUSR1): `ov3 train` checkpoints at the end of the
+    step and exits 3 (not 0: a requeue script must tell a stop from the end) with one line;
+    --resume auto then finishes with the reference's losses, step by step."""
+    import os
+    import signal
+    over = FAST + ["train.steps=40", "train.checkpoint_every=1000"]  # only the signal writes one mid-run
+    train(get_config(TINY, over), tmp_path / "ref")
+    run = tmp_path / "run"
+    proc = launcher.start(["train", "--config", TINY, *over, "--out", str(run)], tmp_path / "log.txt")
+    assert faults.wait_for(lambda: (run / "metrics.jsonl").is_file()
+                           and len((run / "metrics.jsonl").read_text().splitlines()) >= 3, proc)
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert proc.wait(120) == 3, (tmp_path / "log.txt").read_text()[-2000:]
+    log = (tmp_path / "log.txt").read_text()
+    lines = [line for line in log.splitlines() if line.startswith("ov3 train:")]
+    assert len(lines) == 1 and "stopped by SIGUSR1" in lines[0] and "--resume auto" in lines[0], log
+    assert "Traceback" not in log and not (run / "model").exists()
+    (stopped_at,) = [p.name for p in (run / "checkpoints").glob("step_*")]
+    assert 0 < int(stopped_at.split("_")[1]) < 40
+    train(get_config(TINY, over), run, resume="auto")
+    ref, got = faults.loss_rows(tmp_path / "ref"), faults.loss_rows(run)
+    assert sorted(got) == list(range(1, 41)) and got == ref

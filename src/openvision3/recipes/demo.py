@@ -76,6 +76,9 @@ def _vae_phase(out: Path, train_vae_again: bool, vae_overrides) -> tuple[Path, d
         print(f"reusing {vae_dir}")
         return vae_dir, json.loads((out / "vae" / "results.json").read_text())
     summary = train_vae(get_vae_config("vae_demo", list(vae_overrides or [])), out / "vae", resume="auto")
+    if summary.get("resumable"):
+        raise DemoStopped(f"the demo VAE was {summary['stopped']} at step {summary['steps']}; "
+                          "run the same command again to resume it")
     if not summary.get("complete", True):
         raise DemoStopped(f"the demo VAE stopped early ({summary['stopped']}); remove {out / 'vae'} "
                           "and run again without a time cap")

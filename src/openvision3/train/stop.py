@@ -1,4 +1,4 @@
-"""A polite stop for every training loop on top of train/ (`ov3 train`, `ov3 gen train`).
+"""A polite stop for every training loop (`ov3 train`, `ov3 train-vae`, `ov3 gen train`).
 
 SIGTERM (pre-emption) and SIGUSR1 (SLURM's warning before the time limit) do not kill the run:
 they are remembered, and the loop checkpoints at the end of the current step and returns with

@@ -12,6 +12,8 @@ helpers as the main config (``config._build`` / ``config.load_values``), so erro
 Run directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/step_N/`` (diffusers weights +
 optimizer + position; the newest one is resumed with ``resume="auto"``), ``model/`` (the final
 VAE, diffusers format, with a measured ``scaling_factor``), ``results.json``, ``recon.png``.
+SIGTERM/SIGUSR1 (train/stop.py) checkpoint at the end of the current step and return
+``complete=False, resumable=True`` without writing ``model/``; ``resume="auto"`` continues.
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ import yaml
 
 from ..config import ConfigError, DataConfig, LpipsNet, Precision, _build, load_values
 from . import checkpoint as ckpt_lib
-from .run_lock import run_lock
 from .precision import choose_precision, resolve_precision
+from .run_lock import run_lock
+from .stop import StopRequest
 
 
 @dataclass
@@ -387,6 +390,12 @@ def _train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = No
     first_l1 = last_l1 = None
     logged_reason = False
     stopped = None  # why the run ended before cfg.steps, if it did
+    signalled = None  # SIGTERM/SIGUSR1: checkpoint at the end of the step and return, resumable
+    stop = StopRequest()
+
+    def checkpoint(at_step: int, seconds: float) -> None:
+        _save_checkpoint(ckpt_root, at_step, vae, opt, {"seconds": seconds, "data": train_ds.state_dict(),
+                                                        "rng": ckpt_lib.rng_state()}, cfg.keep_last, disc, disc_opt)
     for batch in loader:
         if rng is not None:  # restored after the loader's first draw, as where the saving run was
             ckpt_lib.set_rng_state(rng)
@@ -455,11 +464,18 @@ def _train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = No
         bar.update(1)
         bar.set_postfix(l1=f"{row['l1']:.4f}", **({"psnr": f"{row['val_psnr']:.2f}"} if "val_psnr" in row else {}))
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            _save_checkpoint(ckpt_root, step, vae, opt, {"seconds": time.perf_counter() - t_start,
-                                                         "data": train_ds.state_dict(), "rng": ckpt_lib.rng_state()},
-                             cfg.keep_last, disc, disc_opt)
+            checkpoint(step, time.perf_counter() - t_start)
+        if step < cfg.steps and stop.requested(device):
+            checkpoint(step, time.perf_counter() - t_start)
+            signalled = stop.status()
+            break
     bar.close()
     train_seconds = time.perf_counter() - t_start
+    if signalled is not None:  # no evaluation and no model/: a half-trained VAE must not be mistaken for the config's
+        metrics.close()
+        return {"steps": step, "total_steps": cfg.steps, "complete": False, "stopped": signalled,
+                "resumable": True, "train_seconds": round(train_seconds, 1),
+                "checkpoint": str(ckpt_root / f"step_{step}")}
 
     ev = evaluate(vae, val_images, dtype)
     # diffusers convention: scaling_factor = 1 / std of the latents, so FrozenVAE's latents have unit
@@ -467,8 +483,7 @@ def _train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = No
     scaling = 1.0 / max(ev["latent_std"], 1e-6)
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(str(out / "model"), safe_serialization=True)
-    _save_checkpoint(ckpt_root, step, vae, opt, {"seconds": train_seconds, "data": train_ds.state_dict(),
-                                                 "rng": ckpt_lib.rng_state()}, cfg.keep_last, disc, disc_opt)
+    checkpoint(step, train_seconds)
     _save_grid(val_images, ev["recons"], out / "recon.png")
     z64 = vae.encode(val_images[:64].to(device)).latent_dist.mean.detach()
     results = {
