@@ -3,9 +3,11 @@ a complete checkpoint and every per-step loss equals the uninterrupted run's exa
 
 One run directory takes several kills in a row (each relaunch resumes the previous one's
 checkpoint), then finishes in this process; its metrics must equal a reference run's, step by
-step. benchmarks/soak.py runs the same trials by the hundred.
+step. benchmarks/soak.py runs the same trials by the hundred. A polite stop (SIGTERM, SIGUSR1)
+is tested here too: one checkpoint, exit code 3, and the same exact resume.
 """
 import random
+import signal
 import time
 import warnings
 
@@ -81,29 +83,35 @@ def test_train_vae_kill9_at_random_instants_resumes_exactly(launcher, tmp_path):
     assert sorted(got) == list(range(1, 9)) and got == ref
 
 
+def signal_mid_run(launcher, tmp_path, argv, run, sig, steps: int) -> None:
+    """Launch ``ov3 argv --out run``, send ``sig`` once a few metrics rows are written, and check
+    the stop: exit 3, one 'stopped by SIG... --resume auto' line, no traceback, no model/, and
+    exactly one checkpoint, strictly inside the run."""
+    import os
+    log_path = tmp_path / "log.txt"
+    proc = launcher.start([*argv, "--out", str(run)], log_path)
+    rows = run / "metrics.jsonl"
+    assert faults.wait_for(lambda: rows.is_file() and len(rows.read_text().splitlines()) >= 3, proc)
+    os.kill(proc.pid, sig)
+    assert proc.wait(120) == 3, log_path.read_text()[-2000:]
+    log = log_path.read_text()
+    lines = [line for line in log.splitlines() if line.startswith(f"ov3 {argv[0]}:")]
+    assert len(lines) == 1 and f"stopped by {sig.name}" in lines[0] and "--resume auto" in lines[0], log
+    assert "Traceback" not in log and not (run / "model").exists()
+    (stopped_at,) = [p.name for p in (run / "checkpoints").glob("step_*")]
+    assert 0 < int(stopped_at.split("_")[1]) < steps
+
+
 def test_train_vae_sigterm_checkpoints_says_so_and_resumes_exactly(launcher, tmp_path):
     """SIGTERM (pre-emption) is not a kill: the VAE run checkpoints at the end of its step, exits 3
     with one 'stopped' line and writes no model/; --resume auto then finishes with the reference's
     losses, step by step."""
-    import os
-    import signal
     yaml = tmp_path / "vae_tiny.yaml"
     yaml.write_text("data: {train: shapes, val: shapes}\n")
     over = VAE_FAST + ["steps=40", "checkpoint_every=0"]  # only the signal writes a checkpoint
     train_vae(get_vae_config(str(yaml), over), tmp_path / "ref", progress=False)
     run = tmp_path / "run"
-    argv = ["train-vae", "--config", str(yaml), *over, "--out", str(run)]
-    proc = launcher.start(argv, tmp_path / "log.txt")
-    assert faults.wait_for(lambda: (run / "metrics.jsonl").is_file()
-                           and len((run / "metrics.jsonl").read_text().splitlines()) >= 3, proc)
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(120) == 3, (tmp_path / "log.txt").read_text()[-2000:]
-    log = (tmp_path / "log.txt").read_text()
-    lines = [line for line in log.splitlines() if line.startswith("ov3 train-vae:")]
-    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and "--resume auto" in lines[0], log
-    assert "Traceback" not in log and not (run / "model").exists()
-    (stopped_at,) = [p.name for p in (run / "checkpoints").glob("step_*")]
-    assert 0 < int(stopped_at.split("_")[1]) < 40
+    signal_mid_run(launcher, tmp_path, ["train-vae", "--config", str(yaml), *over], run, signal.SIGTERM, 40)
     r = train_vae(get_vae_config(str(yaml), over), run, resume="auto", progress=False)
     assert r["complete"] and (run / "model" / "config.json").is_file()
     ref, got = faults.loss_rows(tmp_path / "ref"), faults.loss_rows(run)
@@ -114,22 +122,10 @@ def test_train_sigusr1_checkpoints_exits_3_and_resumes_exactly(launcher, tmp_pat
     """SLURM's warning before the time limit (SIGUSR1): `ov3 train` checkpoints at the end of the
     step and exits 3 (not 0: a requeue script must tell a stop from the end) with one line;
     --resume auto then finishes with the reference's losses, step by step."""
-    import os
-    import signal
     over = FAST + ["train.steps=40", "train.checkpoint_every=1000"]  # only the signal writes one mid-run
     train(get_config(TINY, over), tmp_path / "ref")
     run = tmp_path / "run"
-    proc = launcher.start(["train", "--config", TINY, *over, "--out", str(run)], tmp_path / "log.txt")
-    assert faults.wait_for(lambda: (run / "metrics.jsonl").is_file()
-                           and len((run / "metrics.jsonl").read_text().splitlines()) >= 3, proc)
-    os.kill(proc.pid, signal.SIGUSR1)
-    assert proc.wait(120) == 3, (tmp_path / "log.txt").read_text()[-2000:]
-    log = (tmp_path / "log.txt").read_text()
-    lines = [line for line in log.splitlines() if line.startswith("ov3 train:")]
-    assert len(lines) == 1 and "stopped by SIGUSR1" in lines[0] and "--resume auto" in lines[0], log
-    assert "Traceback" not in log and not (run / "model").exists()
-    (stopped_at,) = [p.name for p in (run / "checkpoints").glob("step_*")]
-    assert 0 < int(stopped_at.split("_")[1]) < 40
+    signal_mid_run(launcher, tmp_path, ["train", "--config", TINY, *over], run, signal.SIGUSR1, 40)
     train(get_config(TINY, over), run, resume="auto")
     ref, got = faults.loss_rows(tmp_path / "ref"), faults.loss_rows(run)
     assert sorted(got) == list(range(1, 41)) and got == ref
