@@ -22,14 +22,18 @@ TRAIN_OVER = ["train.steps=6", "train.checkpoint_every=2", "train.keep_last=2"]
 VAE_OVER = ["steps=8", "checkpoint_every=2", "keep_last=2"]
 
 
-def kill_chain(launcher, tmp_path, argv, kills: int, in_write: set, rng, span_s: float, vae=False):
+def kill_chain(launcher, tmp_path, argv, kills: int, in_write: set, rng, span_s: float, total_steps: int,
+               vae=False):
     """Launch ``ov3 argv --resume auto`` ``kills`` times, killing each with SIGKILL: at a random
-    instant within ``span_s`` of its start, or (trial index in ``in_write``) between two files
-    of a checkpoint write. Returns one record per trial."""
+    instant of training (soon after a random step's metrics row, as benchmarks/soak.py does:
+    a kill timed by the clock often came after a fast launch had already finished), or (trial
+    index in ``in_write``) between two files of a checkpoint write. Returns one record per trial."""
     run = tmp_path / "run"
     records = []
     for trial in range(kills):
         hook = trial in in_write
+        done = max((int(k.split("_")[1]) for k, v in faults.checkpoint_states(run, vae=vae).items() if v == "ok"),
+                   default=0)
         marks = tmp_path / f"marks_{trial}"
         marks.mkdir()
         proc = launcher.start([*argv, "--out", str(run), "--resume", "auto"], tmp_path / f"log_{trial}.txt",
@@ -38,8 +42,10 @@ def kill_chain(launcher, tmp_path, argv, kills: int, in_write: set, rng, span_s:
             reached = faults.wait_for(lambda: any(marks.iterdir()), proc)
             time.sleep(rng.uniform(0.0, 0.6))
         else:
-            reached = True
-            time.sleep(rng.uniform(0.1, 1.0) * span_s)
+            target = rng.randint(done + 1, max(done + 1, total_steps - 2))  # steps left for later trials
+            reached = faults.wait_for(lambda: max(faults.loss_rows(run), default=0) >= target, proc,
+                                      timeout=3 * span_s + 60, interval=0.005)
+            time.sleep(rng.uniform(0.0, 0.05))
         partial = sorted(p.name for p in (run / "checkpoints").glob(".tmp_step_*")) if (run / "checkpoints").exists() else []
         code = proc.kill9()
         states = faults.checkpoint_states(run, vae=vae)
@@ -55,7 +61,8 @@ def test_train_kill9_at_random_instants_resumes_exactly(launcher, tmp_path):
     train(get_config(TINY, FAST + TRAIN_OVER), tmp_path / "ref")
     span = time.perf_counter() - t0
     argv = ["train", "--config", TINY, *FAST, *TRAIN_OVER]
-    run, records = kill_chain(launcher, tmp_path, argv, kills=5, in_write={1, 3}, rng=random.Random(20), span_s=span)
+    run, records = kill_chain(launcher, tmp_path, argv, kills=5, in_write={1, 3}, rng=random.Random(20), span_s=span,
+                              total_steps=6)
     assert all(r["exit"] == -9 or r["exit"] == 0 for r in records), records
     assert any(r["in_write"] and r["partial_at_kill"] for r in records), records  # a kill inside a write
     with warnings.catch_warnings():
@@ -75,7 +82,7 @@ def test_train_vae_kill9_at_random_instants_resumes_exactly(launcher, tmp_path):
     span = time.perf_counter() - t0
     argv = ["train-vae", "--config", str(yaml), *VAE_FAST, *VAE_OVER]
     run, records = kill_chain(launcher, tmp_path, argv, kills=2, in_write={1}, rng=random.Random(21),
-                              span_s=span, vae=True)
+                              span_s=span, total_steps=8, vae=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train_vae(get_vae_config(str(yaml), VAE_FAST + VAE_OVER), run, resume="auto", progress=False)

@@ -209,13 +209,10 @@ def _train(cfg: GenConfig, out: Path, resume, overwrite, progress, info) -> dict
                 logged_reason = True
             logger.log(step, row)
             window, t_last, seen = [], time.perf_counter(), 0
-        saved_now = (t.checkpoint_every > 0 and step % t.checkpoint_every == 0) or step == t.steps
-        if saved_now:
-            save(step)
-        if stop.requested(info.device):
-            if not saved_now:
-                save(step)
-            status = stop.status()
+        stopped = stop.end_of_step(info.device, (t.checkpoint_every > 0 and step % t.checkpoint_every == 0)
+                                   or step == t.steps, lambda: save(step))
+        if stopped:
+            status = stopped
             break
     if bar is not None:
         bar.close()

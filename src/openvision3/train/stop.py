@@ -33,5 +33,16 @@ class StopRequest:
     def status(self) -> str:
         return f"stopped by {self.signal or 'a signal on another rank'}"
 
+    def end_of_step(self, device, due: bool, save) -> str | None:
+        """A training step's last act: ``save()`` when a checkpoint is ``due``; on a stop request,
+        make sure this step is saved (once) and return the status; None means carry on."""
+        if due:
+            save()
+        if not self.requested(device):
+            return None
+        if not due:
+            save()
+        return self.status()
+
 
 __all__ = ["StopRequest", "SIGNALS"]

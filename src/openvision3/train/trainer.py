@@ -360,13 +360,10 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
                 val.update(eval_fn(ema.module if ema is not None else model, step) or {})
             logger.log(step, val)
 
-        saved_now = _due(step, t.checkpoint_every) or step == total_steps
-        if saved_now:
-            save(step)
-        if stop.requested(info.device):
-            if not saved_now:
-                save(step)
-            status = stop.status()
+        stopped = stop.end_of_step(info.device, _due(step, t.checkpoint_every) or step == total_steps,
+                                   lambda: save(step))
+        if stopped:
+            status = stopped
             break
 
     if progress is not None:

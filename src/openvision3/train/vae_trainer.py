@@ -463,12 +463,11 @@ def _train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = No
             log(row)
         bar.update(1)
         bar.set_postfix(l1=f"{row['l1']:.4f}", **({"psnr": f"{row['val_psnr']:.2f}"} if "val_psnr" in row else {}))
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            checkpoint(step, time.perf_counter() - t_start)
-        if step < cfg.steps and stop.requested(device):
-            checkpoint(step, time.perf_counter() - t_start)
-            signalled = stop.status()
-            break
+        if step < cfg.steps:  # the last step's checkpoint follows the final evaluation below
+            signalled = stop.end_of_step(device, bool(cfg.checkpoint_every) and step % cfg.checkpoint_every == 0,
+                                         lambda: checkpoint(step, time.perf_counter() - t_start))
+            if signalled:
+                break
     bar.close()
     train_seconds = time.perf_counter() - t_start
     if signalled is not None:  # no evaluation and no model/: a half-trained VAE must not be mistaken for the config's
