@@ -148,3 +148,27 @@ def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()  # refused before anything trained
+
+
+@pytest.mark.parametrize("command, module, func, exc", [
+    (["ablate", "synergy", "--config", TINY], "openvision3.recipes.synergy", "run_synergy", "SynergyStopped"),
+    (["gen", "compare", "--config", "gen_tiny"], "openvision3.recipes.gen_compare", "run_compare", "CompareStopped"),
+])
+def test_a_signal_stopped_recipe_exits_3_with_one_line(tmp_path, capsys, monkeypatch, command, module, func, exc):
+    """Like `ov3 train`: a run stopped by a signal is not bad input (2) but a stop (3), one line."""
+    import importlib
+    mod = importlib.import_module(module)
+
+    def stopped(*a, **k):
+        raise getattr(mod, exc)("arm joint, seed 0: stopped by SIGTERM at step 3; run the same command again")
+    monkeypatch.setattr(mod, func, stopped)
+    assert main([*command, "--out", str(tmp_path / "out")]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "stopped by SIGTERM" in err and "stopped:" in err, err
+
+
+def test_compare_refuses_to_go_on_after_a_stopped_run(tmp_path):
+    from openvision3.recipes.gen_compare import CompareStopped, _finished
+    _finished({"status": "finished", "step": 4}, tmp_path)
+    with pytest.raises(CompareStopped, match="stopped by SIGUSR1 at step 2; run the same command again"):
+        _finished({"status": "stopped by SIGUSR1", "step": 2}, tmp_path)

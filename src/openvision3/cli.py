@@ -496,12 +496,14 @@ def _run_gen_eval(args):
 
 
 def _run_gen_compare(args):
-    from .recipes.gen_compare import run_compare
+    from .recipes.gen_compare import CompareStopped, run_compare
     overrides = list(args.overrides) + ([f"encoder={args.encoder}"] if args.encoder else [])
     try:
         r = run_compare(args.config, args.out, overrides=overrides, progress=not args.no_progress)
     except _gen_errors() as e:
         raise UserError(str(e)) from None
+    except CompareStopped as e:  # a signal stopped a run: exit 3, the same command resumes it
+        raise Stopped(str(e)) from None
     print(r["table"])
     if args.json:
         print_json({k: v for k, v in r.items() if k != "table"})
@@ -610,8 +612,10 @@ def _run_ablate_synergy(args):
         summary = run_synergy(args.config, args.out, steps=args.steps, seeds=args.seeds, arms=args.arms,
                               overrides=args.overrides, tasks=args.tasks, num_samples=args.num_samples,
                               progress=not args.no_progress)
-    except (EvalError, CheckpointError, TrainError, SynergyStopped) as e:
+    except (EvalError, CheckpointError, TrainError) as e:
         raise UserError(str(e)) from None
+    except SynergyStopped as e:  # a signal stopped an arm: exit 3, the same command resumes it
+        raise Stopped(str(e)) from None
     print("verdicts: " + ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()), file=sys.stderr)
     if args.json:
         print_json(jsonable(summary))

@@ -30,6 +30,16 @@ PAPER = {"joint": "OV3 + RAE: gFID 1.89 / IS 289.2", "und_only": "CLIP + RAE: gF
 METRICS = ("judge_top1", "fd", "precision", "recall")
 
 
+class CompareStopped(Exception):
+    """A training run of the comparison was stopped by a signal; the same command resumes it."""
+
+
+def _finished(summary: dict, run_dir: Path) -> None:
+    if summary["status"] != "finished":
+        raise CompareStopped(f"{run_dir}: {summary['status']} at step {summary['step']}; run the same command "
+                             "again to resume")
+
+
 def _train_und_encoder(cfg, joint_dir: Path, out: Path, progress: bool) -> Path:
     """Phase 1: understanding losses only; phase 2: the latent decoder on its frozen tokens."""
     from ..config import get_config
@@ -40,12 +50,12 @@ def _train_und_encoder(cfg, joint_dir: Path, out: Path, progress: bool) -> Path:
     enc_dir, dec_dir = out / "und_encoder", out / "und_decoder"
     if not (enc_dir / "model" / "model.safetensors").is_file():
         c1 = get_config(cc.encoder_config, base + list(cc.encoder_overrides) + ["loss.w_rec=0"])
-        train(c1, enc_dir, resume="auto" if (enc_dir / "checkpoints").is_dir() else None)
+        _finished(train(c1, enc_dir, resume="auto" if (enc_dir / "checkpoints").is_dir() else None), enc_dir)
     if not (dec_dir / "model" / "model.safetensors").is_file():
         c2 = get_config(cc.encoder_config, base + list(cc.encoder_overrides) + [
             "loss.w_und=0", "loss.w_rec=1", f"train.init_from={(enc_dir / 'model').resolve()}",
             "train.freeze=[encoder.]", f"train.steps={cc.decoder_steps}", "train.stages=[]"])
-        train(c2, dec_dir, resume="auto" if (dec_dir / "checkpoints").is_dir() else None)
+        _finished(train(c2, dec_dir, resume="auto" if (dec_dir / "checkpoints").is_dir() else None), dec_dir)
     return dec_dir / "model"
 
 
@@ -119,8 +129,7 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
             c.encoder, c.space, c.seed = str(encoder), space, seed
             resume = "auto" if (run_dir / "checkpoints").is_dir() else None
             summary = train_generator(c, run_dir, resume=resume, overwrite=resume is None, progress=progress)
-            if summary["status"] != "finished":
-                raise RuntimeError(f"{run_dir}: {summary['status']} at step {summary['step']}; run again to resume")
+            _finished(summary, run_dir)
             r = evaluate_generator(run_dir, seed=seed, sweep=False, progress=progress)
             r.update(train_seconds=summary["train_seconds"], cache_seconds=summary["cache_seconds"])
             done.write_text(json.dumps(r, indent=1))
@@ -147,4 +156,4 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
     return result
 
 
-__all__ = ["run_compare", "ARMS"]
+__all__ = ["run_compare", "ARMS", "CompareStopped"]
