@@ -72,3 +72,46 @@ def test_probe_runs_end_to_end_and_bad_input_is_one_line(tiny_cfg, tmp_path, cap
                             "--test-images", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "is not an OpenVision 3 model" in err[0] and "out of range" in err[1]
+
+
+def test_cached_tower_features_give_llava_s_own_loss_and_gradients(tiny_cfg):
+    """The probe trains on the frozen tower's features computed once (tower_features); the loss and
+    the trainable parameters' gradients must be LLaVA's own from pixels."""
+    from openvision3.interop import transformers as ov3hf
+    from openvision3.recipes.llava_probe import (SPECIAL, ProbeConfig, _batches, build_llava, load_tower,
+                                                  llava_forward, tower_features)
+    torch.manual_seed(0)
+    model = OpenVision3(tiny_cfg)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        tower = load_tower(d)
+    imgs, _, qas = render_pool(6, "train", 32, 0, 1 / 3)
+    tok = build_tokenizer([f"{q} {a}" for qs in qas for _, q, a in qs] + ["user : assistant :"])
+    pcfg = ProbeConfig(batch_size=4)
+    llava = build_llava(tower, tok, pcfg, -2)
+    ov3hf.set_llava_trainable(llava, 2)
+    pixels = ov3hf.llava_processor(tower.config, tok).image_processor(imgs, return_tensors="pt")["pixel_values"]
+    feats = tower_features(llava, pixels, batch_size=4)  # two chunks
+    n_image, image_id = ov3hf.num_image_tokens(tower.config), tok.convert_tokens_to_ids(SPECIAL["image"])
+    assert feats.shape == (6, n_image, tower.config.hidden_size)
+
+    class Seq:
+        n = len(qas)
+
+        def __call__(self, i):
+            return conversation_sequence(tok, qas[i], n_image, image_id, random.Random(i))
+    from_pixels = next(_batches(Seq(), pixels, pcfg, random.Random(3), tok))
+    cached = next(_batches(Seq(), feats, pcfg, random.Random(3), tok, "image_features"))
+    assert torch.equal(from_pixels["input_ids"], cached["input_ids"])
+    grads = []
+    for batch in (from_pixels, cached):
+        llava.zero_grad(set_to_none=True)
+        loss = llava_forward(llava, batch).loss
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in llava.named_parameters() if p.grad is not None}))
+    (l1, g1), (l2, g2) = grads
+    assert torch.allclose(l1, l2, atol=1e-5) and g1.keys() == g2.keys() and len(g1) > 0
+    assert not any(n.startswith("model.vision_tower") for n in g1)
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], atol=1e-5, rtol=1e-4), n

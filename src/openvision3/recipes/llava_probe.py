@@ -71,6 +71,10 @@ class ProbeConfig:
     weight_decay: float = 0.0  # [P] LLaVA-1.5
     max_new_tokens: int = 3
     vision_feature_layer: int = -2  # [P] LLaVA-1.5: the penultimate layer
+    # [?] the frozen tower's features computed once per training image (tower_features) instead of
+    # on every step; the same numbers up to float rounding, ~1.6x faster on CPU. Evaluation always
+    # runs the unchanged LLaVA path from pixels (processor + generate).
+    cache_features: bool = True
     seed: int = 0
     data_seed: int = 0  # the `shapes` generator seed (the data itself)
     notes: dict = field(default_factory=dict)
@@ -261,7 +265,7 @@ def _train_stage(llava, name: str, steps: int, lr: float, pcfg: ProbeConfig, bat
     bar = tqdm(range(steps), desc=name, disable=not progress, leave=False)
     for _ in bar:
         batch = next(batches)
-        loss = llava(**batch).loss
+        loss = llava_forward(llava, batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -272,17 +276,50 @@ def _train_stage(llava, name: str, steps: int, lr: float, pcfg: ProbeConfig, bat
     return losses
 
 
-def _batches(sequences, pixel_values, pcfg: ProbeConfig, rng: random.Random, tok):
-    """Endless random batches: ``sequences(i)`` -> (ids, labels) of sample i; pixel_values or None."""
-    n = len(pixel_values) if pixel_values is not None else sequences.n
+@torch.no_grad()
+def tower_features(llava, pixel_values, batch_size: int = 256) -> torch.Tensor:
+    """What LLaVA reads from the frozen tower for each image (``vision_feature_layer``, then
+    ``vision_feature_select_strategy``, as ``LlavaModel.get_image_features`` selects them), before
+    the projector. The tower is frozen and in eval mode [P], so this is the same on every step:
+    computing it once per training image saved ~40 % of a stage-2 step on 2 CPU cores."""
+    cfg, tower = llava.config, llava.model.vision_tower
+    was_training = tower.training
+    tower.eval()
+    out = []
+    for s in range(0, len(pixel_values), batch_size):
+        hidden = tower(pixel_values[s:s + batch_size], output_hidden_states=True).hidden_states
+        feats = hidden[cfg.vision_feature_layer]
+        out.append(feats[:, 1:] if cfg.vision_feature_select_strategy == "default" else feats)
+    tower.train(was_training)
+    return torch.cat(out)
+
+
+def llava_forward(llava, batch: dict):
+    """``llava(**batch)``; a batch with cached ``image_features`` (``tower_features``) instead of
+    ``pixel_values`` goes through the projector and into the image-token slots the way LLaVA's own
+    forward does (projector, placeholder mask, masked_scatter), then into LLaVA as inputs_embeds."""
+    if "image_features" not in batch:
+        return llava(**batch)
+    batch = dict(batch)
+    feats, ids = batch.pop("image_features"), batch.pop("input_ids")
+    embeds = llava.get_input_embeddings()(ids)
+    image = llava.model.multi_modal_projector(feats).to(embeds.dtype)
+    mask = llava.model.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=image)
+    return llava(inputs_embeds=embeds.masked_scatter(mask, image), **batch)
+
+
+def _batches(sequences, images, pcfg: ProbeConfig, rng: random.Random, tok, key: str = "pixel_values"):
+    """Endless random batches: ``sequences(i)`` -> (ids, labels) of sample i; ``images`` (None for
+    text only) go in as ``batch[key]``: pixel values, or cached ``image_features``."""
+    n = len(images) if images is not None else sequences.n
     while True:
         idx = [rng.randrange(n) for _ in range(pcfg.batch_size)]
         rows = [sequences(i) for i in idx]
         ids = _pad([r[0] for r in rows], tok.pad_token_id)
         batch = {"input_ids": ids, "attention_mask": (ids != tok.pad_token_id).long(),
                  "labels": _pad([r[1] for r in rows], -100)}
-        if pixel_values is not None:
-            batch["pixel_values"] = pixel_values[idx]
+        if images is not None:
+            batch[key] = images[idx]
         yield batch
 
 
@@ -372,6 +409,10 @@ def run_llava_probe(model_dir: str, out_dir=None, steps: int | None = None, seed
     n_image = ov3hf.num_image_tokens(tower.config)
     image_id = tok.convert_tokens_to_ids(SPECIAL["image"])
     pixel_values = processor.image_processor(train_imgs, return_tensors="pt")["pixel_values"]
+    if pcfg.cache_features:
+        images, image_key = tower_features(llava, pixel_values), "image_features"
+    else:
+        images, image_key = pixel_values, "pixel_values"
     timings["data"] = round(time.perf_counter() - t0, 1)
 
     class _Seq:  # index -> (ids, labels) with a fixed length for the batcher
@@ -396,7 +437,7 @@ def run_llava_probe(model_dir: str, out_dir=None, steps: int | None = None, seed
     ov3hf.set_llava_trainable(llava, 1)
     cap_seq = _Seq(lambda i: caption_sequence(tok, train_caps[i], n_image, image_id), len(train_caps))
     losses["stage1"] = _train_stage(llava, "stage 1 (projector, captions)", pcfg.stage1_steps, pcfg.lr1, pcfg,
-                                    _batches(cap_seq, pixel_values, pcfg, rng, tok), progress)
+                                    _batches(cap_seq, images, pcfg, rng, tok, image_key), progress)
     timings["stage1"] = round(time.perf_counter() - t0, 1)
     # stage 2: projector + LM, visual questions [P]
     t0 = time.perf_counter()
@@ -405,7 +446,7 @@ def run_llava_probe(model_dir: str, out_dir=None, steps: int | None = None, seed
     vqa_seq = _Seq(lambda i: conversation_sequence(tok, train_qas[i], n_image, image_id, conv_rng),
                    len(train_qas))
     losses["stage2"] = _train_stage(llava, "stage 2 (projector + LM, questions)", pcfg.stage2_steps, pcfg.lr2,
-                                    pcfg, _batches(vqa_seq, pixel_values, pcfg, rng, tok), progress)
+                                    pcfg, _batches(vqa_seq, images, pcfg, rng, tok, image_key), progress)
     timings["stage2"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
