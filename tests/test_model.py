@@ -108,3 +108,23 @@ def test_bad_inputs_give_one_clear_error(tiny_cfg, batch, tmp_path):
         model.load_weights(state)
     with pytest.raises(ValueError, match="need caption tokens"):
         model(batch[0])
+
+
+def test_caption_subbatch_reads_the_first_n_images_only(batch):
+    """loss.caption_subbatch=N: the caption loss depends on the first N captions alone, the
+    contrastive loss still on all of them."""
+    cfg = get_config(None, list(TINY_OVERRIDES) + ["loss.caption_subbatch=2"])
+    torch.manual_seed(0)
+    model = OpenVision3(cfg)
+    images, tokens = batch
+    other = tokens.clone()
+    other[2:, 1:6] = torch.randint(1, 1000, (2, 5), generator=torch.Generator().manual_seed(1))
+    outs = []
+    for t in (tokens, other):
+        torch.manual_seed(1)  # same token noise
+        outs.append(model(images, t))
+    assert torch.equal(outs[0]["loss_caption"], outs[1]["loss_caption"])
+    assert not torch.equal(outs[0]["loss_contrastive"], outs[1]["loss_contrastive"])
+    model.cfg.loss.caption_subbatch = 0
+    torch.manual_seed(1)
+    assert not torch.equal(model(images, other)["loss_caption"], outs[1]["loss_caption"])

@@ -181,6 +181,10 @@ class LossConfig:
     caption_weight: float = 1.0  # [S] L_und = L_caption + alpha * L_con
     lpips_net: LpipsNet = "alex"  # [?] the paper does not name the LPIPS backbone
     pixel_subbatch: int = 0  # [?] our CPU option: pixel/LPIPS losses on the first N images; 0 = all
+    # [?] our CPU option: the caption loss on the first N images of the batch, 0 = all (the
+    # contrastive loss always sees the whole batch; a cheaper alternative to caption_keep_ratio
+    # that keeps every token of the images it reads)
+    caption_subbatch: int = 0
     # [?] ours, for the synergy ablation (recipes/synergy.py): a branch whose weight (w_rec or
     # w_und) is 0 is still trained, with weight 1, on *detached* unified tokens, so its losses
     # measure what the encoder learnt without ever shaping it. The token-producing encoder gets no
@@ -350,7 +354,7 @@ BOUNDS: dict[str, dict] = {
                         grad_accum_steps=_at_least_1, keep_last=_non_negative, max_bad_steps=_at_least_1),
     "LossConfig": dict(w_rec=_non_negative, w_und=_non_negative, beta_latent=_non_negative,
                        lpips_weight=_non_negative, alpha_contrastive=_non_negative, caption_weight=_non_negative,
-                       pixel_subbatch=_non_negative),
+                       pixel_subbatch=_non_negative, caption_subbatch=_non_negative),
     "EvalConfig": dict(num_samples=_at_least_1, batch_size=_at_least_1),
     # train/vae_trainer.py's tree shares this builder
     "VAEArchConfig": dict(layers_per_block=_at_least_1, latent_channels=_at_least_1, norm_num_groups=_at_least_1),

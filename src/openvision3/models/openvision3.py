@@ -117,7 +117,8 @@ class OpenVision3(nn.Module):
             if lc.alpha_contrastive > 0:
                 image_feats, text_feats = self.encoder.pool(z_und), self.text_encoder(tokens)
             if lc.caption_weight > 0:
-                logits, targets = self.caption_decoder(z_und, tokens)
+                n = lc.caption_subbatch if 0 < lc.caption_subbatch < images.shape[0] else images.shape[0]
+                logits, targets = self.caption_decoder(z_und[:n], tokens[:n])  # sub-batch: CPU option [?]
             terms.update(lf.understanding(image_feats, text_feats, self.logit_scale.exp(), logits, targets))
         out = lf.combine(terms)
         out["logit_scale"] = self.logit_scale.detach().exp()
