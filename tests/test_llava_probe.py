@@ -74,18 +74,15 @@ def test_probe_runs_end_to_end_and_bad_input_is_one_line(tiny_cfg, tmp_path, cap
     assert len(err) == 2 and "is not an OpenVision 3 model" in err[0] and "out of range" in err[1]
 
 
-def test_cached_tower_features_give_llava_s_own_loss_and_gradients(tiny_cfg):
+def test_cached_tower_features_give_llava_s_own_loss_and_gradients(tiny_cfg, tmp_path):
     """The probe trains on the frozen tower's features computed once (tower_features); the loss and
     the trainable parameters' gradients must be LLaVA's own from pixels."""
     from openvision3.interop import transformers as ov3hf
     from openvision3.recipes.llava_probe import (SPECIAL, ProbeConfig, _batches, build_llava, load_tower,
                                                   llava_forward, tower_features)
     torch.manual_seed(0)
-    model = OpenVision3(tiny_cfg)
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        model.save_pretrained(d)
-        tower = load_tower(d)
+    OpenVision3(tiny_cfg).save_pretrained(tmp_path / "model")
+    tower = load_tower(tmp_path / "model")
     imgs, _, qas = render_pool(6, "train", 32, 0, 1 / 3)
     tok = build_tokenizer([f"{q} {a}" for qs in qas for _, q, a in qs] + ["user : assistant :"])
     pcfg = ProbeConfig(batch_size=4)
