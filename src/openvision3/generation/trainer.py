@@ -15,7 +15,6 @@ weights + stats, EMA, optimizer, trainer state), generator/ (the finished genera
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,7 +29,7 @@ from ..train.logging import MetricsLogger
 from ..train.optim import build_ema, set_lr
 from ..train.precision import choose_precision
 from ..train.stop import StopRequest
-from ..train.trainer import TrainError, forward_context, hold_run_dir, prepare_out_dir
+from ..train.trainer import TrainError, forward_context, guarded_update, hold_run_dir, prepare_out_dir
 from .config import GenConfig, gen_config_to_yaml
 from .dit import DiTDH, count_parameters
 from .flow import flow_loss
@@ -181,17 +180,8 @@ def _train(cfg: GenConfig, out: Path, resume, overwrite, progress, info) -> dict
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(dit.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
         loss_v, grad_v = all_reduce_mean(torch.stack([loss.detach().float(), grad_norm.float()])).tolist()
-        if math.isfinite(loss_v) and math.isfinite(grad_v):
-            optimizer.step()
-            if ema is not None:
-                ema.update(dit, step=step)
-            bad_in_row = 0
-        else:
-            bad_steps += 1
-            bad_in_row += 1
-            if bad_in_row >= t.max_bad_steps:
-                raise TrainError(f"{bad_in_row} non-finite steps in a row (last at step {step + 1}); "
-                                 f"last good checkpoint: {last_good or 'none'}")
+        bad_in_row = guarded_update(optimizer, ema, dit, step, loss_v, grad_v, bad_in_row, t.max_bad_steps, last_good)
+        bad_steps += bad_in_row > 0
         optimizer.zero_grad(set_to_none=True)
         step += 1
         seen += x.shape[0] * info.world_size

@@ -42,6 +42,23 @@ class TrainError(Exception):
     """The run cannot go on (diverged, out of memory, bad run directory); one line for the user."""
 
 
+def guarded_update(optimizer, ema, model, step: int, loss: float, grad_norm: float, bad_in_row: int,
+                   max_bad_steps: int, last_good) -> int:
+    """The optimizer (and EMA) update, skipped when the loss or the gradient norm is non-finite
+    (every rank sees the same reduced values, so all skip together). Returns the count of
+    non-finite steps in a row (0 after a good step); max_bad_steps in a row stop the run."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        optimizer.step()
+        if ema is not None:
+            ema.update(model, step=step)
+        return 0
+    bad_in_row += 1
+    if bad_in_row >= max_bad_steps:
+        raise TrainError(f"{bad_in_row} non-finite steps in a row (last at step {step + 1}); "
+                         f"last good checkpoint: {last_good or 'none'}")
+    return bad_in_row
+
+
 # ------------------------------------------------------------------------------------ stages
 @dataclass
 class Stage:
@@ -319,18 +336,9 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         values = dict(zip(keys, reduced[:-1].tolist()))
         grad_norm = float(reduced[-1])
 
-        # Guard: a non-finite loss or gradient skips the update (every rank sees the same values).
-        if math.isfinite(values["loss"]) and math.isfinite(grad_norm):
-            optimizer.step()
-            if ema is not None:
-                ema.update(model, step=step)
-            bad_in_row = 0
-        else:
-            counters["bad_steps"] += 1
-            bad_in_row += 1
-            if bad_in_row >= t.max_bad_steps:
-                raise TrainError(f"{bad_in_row} non-finite steps in a row (last at step {step + 1}); "
-                                 f"last good checkpoint: {last_good or 'none'}")
+        bad_in_row = guarded_update(optimizer, ema, model, step, values["loss"], grad_norm, bad_in_row,
+                                    t.max_bad_steps, last_good)
+        counters["bad_steps"] += bad_in_row > 0
         optimizer.zero_grad(set_to_none=True)
         step += 1
         seen += images.shape[0] * info.world_size
