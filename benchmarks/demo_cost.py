@@ -1,6 +1,6 @@
 """What `make demo` costs on this machine, against the de38a3d recipe, as a ratio in one run.
 
-    .venv/bin/python benchmarks/demo_cost.py [--rounds 4] [--steps-per-round 2] [--precision fp32] [--json]
+    .venv/bin/python benchmarks/demo_cost.py [--rounds 4] [--steps-per-round 2] [--precision fp32] [--json] [key=value ...]
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/demo_cost.py   # an AVX2-only CPU
 
 Times, in alternating rounds (so every recipe sees the same machine state):
@@ -65,11 +65,11 @@ def vae_step_fn(precision: str):
     return step, cfg.steps
 
 
-def ov3_step_fns(config: str, precision: str):
+def ov3_step_fns(config: str, precision: str, overrides=()):
     """One training-step function per stage of ``config`` (stages differ in resolution and batch),
     the stages, and the model (for the evaluation timing)."""
     from openvision3.train.trainer import build_stages
-    cfg = get_config(config, INLINE_DEMO_VAE + [f"train.precision={precision}"])
+    cfg = get_config(config, INLINE_DEMO_VAE + [f"train.precision={precision}", *overrides])
     torch.manual_seed(0)
     model = OpenVision3(cfg).train()
     opt = build_optimizer(model, cfg.train, cfg.train.lr, torch.device("cpu"))
@@ -110,11 +110,13 @@ def main():
     ap.add_argument("--precision", default="fp32", help="fp32 (the issue's comparison) or auto")
     ap.add_argument("--num-samples", type=int, default=500)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="key=value changes to the new recipe (configs/demo.yaml), "
+                    "to cost a candidate before it ships, e.g. model.patch_size=4 train.steps=400")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     vae_step, _ = vae_step_fn(args.precision)
     (old_step,), (old_stage,), old_model = ov3_step_fns(str(OLD_OV3), args.precision)
-    new_fns, new_stages, new_model = ov3_step_fns("demo", args.precision)
+    new_fns, new_stages, new_model = ov3_step_fns("demo", args.precision, args.overrides)
     fns = {"vae": vae_step, "old": old_step,
            **{f"new {st.name} ({st.resolution} px)": fn for st, fn in zip(new_stages, new_fns)}}
     for fn in fns.values():  # warm-up
