@@ -139,3 +139,35 @@ def test_bad_options_raise():
                  "shapes?captions=rich&single_size=0.5"):
         with pytest.raises(DataSpecError):
             open_data(spec)
+
+
+def test_single_share_curriculum_switches_at_its_sample_and_resumes_identically():
+    """All singles for the first 24 training samples, then only scenes; val keeps the final share;
+    a stream restored mid-run draws exactly what the uninterrupted one drew."""
+    cfg = DataConfig(resolution=16, shapes_single_fraction=0.0, shapes_single_fraction_start=1.0,
+                     shapes_single_switch=24)
+    ds = open_data("shapes", split="train", resolution=16, train=True, cfg=cfg, seed=3)
+    labels = _take(ds, 48, bs=8)["label"]
+    assert all(lab >= 0 for lab in labels[:24]) and all(lab == -1 for lab in labels[24:])
+    val = open_data("shapes", split="val", resolution=16, train=False, cfg=cfg)
+    assert all(lab == -1 for lab in _take(val, 16, bs=8)["label"])
+
+    whole = _take(open_data("shapes", split="train", resolution=16, train=True, cfg=cfg, seed=3), 40, bs=8)
+    first = open_data("shapes", split="train", resolution=16, train=True, cfg=cfg, seed=3)
+    loader = make_loader(first, 8)
+    it = iter(loader)
+    for _ in range(2):  # 16 samples, then "checkpoint" the stream position
+        next(it)
+    state = first.state_dict()
+    resumed = open_data("shapes", split="train", resolution=16, train=True, cfg=cfg, seed=3)
+    resumed.load_state_dict(state)
+    rest = _take(resumed, 24, bs=8)
+    assert rest["key"] == whole["key"][16:40] and rest["label"] == whole["label"][16:40]
+
+
+def test_single_share_curriculum_bad_values_are_one_config_error():
+    from openvision3.config import ConfigError, get_config
+    with pytest.raises(ConfigError, match="shapes_single_fraction_start"):
+        get_config("demo", ["data.shapes_single_fraction_start=1.5"])
+    with pytest.raises(ConfigError, match="shapes_single_switch"):
+        get_config("demo", ["data.shapes_single_switch=-1"])

@@ -110,6 +110,11 @@ class DataConfig:
     color_jitter: float = 0.4  # [C] OpenVision colour jitter
     hflip: bool = True  # [?] captions with left/right words make flips wrong; shapes turns it off
     shapes_single_fraction: float = 0.5  # [?] share of single-object samples in `shapes`
+    # [?] ours, a curriculum: the first `shapes_single_switch` training samples of a run use this
+    # share of single objects instead (None: off). Singles first teach the shape words, the
+    # multi-object scenes after them bind words to objects (docs/experiments.md, round 7)
+    shapes_single_fraction_start: float | None = None
+    shapes_single_switch: int = 0
     # [?] data-layer addition: `shapes` caption style, rich (varied) | simple | compact | minimal
     shapes_captions: CaptionStyle = "rich"
     # [?] `compact` captions only: share of single-object captions that also name the size
@@ -345,7 +350,8 @@ BOUNDS: dict[str, dict] = {
     "VAEConfig": dict(latent_channels=_at_least_1, layers_per_block=_at_least_1, norm_num_groups=_at_least_1),
     "DataConfig": dict(resolution=_at_least_1, num_workers=_non_negative, shuffle_buffer=_at_least_1,
                        min_crop_area=_open_fraction, color_jitter=_non_negative, shapes_single_fraction=_fraction,
-                       shapes_single_size=_fraction),
+                       shapes_single_size=_fraction, shapes_single_fraction_start=_fraction,
+                       shapes_single_switch=_non_negative),
     "StageConfig": dict(resolution=_at_least_1, steps=_at_least_1, epochs=_positive, batch_size=_at_least_1,
                         lr=_non_negative, lpips_weight=_non_negative, warmup_steps=_non_negative),
     "TrainConfig": dict(steps=_at_least_1, epochs=_positive, epoch_size=_at_least_1, batch_size=_at_least_1,

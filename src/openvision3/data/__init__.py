@@ -80,7 +80,10 @@ def open_source(spec: str, split: str = "train", cfg=None, kind: str | None = No
                            gen_seed=_num(q, "seed", int, 0),
                            single_fraction=_num(q, "single", float, cfg.shapes_single_fraction),
                            captions=captions, label=q.pop("label", "shape_color"),
-                           single_size=_num(q, "single_size", float, cfg_size))
+                           single_size=_num(q, "single_size", float, cfg_size),
+                           # the curriculum belongs to training: val/test keep the final share
+                           single_start=cfg.shapes_single_fraction_start if split == "train" else None,
+                           single_switch=cfg.shapes_single_switch)
     elif scheme == "fashion-mnist":
         from .fashion_mnist import FashionMnistSource
         q = dict(query)

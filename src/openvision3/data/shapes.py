@@ -21,6 +21,11 @@ medium green ring top", one fixed wording, at most 13 words) | ``minimal`` ("red
 and blue circle": colour and shape words only), ``label`` = ``shape_color`` (64 classes,
 default) | ``shape`` | ``color``. Example: ``shapes?kind=single&captions=minimal``.
 
+A curriculum (DataConfig.shapes_single_fraction_start / shapes_single_switch, training split only):
+the first ``single_switch`` samples the whole job draws use the start share of single objects,
+the rest ``single``. The share goes with each index through the stream, so it depends only on
+the position in the run, and a resumed run draws the same samples.
+
 Backgrounds are numpy arrays at the target size; object masks are drawn with PIL at 2x (<= 160 px)
 and box-downsampled, so edges are anti-aliased at little cost.
 Training does not augment ``shapes``: every sample is new anyway, and flips, crops and colour
@@ -270,7 +275,7 @@ def render(index: int, *, split: str = "train", kind: str = "mixed", resolution:
 class ShapesSource(MapSource):
     def __init__(self, split: str, *, kind: str = "mixed", n: int | None = None, gen_seed: int = 0,
                  single_fraction: float = 0.5, captions: str = "rich", label: str = "shape_color",
-                 single_size: float = 0.0):
+                 single_size: float = 0.0, single_start: float | None = None, single_switch: int = 0):
         if split not in SPLITS:
             raise DataSpecError(f"shapes: unknown split '{split}' (train, val, test)")
         if kind not in KINDS:
@@ -288,6 +293,11 @@ class ShapesSource(MapSource):
         self.split, self.kind, self.gen_seed = split, kind, gen_seed
         self.single_fraction, self.captions, self.label = single_fraction, captions, label
         self.single_size = single_size
+        if single_start is not None and not 0.0 <= single_start <= 1.0:
+            raise DataSpecError(f"shapes: single_start must be in [0, 1], got {single_start}")
+        # a curriculum only matters where singles and scenes mix and it lasts at least one sample
+        mixed = kind == "mixed" and single_start is not None and single_switch > 0
+        self.single_start, self.single_switch = (single_start, int(single_switch)) if mixed else (None, 0)
         self.num_samples = int(n) if n is not None else DEFAULT_N[split]
         has_labels = kind != "multi" and (kind == "single" or single_fraction > 0)
         self.class_names = class_names_for(label) if has_labels else None
@@ -299,9 +309,23 @@ class ShapesSource(MapSource):
             self.templates = ["a {}.", "a picture of a {}.", "there is a {}."]
         self.augment = False  # see module docstring
 
-    def load(self, index: int, resolution: int | None):
+    def raw_stream(self, epoch, shuffle, seed, rank, world_size, part, num_parts):
+        indices = super().raw_stream(epoch, shuffle, seed, rank, world_size, part, num_parts)
+        if self.single_start is None:
+            return indices
+        return self._with_share(indices, epoch, world_size * num_parts)
+
+    def _with_share(self, indices, epoch: int, stride: int):
+        """(index, single share) pairs: the k-th sample of this part is about the
+        (epoch * n + k * stride)-th the whole job draws (every part advances in lockstep)."""
+        for k, index in enumerate(indices):
+            position = epoch * self.num_samples + k * stride
+            yield index, self.single_start if position < self.single_switch else self.single_fraction
+
+    def load(self, raw, resolution: int | None):
+        index, share = raw if isinstance(raw, tuple) else (raw, self.single_fraction)
         img, cap, lab, _ = render(index, split=self.split, kind=self.kind,
                                   resolution=resolution or 128, gen_seed=self.gen_seed,
-                                  single_fraction=self.single_fraction, captions=self.captions,
+                                  single_fraction=share, captions=self.captions,
                                   label=self.label, single_size=self.single_size)
         return img, cap, lab, f"shapes-{self.split}-{self.kind}-{self.gen_seed}-{index:07d}"
