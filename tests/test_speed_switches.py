@@ -48,7 +48,9 @@ def plain():
 
 def test_cached_latents_give_the_plain_loss_exactly(plain):
     b, ref = plain
-    assert _losses([], b, cached=True) == ref  # same latents, same arithmetic: tolerance 0
+    # Same latents: bit-equal on AVX2 kernels; AVX-512 kernels round the VAE encode outside the
+    # step one ulp differently (14.6294317 vs 14.6294327), so fp32 rounding is the tolerance.
+    assert _losses([], b, cached=True) == pytest.approx(ref, rel=1e-6, abs=0)
 
 
 @pytest.mark.parametrize("extra, tol", [
