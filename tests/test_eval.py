@@ -57,6 +57,8 @@ def test_evaluate_on_shapes_returns_every_metric_and_writes_the_report(tiny_mode
     assert rec["n"] == 8 and rec["psnr"] > 0 and 0 <= rec["lpips_alex"] <= 1 and -1 <= rec["ssim"] <= 1
     assert rec["rfid"] is None and rec["rfid_status"].startswith("skipped")
     assert 0 <= r["zeroshot"]["top1"] <= r["zeroshot"]["top5"] <= 1 and r["zeroshot"]["num_classes"] == 64
+    # a right class has the right shape and colour, so each attribute is at least as often right
+    assert r["zeroshot"]["top1"] <= min(r["zeroshot"]["top1_shape"], r["zeroshot"]["top1_colour"]) <= 1
     for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"):
         assert 0 <= r["retrieval"][k] <= 1, k
     assert r["retrieval"]["i2t_r1"] <= r["retrieval"]["i2t_r5"] <= r["retrieval"]["i2t_r10"]
@@ -84,6 +86,26 @@ def test_evaluate_on_webdataset_shards_packed_from_labelled_data(tiny_model, tmp
     assert out["recon"]["n"] == 6 and out["retrieval"]["n"] == 6 and len(out["caption"]["examples"]) == 6
     assert out["retrieval"]["unique_captions"] == 3
     assert out["zeroshot"]["num_classes"] == 3 and out["zeroshot"]["n"] == 6
+
+
+def test_attribute_accuracy_tells_shape_errors_from_colour_errors():
+    from openvision3.data import open_data
+    from openvision3.eval.zeroshot import attribute_accuracy
+    ds = open_data("shapes", split="test", train=False, kind="single")
+    attrs = ds.class_attributes
+    from openvision3.data.shapes import COLOR_NAMES, SHAPES
+    for c, name in enumerate(ds.class_names):  # "red star": its colour's and its shape's index
+        colour, shape = name.split()
+        assert (attrs["colour"][c], attrs["shape"][c]) == (COLOR_NAMES.index(colour), SHAPES.index(shape))
+    # every prediction keeps the colour and picks the next shape: colour always right, shape never
+    conf = torch.zeros(64, 64, dtype=torch.long)
+    for c in range(64):
+        conf[c, (c + 8) % 64] = 3
+    assert attribute_accuracy(conf, attrs) == {"top1_shape": 0.0, "top1_colour": 1.0}
+    conf[torch.arange(64), torch.arange(64)] = 1  # one right answer per class in four
+    got = attribute_accuracy(conf, attrs)
+    assert got["top1_shape"] == pytest.approx(0.25) and got["top1_colour"] == pytest.approx(1.0)
+    assert open_data("shapes?label=shape", split="test", train=False, kind="single").class_attributes is None
 
 
 def test_recall_at_k_on_hand_built_similarities():

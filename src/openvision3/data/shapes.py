@@ -301,6 +301,10 @@ class ShapesSource(MapSource):
         self.num_samples = int(n) if n is not None else DEFAULT_N[split]
         has_labels = kind != "multi" and (kind == "single" or single_fraction > 0)
         self.class_names = class_names_for(label) if has_labels else None
+        # per class, the index of its shape and of its colour: zero-shot reports each attribute's
+        # accuracy, so a report says whether shape or colour is what the model misses
+        self.class_attributes = ({"shape": [c // 8 for c in range(64)], "colour": [c % 8 for c in range(64)]}
+                                 if has_labels and label == "shape_color" else None)
         if captions in ("minimal", "compact"):  # single-object captions are the bare class name
             self.templates = ["{}"]
         elif label == "color":

@@ -49,6 +49,7 @@ class StreamDataset(IterableDataset):
         self._transform_factory = transform_factory
         self.raw_resolution = None  # with resolution=None: the size generated sets render at
         self.class_names = getattr(source, "class_names", None)
+        self.class_attributes = getattr(source, "class_attributes", None)  # e.g. shapes: shape, colour
         self.templates = getattr(source, "templates", None) or ["a photo of a {}."]
         self.num_samples = getattr(source, "num_samples", None)  # whole split, all ranks
         self.set_resolution(resolution)

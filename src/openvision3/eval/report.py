@@ -20,6 +20,7 @@ METRIC_DOC = {
     "psnr": "PSNR (dB, higher is better)", "ssim": "SSIM (higher is better)",
     "lpips_alex": "LPIPS AlexNet (lower is better)", "lpips_vgg": "LPIPS VGG (lower is better)",
     "rfid": "rFID (lower is better)", "top1": "top-1 accuracy", "top5": "top-5 accuracy",
+    "top1_shape": "top-1, the shape alone (colour ignored)", "top1_colour": "top-1, the colour alone (shape ignored)",
     "bleu4": "BLEU-4", "rouge_l": "ROUGE-L F", "cider": "CIDEr",
 }
 

@@ -25,6 +25,19 @@ def image_embeddings(model, x) -> torch.Tensor:
     return F.normalize(model.image_features(model.encode_image(x)).float(), dim=-1)
 
 
+def attribute_accuracy(confusion: torch.Tensor, attributes: dict) -> dict:
+    """From a (true, predicted) count matrix: for each attribute (name -> its value per class),
+    the share of predictions whose class has the true class's value, e.g. the right shape
+    whatever the colour."""
+    m = confusion.double()
+    out = {}
+    for name, values in attributes.items():
+        v = torch.as_tensor(values, device=m.device)
+        same = (v[:, None] == v[None, :]).double()
+        out[f"top1_{name}"] = float((m * same).sum() / m.sum().clamp(min=1))
+    return out
+
+
 @torch.no_grad()
 def eval_zeroshot(model, ds, num_samples: int, batch_size: int = 64, out_dir=None, progress: bool = True) -> dict:
     from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -51,6 +64,8 @@ def eval_zeroshot(model, ds, num_samples: int, batch_size: int = 64, out_dir=Non
         return {"skipped": "no labelled samples"}
     out = {"top1": float(top1.compute()), "top5": float(top5.compute()), "num_classes": c, "n": n,
            "templates": list(ds.templates)}
+    if getattr(ds, "class_attributes", None):
+        out.update(attribute_accuracy(conf.compute().cpu(), ds.class_attributes))
     if out_dir is not None:
         m = conf.compute().float().cpu()
         m = m / m.sum(1, keepdim=True).clamp(min=1)
