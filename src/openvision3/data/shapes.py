@@ -243,6 +243,14 @@ def class_names_for(label: str) -> list[str]:
     return [f"{c} {s}" for s in SHAPES for c in COLOR_NAMES]  # class = shape * 8 + colour
 
 
+def class_attributes_for(label: str) -> dict | None:
+    """Per class of ``class_names_for(label)``, its shape's and colour's index (shape_color only)."""
+    if label != "shape_color":
+        return None
+    classes = range(len(SHAPES) * len(COLOR_NAMES))  # class = shape * 8 + colour
+    return {"shape": [c // len(COLOR_NAMES) for c in classes], "colour": [c % len(COLOR_NAMES) for c in classes]}
+
+
 def render(index: int, *, split: str = "train", kind: str = "mixed", resolution: int = 64,
            gen_seed: int = 0, single_fraction: float = 0.5, captions: str = "rich",
            label: str = "shape_color", single_size: float = 0.0):
@@ -303,8 +311,7 @@ class ShapesSource(MapSource):
         self.class_names = class_names_for(label) if has_labels else None
         # per class, the index of its shape and of its colour: zero-shot reports each attribute's
         # accuracy, so a report says whether shape or colour is what the model misses
-        self.class_attributes = ({"shape": [c // 8 for c in range(64)], "colour": [c % 8 for c in range(64)]}
-                                 if has_labels and label == "shape_color" else None)
+        self.class_attributes = class_attributes_for(label) if has_labels else None
         if captions in ("minimal", "compact"):  # single-object captions are the bare class name
             self.templates = ["{}"]
         elif label == "color":

@@ -64,10 +64,11 @@ def eval_zeroshot(model, ds, num_samples: int, batch_size: int = 64, out_dir=Non
         return {"skipped": "no labelled samples"}
     out = {"top1": float(top1.compute()), "top5": float(top5.compute()), "num_classes": c, "n": n,
            "templates": list(ds.templates)}
+    counts = conf.compute().cpu()
     if getattr(ds, "class_attributes", None):
-        out.update(attribute_accuracy(conf.compute().cpu(), ds.class_attributes))
+        out.update(attribute_accuracy(counts, ds.class_attributes))
     if out_dir is not None:
-        m = conf.compute().float().cpu()
+        m = counts.float()
         m = m / m.sum(1, keepdim=True).clamp(min=1)
         p = plt()
         fig, ax = p.subplots(figsize=(7, 6))
