@@ -26,6 +26,11 @@ the first ``single_switch`` samples the whole job draws use the start share of s
 the rest ``single``. The share goes with each index through the stream, so it depends only on
 the position in the run, and a resumed run draws the same samples.
 
+Colour groups (DataConfig.shapes_single_colour_group, training split only): the single objects
+among each run of N consecutive samples of a loader part (a batch is consecutive samples of one
+part) share one colour, drawn per run, so a contrastive batch holds more same-colour objects of
+different shapes: hard negatives that only shape tells apart. Also a function of the position.
+
 Backgrounds are numpy arrays at the target size; object masks are drawn with PIL at 2x (<= 160 px)
 and box-downsampled, so edges are anti-aliased at little cost.
 Training does not augment ``shapes``: every sample is new anyway, and flips, crops and colour
@@ -253,8 +258,9 @@ def class_attributes_for(label: str) -> dict | None:
 
 def render(index: int, *, split: str = "train", kind: str = "mixed", resolution: int = 64,
            gen_seed: int = 0, single_fraction: float = 0.5, captions: str = "rich",
-           label: str = "shape_color", single_size: float = 0.0):
-    """One sample -> (PIL RGB image, caption, label or -1, objects). Pure function of its args."""
+           label: str = "shape_color", single_size: float = 0.0, single_color: str | None = None):
+    """One sample -> (PIL RGB image, caption, label or -1, objects). Pure function of its args.
+    ``single_color`` (kind ``mixed``): the colour a single object gets, instead of a random one."""
     rng = np.random.default_rng([gen_seed, SPLITS[split], KINDS[kind], index])
     if kind == "single":
         cls = index % 64  # class-balanced for zero-shot evaluation
@@ -263,7 +269,7 @@ def render(index: int, *, split: str = "train", kind: str = "mixed", resolution:
                       pos=POS_NAMES[rng.integers(5)])
     else:
         single = kind == "mixed" and rng.random() < single_fraction
-        obj = _object(rng, pos=POS_NAMES[rng.integers(5)]) if single else None
+        obj = _object(rng, color=single_color, pos=POS_NAMES[rng.integers(5)]) if single else None
     if single:
         objs = [obj]
         s_idx, c_idx = SHAPES.index(obj["shape"]), COLOR_NAMES.index(obj["color"])
@@ -283,7 +289,8 @@ def render(index: int, *, split: str = "train", kind: str = "mixed", resolution:
 class ShapesSource(MapSource):
     def __init__(self, split: str, *, kind: str = "mixed", n: int | None = None, gen_seed: int = 0,
                  single_fraction: float = 0.5, captions: str = "rich", label: str = "shape_color",
-                 single_size: float = 0.0, single_start: float | None = None, single_switch: int = 0):
+                 single_size: float = 0.0, single_start: float | None = None, single_switch: int = 0,
+                 colour_group: int = 0):
         if split not in SPLITS:
             raise DataSpecError(f"shapes: unknown split '{split}' (train, val, test)")
         if kind not in KINDS:
@@ -306,6 +313,9 @@ class ShapesSource(MapSource):
         # a curriculum only matters where singles and scenes mix and it lasts at least one sample
         mixed = kind == "mixed" and single_start is not None and single_switch > 0
         self.single_start, self.single_switch = (single_start, int(single_switch)) if mixed else (None, 0)
+        if colour_group < 0:
+            raise DataSpecError(f"shapes: colour_group must be >= 0, got {colour_group}")
+        self.colour_group = int(colour_group) if kind == "mixed" else 0
         self.num_samples = int(n) if n is not None else DEFAULT_N[split]
         has_labels = kind != "multi" and (kind == "single" or single_fraction > 0)
         self.class_names = class_names_for(label) if has_labels else None
@@ -322,21 +332,29 @@ class ShapesSource(MapSource):
 
     def raw_stream(self, epoch, shuffle, seed, rank, world_size, part, num_parts):
         indices = super().raw_stream(epoch, shuffle, seed, rank, world_size, part, num_parts)
-        if self.single_start is None:
+        if self.single_start is None and not self.colour_group:
             return indices
-        return self._with_share(indices, epoch, world_size * num_parts)
+        return self._with_position(indices, epoch, world_size * num_parts, (rank, part))
 
-    def _with_share(self, indices, epoch: int, stride: int):
-        """(index, single share) pairs: the k-th sample of this part is about the
-        (epoch * n + k * stride)-th the whole job draws (every part advances in lockstep)."""
+    def _with_position(self, indices, epoch: int, stride: int, where):
+        """(index, single share, single colour) triples for the k-th sample of this part. The share:
+        the k-th sample is about the (epoch * n + k * stride)-th the whole job draws (every part
+        advances in lockstep). The colour: one per run of ``colour_group`` samples of this part."""
         for k, index in enumerate(indices):
             position = epoch * self.num_samples + k * stride
-            yield index, self.single_start if position < self.single_switch else self.single_fraction
+            share = self.single_fraction
+            if self.single_start is not None and position < self.single_switch:
+                share = self.single_start
+            colour = None
+            if self.colour_group:
+                run = np.random.default_rng([self.gen_seed, SPLITS[self.split], epoch, *where, k // self.colour_group])
+                colour = COLOR_NAMES[run.integers(len(COLOR_NAMES))]
+            yield index, share, colour
 
     def load(self, raw, resolution: int | None):
-        index, share = raw if isinstance(raw, tuple) else (raw, self.single_fraction)
+        index, share, colour = raw if isinstance(raw, tuple) else (raw, self.single_fraction, None)
         img, cap, lab, _ = render(index, split=self.split, kind=self.kind,
                                   resolution=resolution or 128, gen_seed=self.gen_seed,
                                   single_fraction=share, captions=self.captions,
-                                  label=self.label, single_size=self.single_size)
+                                  label=self.label, single_size=self.single_size, single_color=colour)
         return img, cap, lab, f"shapes-{self.split}-{self.kind}-{self.gen_seed}-{index:07d}"
