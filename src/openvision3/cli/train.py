@@ -1,0 +1,82 @@
+"""`ov3 train` and `ov3 train-vae`."""
+from __future__ import annotations
+
+import sys
+
+from .common import Stopped, UserError, print_json
+
+
+# --- ov3 train / train-vae (train/ owner) ----------------------------------------------------
+def _add_train_vae(sub):
+    p = sub.add_parser("train-vae", help="train a small diffusers AutoencoderKL for the frozen-VAE slot")
+    p.add_argument("--config", required=True, help="a config name (configs/NAME.yaml) or a YAML path")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>); "
+                   "the VAE lands in OUT/model, use it as model.vae.source=OUT/model")
+    p.add_argument("--data", default=None, help="data spec for training and held-out eval "
+                   "(sets data.train and data.val)")
+    p.add_argument("--resume", default=None, help="'auto': continue from the newest checkpoint in --out")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 arch.latent_channels=4")
+    p.set_defaults(func=_run_train_vae)
+
+
+def _run_train_vae(args):
+    from pathlib import Path
+
+    from ..data import DataSpecError
+    from ..train.checkpoint import CheckpointError
+    from ..train.vae_trainer import get_vae_config, train_vae
+    overrides = list(args.overrides)
+    if args.data:
+        overrides += [f"data.train={args.data}", f"data.val={args.data}"]
+    cfg = get_vae_config(args.config, overrides)
+    out = args.out or str(Path("runs") / Path(args.config).stem)
+    try:
+        r = train_vae(cfg, out, resume=args.resume)
+    except (DataSpecError, CheckpointError) as e:
+        raise UserError(str(e)) from None
+    if r.get("resumable"):
+        raise Stopped(f"{r['stopped']} at step {r['steps']}/{r['total_steps']}, checkpoint {r['checkpoint']}; "
+                      f"continue it with --resume auto")
+    print(f"VAE: {r['steps']} steps in {r['train_seconds']} s; held-out PSNR {r['val_psnr']:.2f} dB, "
+          f"SSIM {r['val_ssim']:.3f}; saved to {r['model_dir']}", file=sys.stderr)
+    if args.json:
+        print_json(r)
+
+
+def _add_train(sub):
+    _add_train_main(sub)
+    _add_train_vae(sub)
+
+
+def _add_train_main(sub):
+    p = sub.add_parser("train", help="train an OpenVision 3 model (torchrun for several processes)")
+    p.add_argument("--config", required=True, help="a config name (configs/NAME.yaml) or a YAML path")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in --out) or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON on the last line")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.steps=100")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args):
+    from pathlib import Path
+
+    from ..config import get_config
+    from ..data import DataSpecError
+    from ..train.checkpoint import CheckpointError
+    from ..train.trainer import TrainError, train
+    cfg = get_config(args.config, args.overrides)
+    out = args.out or str(Path("runs") / Path(args.config).stem)
+    try:
+        summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    except (DataSpecError, CheckpointError, TrainError) as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print_json(summary)
+    if summary["status"] != "finished":  # exit 3, so a requeue script can tell a stop from the end
+        raise Stopped(f"{summary['status']} at step {summary['step']}/{summary['total_steps']}; "
+                      f"continue it with --resume auto (run in {summary['out_dir']})")
+    print(f"{summary['status']} at step {summary['step']}/{summary['total_steps']}; run in {summary['out_dir']}",
+          file=sys.stderr)
