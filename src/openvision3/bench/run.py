@@ -1,0 +1,155 @@
+"""The bench run (``run_bench``) and the whole-step comparison of config variants (``compare_steps``)."""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from .options import DEFAULTS, SUBCOMPONENTS, BenchError, BenchOptions
+from .report import write_report
+from .step import StepRunner, _fixed_batch, build_config, encoder_vs_timm, vae_ratios
+from .timing import _device, _machine, _peak_memory, _precision, alternating_median_seconds, count_flops, gpu_bf16_peak
+
+
+# ------------------------------------------------------------------------------------ the bench
+def run_bench(opts: BenchOptions) -> dict:
+    """Everything ``ov3 bench`` prints, as one dict (see the module docstring)."""
+    device = _device(opts.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals made CPU steps up to 8x slower
+    cfg = build_config(opts, device)
+    if cfg.train.batch_size < 1:
+        raise BenchError("--batch must be >= 1")
+    repeats = opts.repeats or (1 if opts.tiny else DEFAULTS.get(device.type, DEFAULTS["cpu"])["repeats"])
+    amp, prec_name, bf16 = _precision(cfg.train.precision, device)
+    t_start = time.perf_counter()
+    bar = _Progress(opts.progress, 5 if opts.ratios else 3)
+    runner = StepRunner(cfg, device, amp)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bar.next("full step")
+    med, _ = alternating_median_seconds({"step": runner.step}, repeats, device)
+    step_s = med["step"]
+    mem = _peak_memory(device)
+    step_flops = count_flops(runner.step)
+    runner.opt.zero_grad(set_to_none=True)
+
+    bar.next("components")
+    comps = runner.components()
+    rows = {}
+    for name, (fwd, fwd_bwd) in comps.items():
+        m, _ = alternating_median_seconds({"fwd": fwd, "fwd_bwd": fwd_bwd}, repeats, device)
+        rows[name] = {"fwd_s": m["fwd"], "fwd_bwd_s": m["fwd_bwd"], "fwd_flops": count_flops(fwd),
+                      "fwd_bwd_flops": count_flops(fwd_bwd)}
+        if name in SUBCOMPONENTS:
+            rows[name]["part_of"] = SUBCOMPONENTS[name]
+    runner.model.zero_grad(set_to_none=True)
+    runner.opt.zero_grad(set_to_none=True)
+    top = [k for k in rows if k not in SUBCOMPONENTS]
+    total = sum(rows[k]["fwd_bwd_s"] for k in top)
+    for r in rows.values():
+        r["share_of_step"] = r["fwd_bwd_s"] / step_s
+    other = step_s - total
+
+    name, peak = gpu_bf16_peak(device)
+    result = {
+        **_machine(device), "config": opts.config or f"preset {cfg.model.preset}",
+        "vae": ("inline, FLUX.1 VAE shape" if cfg.model.vae.block_out_channels == [128, 256, 512, 512]
+                and cfg.model.vae.source == "inline" else cfg.model.vae.source),
+        "vae_block_out_channels": cfg.model.vae.block_out_channels,
+        "resolution": cfg.data.resolution, "batch": cfg.train.batch_size,
+        "tokens": runner.model.token_grid(cfg.data.resolution)[0] ** 2, "precision": prec_name, **bf16,
+        "attention_kernel": cfg.train.attention_kernel, "compile": cfg.train.compile, "repeats": repeats,
+        "step_s": step_s, "images_per_s": cfg.train.batch_size / step_s, "step_flops": step_flops,
+        "achieved_tflops": step_flops / step_s / 1e12, **mem,
+        "mfu": (step_flops / step_s / peak) if peak else None, "mfu_peak_tflops": peak / 1e12 if peak else None,
+        "components": rows, "components_sum_s": total, "other_s": other,
+    }
+    if device.type == "cuda" and peak is None:
+        result["mfu_note"] = f"{name}: not in the known-GPU table"
+    if prec_name == "fp32" and not bf16["bf16_native"]:
+        result["bf16"] = f"not applicable: {bf16['bf16_reason']}"
+    if opts.ratios:
+        bar.next("encoder vs timm")
+        result.update(encoder_vs_timm(runner, repeats))
+        bar.next("cache and pixel sub-batch")
+        vr = vae_ratios(runner, repeats)
+        result.update({k: vr[k] for k in ("cache_speedup", "cache_bound", "pixel_subbatch_speedup",
+                                          "pixel_subbatch_bound", "cache_and_pixel_subbatch_speedup",
+                                          "cache_and_pixel_subbatch_bound", "pixel_subbatch")})
+        result["ratio_steps_s"], result["ratio_steps_flops"] = vr["step_s"], vr["step_flops"]
+        result["cache_fraction_of_bound"] = result["cache_speedup"] / result["cache_bound"]
+    bar.close()
+    result["bench_seconds"] = time.perf_counter() - t_start
+    if opts.out:
+        write_report(result, opts.out)
+    return result
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc="bench", dynamic_ncols=True, file=sys.stderr)
+
+    def next(self, what: str):
+        if self.bar is not None:
+            if self.bar.n or self.bar.desc != "bench":
+                self.bar.update(1)
+            self.bar.set_description(f"bench: {what}")
+            self.bar.desc = f"bench: {what}"
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------------------ compare
+def parse_variant(text: str) -> tuple[str, list[str], bool]:
+    """``"fused:train.adamw=fused,cached"`` -> ("fused", ["train.adamw=fused"], True): overrides,
+    and the flag ``cached`` (steps on cached latents); ``"base:"`` -> no overrides."""
+    name, sep, rest = text.partition(":")
+    if not sep or not name:
+        raise BenchError(f"--compare '{text}': expected NAME:key=value[,key=value...][,cached] (or NAME: for none)")
+    items = [x for x in rest.split(",") if x] if rest else []
+    cached = "cached" in items
+    over = [x for x in items if x != "cached"]
+    bad = [x for x in over if "=" not in x]
+    if bad:
+        raise BenchError(f"--compare '{text}': '{bad[0]}' is not key=value (or the flag cached)")
+    return name, over, cached
+
+
+def compare_steps(opts: BenchOptions, variants: list[str], cached: bool = False) -> dict:
+    """Median s/step of whole training steps for each variant (same batch, alternating rounds);
+    ``ratio_vs_first``: the first variant's time / each variant's (> 1: the variant is faster)."""
+    device = _device(opts.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    parsed = [parse_variant(v) for v in variants]
+    if len(parsed) < 2:
+        raise BenchError("--compare needs at least two variants")
+    repeats = opts.repeats or DEFAULTS.get(device.type, DEFAULTS["cpu"])["repeats"]
+    base = build_config(opts, device)
+    images, captions = _fixed_batch(base, device)  # one batch for every variant
+    runners, info, cache_of = {}, {}, {}
+    for name, over, variant_cached in parsed:
+        cfg = build_config(BenchOptions(**{**opts.__dict__, "overrides": list(opts.overrides) + over}), device)
+        amp, prec, _ = _precision(cfg.train.precision, device)
+        runners[name] = StepRunner(cfg, device, amp, images=images, captions=captions)
+        info[name] = {"overrides": over, "precision": prec, "cached_latents": cached or variant_cached}
+        cache_of[name] = cached or variant_cached
+    losses = {}
+    for k, r in runners.items():  # the first step: same weights, batch and noise for every variant
+        torch.manual_seed(1)
+        losses[k] = float(r.step(cached=cache_of[k])["loss"].detach())
+    med, rounds = alternating_median_seconds({k: (lambda r=r, c=cache_of[k]: r.step(cached=c))
+                                              for k, r in runners.items()}, repeats, device, warmup=1)
+    first = parsed[0][0]
+    return {**_machine(device), "batch": base.train.batch_size, "resolution": base.data.resolution,
+            "repeats": repeats, "cached_latents": cached, "variants": info, "first_step_loss": losses,
+            "s_per_step": med, "rounds": rounds,
+            "ratio_vs_first": {k: med[first] / v for k, v in med.items()}}
