@@ -366,7 +366,7 @@ BOUNDS: dict[str, dict] = {
                        lpips_weight=_non_negative, alpha_contrastive=_non_negative, caption_weight=_non_negative,
                        pixel_subbatch=_non_negative, caption_subbatch=_non_negative),
     "EvalConfig": dict(num_samples=_at_least_1, batch_size=_at_least_1),
-    # train/vae_trainer.py's tree shares this builder
+    # train/vae_config.py's tree shares this builder
     "VAEArchConfig": dict(layers_per_block=_at_least_1, latent_channels=_at_least_1, norm_num_groups=_at_least_1),
     "VAETrainConfig": dict(eval_samples=_at_least_1, steps=_at_least_1, max_seconds=_non_negative,
                            batch_size=_at_least_1, lr=_non_negative, warmup_steps=_non_negative,

@@ -1,0 +1,69 @@
+"""The ``ov3 train-vae`` configuration: ``VAEArchConfig``, ``VAETrainConfig`` and their loaders."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import DataConfig, LpipsNet, Precision, _build, load_values
+
+@dataclass
+class VAEArchConfig:
+    """diffusers ``AutoencoderKL`` shape. Downsampling is 2 ** (len(block_out_channels) - 1)."""
+
+    # Measured on shapes at 64 px (configs/vae_shapes64.yaml): 4x, small, cheap to backprop through.
+    block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    layers_per_block: int = 1
+    latent_channels: int = 8
+    norm_num_groups: int = 16
+    mid_block_attention: bool = False  # diffusers' default is True; costly and unneeded at 64 px
+    # Encoder log-variance bias at init. diffusers starts near 0 (std 1 noise on the latents), which
+    # the decoder must first learn to ignore; near -8 the posterior starts almost deterministic
+    # (measured +2 dB in a 150 s prototype).
+    logvar_init: float = -8.0
+
+
+@dataclass
+class VAETrainConfig:
+    arch: VAEArchConfig = field(default_factory=VAEArchConfig)
+    # Mild/no augmentation: the VAE should reproduce the images the OV3 model will see.
+    data: DataConfig = field(default_factory=lambda: DataConfig(resolution=64, augment=False))
+    val_split: str = "val"  # held-out split of data.val used for the final PSNR / SSIM
+    eval_samples: int = 256
+    steps: int = 400
+    # > 0: a safety net that stops (and saves) once this much training time is spent; the result is
+    # then marked incomplete ("complete": false), since what is trained would depend on the machine
+    max_seconds: float = 0.0
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    grad_clip: float = 1.0
+    l1_weight: float = 1.0
+    # L1's gradient has the same size at every pixel, so small objects (a few % of the pixels) are
+    # learnt late; an MSE term weighs their large errors more (and PSNR is an MSE metric).
+    mse_weight: float = 0.0
+    kl_weight: float = 1e-6  # tiny, as in SD/FLUX VAEs: a regulariser, not a bottleneck
+    lpips_weight: float = 0.0
+    lpips_net: LpipsNet = "alex"
+    lpips_start: float = 0.0  # fraction of the steps after which LPIPS is on (its backward is costly)
+    gan_weight: float = 0.0  # PatchGAN hinge loss; 0 = off (no discriminator is built)
+    gan_start: float = 0.5  # fraction of the steps after which the GAN loss is on
+    precision: Precision = "auto"  # auto: bf16 on CUDA or on CPUs with native bf16 (train/precision.py)
+    log_every: int = 10
+    eval_every: int = 0  # steps between held-out PSNR evaluations; 0 = only at the end
+    checkpoint_every: int = 200
+    keep_last: int = 1
+    seed: int = 0
+
+
+def vae_config_from_dict(values: dict) -> VAETrainConfig:
+    return _build(VAETrainConfig, dict(values or {}), "")
+
+
+def get_vae_config(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> VAETrainConfig:
+    """A preset name (``configs/NAME.yaml``) or YAML path, then ``key=value`` overrides."""
+    return vae_config_from_dict(load_values(name_or_yaml, overrides))
+
+
+__all__ = ["VAEArchConfig", "VAETrainConfig", "get_vae_config", "vae_config_from_dict"]
