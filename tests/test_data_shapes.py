@@ -173,27 +173,33 @@ def test_single_share_curriculum_bad_values_are_one_config_error():
         get_config("demo", ["data.shapes_single_switch=-1"])
 
 
-def test_colour_groups_give_each_run_of_singles_one_colour_and_resume_identically():
-    """With groups of 8, the single objects of each 8 consecutive training samples share one colour
-    (and the groups do not all share the same one); val draws freely; a restored stream repeats."""
-    cfg = DataConfig(resolution=16, shapes_single_fraction=1.0, shapes_single_colour_group=8)
-    labels = _take(open_data("shapes", split="train", resolution=16, train=True, cfg=cfg, seed=3), 64, bs=8)["label"]
-    colours = [lab % 8 for lab in labels]  # class = shape * 8 + colour
-    groups = [set(colours[i:i + 8]) for i in range(0, 64, 8)]
-    assert all(len(g) == 1 for g in groups) and len(set().union(*groups)) > 1
-    shapes = [lab // 8 for lab in labels[:8]]
-    assert len(set(shapes)) > 1  # same colour, shapes still drawn freely: the hard negatives
-    val = _take(open_data("shapes", split="val", resolution=16, train=False, cfg=cfg), 16, bs=8)["label"]
-    assert len({lab % 8 for lab in val[:8]}) > 1
+def test_first_phase_sizes_limit_single_objects_until_the_switch_and_resume_identically():
+    """Singles of the first 32 training samples are medium or large only; after the switch small
+    ones come back; val draws every size; a stream restored mid-run draws what the whole run drew."""
+    cfg = DataConfig(resolution=16, shapes_single_fraction=1.0, shapes_single_sizes_start=["medium", "large"],
+                     shapes_single_switch=32)
+    # every single-object caption names its size here (single_size=1)
+    caps = _take(open_data("shapes?captions=compact&single_size=1", split="train", resolution=16, train=True,
+                           cfg=cfg, seed=3), 96, bs=8)["caption"]
+    assert {c.split()[0] for c in caps[:32]} == {"medium", "large"}
+    assert "small" in {c.split()[0] for c in caps[32:]}
+    val = _take(open_data("shapes?captions=compact&single_size=1", split="val", resolution=16, train=False,
+                          cfg=cfg), 64, bs=8)["caption"]
+    assert any(c.startswith("small") for c in val[:32])
 
-    whole = _take(open_data("shapes", split="train", resolution=16, train=True, cfg=cfg, seed=3), 24, bs=8)
+    whole = _take(open_data("shapes", split="train", resolution=16, train=True, cfg=cfg, seed=3), 48, bs=8)
     first = open_data("shapes", split="train", resolution=16, train=True, cfg=cfg, seed=3)
     it = iter(make_loader(first, 8))
-    next(it)
+    for _ in range(3):  # 24 samples, then "checkpoint" inside the first phase
+        next(it)
     resumed = open_data("shapes", split="train", resolution=16, train=True, cfg=cfg, seed=3)
     resumed.load_state_dict(first.state_dict())
-    rest = _take(resumed, 16, bs=8)
-    assert rest["key"] == whole["key"][8:24] and rest["label"] == whole["label"][8:24]
-    from openvision3.config import ConfigError, get_config
-    with pytest.raises(ConfigError, match="shapes_single_colour_group"):
-        get_config("demo", ["data.shapes_single_colour_group=-2"])
+    rest = _take(resumed, 24, bs=8)
+    assert rest["key"] == whole["key"][24:48] and rest["caption"] == whole["caption"][24:48]
+
+
+def test_first_phase_sizes_bad_values_are_one_clear_error():
+    for bad in (["huge"], []):
+        cfg = DataConfig(resolution=16, shapes_single_sizes_start=bad, shapes_single_switch=8)
+        with pytest.raises(DataSpecError, match="single_sizes_start"):
+            open_data("shapes", split="train", resolution=16, train=True, cfg=cfg)

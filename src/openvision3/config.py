@@ -115,10 +115,9 @@ class DataConfig:
     # multi-object scenes after them bind words to objects (docs/experiments.md, round 7)
     shapes_single_fraction_start: float | None = None
     shapes_single_switch: int = 0
-    # [?] ours, hard negatives: the single objects among each run of this many consecutive training
-    # samples share one colour, so a contrastive batch must tell more of them apart by shape alone
-    # (0 = off; with batch 128, 32 gives 4 colours per batch instead of 8)
-    shapes_single_colour_group: int = 0
+    # [?] ours: the sizes single objects may take during those first samples (None: all three).
+    # [medium, large] lets shape be learnt first where it is visible (docs/experiments.md, round 8)
+    shapes_single_sizes_start: list[str] | None = None
     # [?] data-layer addition: `shapes` caption style, rich (varied) | simple | compact | minimal
     shapes_captions: CaptionStyle = "rich"
     # [?] `compact` captions only: share of single-object captions that also name the size
@@ -355,7 +354,7 @@ BOUNDS: dict[str, dict] = {
     "DataConfig": dict(resolution=_at_least_1, num_workers=_non_negative, shuffle_buffer=_at_least_1,
                        min_crop_area=_open_fraction, color_jitter=_non_negative, shapes_single_fraction=_fraction,
                        shapes_single_size=_fraction, shapes_single_fraction_start=_fraction,
-                       shapes_single_switch=_non_negative, shapes_single_colour_group=_non_negative),
+                       shapes_single_switch=_non_negative),
     "StageConfig": dict(resolution=_at_least_1, steps=_at_least_1, epochs=_positive, batch_size=_at_least_1,
                         lr=_non_negative, lpips_weight=_non_negative, warmup_steps=_non_negative),
     "TrainConfig": dict(steps=_at_least_1, epochs=_positive, epoch_size=_at_least_1, batch_size=_at_least_1,

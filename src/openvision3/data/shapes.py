@@ -26,10 +26,8 @@ the first ``single_switch`` samples the whole job draws use the start share of s
 the rest ``single``. The share goes with each index through the stream, so it depends only on
 the position in the run, and a resumed run draws the same samples.
 
-Colour groups (DataConfig.shapes_single_colour_group, training split only): the single objects
-among each run of N consecutive samples of a loader part (a batch is consecutive samples of one
-part) share one colour, drawn per run, so a contrastive batch holds more same-colour objects of
-different shapes: hard negatives that only shape tells apart. Also a function of the position.
+The first phase may also limit the sizes single objects take (DataConfig.shapes_single_sizes_start,
+e.g. medium and large only: shape is learnt on objects big enough to show it, then transfers).
 
 Backgrounds are numpy arrays at the target size; object masks are drawn with PIL at 2x (<= 160 px)
 and box-downsampled, so edges are anti-aliased at little cost.
@@ -163,10 +161,12 @@ def _draw(img: Image.Image, obj: dict, scale: int) -> None:
     img.paste(obj["rgb"], (0, 0), mask.reduce(scale) if scale > 1 else mask)
 
 
-def _object(rng, shape=None, color=None, size=None, pos=None):
+def _object(rng, shape=None, color=None, size=None, pos=None, sizes=None):
+    """One object; ``sizes`` (names) limits the random size to those."""
     shape = SHAPES[rng.integers(8)] if shape is None else shape
     color = COLOR_NAMES[rng.integers(8)] if color is None else color
-    size = SIZE_NAMES[rng.integers(3)] if size is None else size
+    if size is None:
+        size = SIZE_NAMES[rng.integers(3)] if sizes is None else sizes[rng.integers(len(sizes))]
     r = SIZES[size] * rng.uniform(0.9, 1.1)
     rgb = tuple(int(v) for v in np.clip(np.array(COLORS[color]) + rng.integers(-12, 13, 3), 0, 255))
     obj = {"shape": shape, "color": color, "size": size, "r": r, "rgb": rgb,
@@ -258,9 +258,9 @@ def class_attributes_for(label: str) -> dict | None:
 
 def render(index: int, *, split: str = "train", kind: str = "mixed", resolution: int = 64,
            gen_seed: int = 0, single_fraction: float = 0.5, captions: str = "rich",
-           label: str = "shape_color", single_size: float = 0.0, single_color: str | None = None):
+           label: str = "shape_color", single_size: float = 0.0, single_sizes: tuple[str, ...] | None = None):
     """One sample -> (PIL RGB image, caption, label or -1, objects). Pure function of its args.
-    ``single_color`` (kind ``mixed``): the colour a single object gets, instead of a random one."""
+    ``single_sizes`` (kind ``mixed``): the sizes a single object may take (None: all)."""
     rng = np.random.default_rng([gen_seed, SPLITS[split], KINDS[kind], index])
     if kind == "single":
         cls = index % 64  # class-balanced for zero-shot evaluation
@@ -269,7 +269,7 @@ def render(index: int, *, split: str = "train", kind: str = "mixed", resolution:
                       pos=POS_NAMES[rng.integers(5)])
     else:
         single = kind == "mixed" and rng.random() < single_fraction
-        obj = _object(rng, color=single_color, pos=POS_NAMES[rng.integers(5)]) if single else None
+        obj = _object(rng, pos=POS_NAMES[rng.integers(5)], sizes=single_sizes) if single else None
     if single:
         objs = [obj]
         s_idx, c_idx = SHAPES.index(obj["shape"]), COLOR_NAMES.index(obj["color"])
@@ -290,7 +290,7 @@ class ShapesSource(MapSource):
     def __init__(self, split: str, *, kind: str = "mixed", n: int | None = None, gen_seed: int = 0,
                  single_fraction: float = 0.5, captions: str = "rich", label: str = "shape_color",
                  single_size: float = 0.0, single_start: float | None = None, single_switch: int = 0,
-                 colour_group: int = 0):
+                 single_sizes_start: list[str] | None = None):
         if split not in SPLITS:
             raise DataSpecError(f"shapes: unknown split '{split}' (train, val, test)")
         if kind not in KINDS:
@@ -310,12 +310,16 @@ class ShapesSource(MapSource):
         self.single_size = single_size
         if single_start is not None and not 0.0 <= single_start <= 1.0:
             raise DataSpecError(f"shapes: single_start must be in [0, 1], got {single_start}")
+        bad = [s for s in single_sizes_start or [] if s not in SIZE_NAMES]
+        if bad or single_sizes_start == []:
+            raise DataSpecError(f"shapes: single_sizes_start takes sizes from {', '.join(SIZE_NAMES)}, "
+                                f"got {single_sizes_start}")
         # a curriculum only matters where singles and scenes mix and it lasts at least one sample
-        mixed = kind == "mixed" and single_start is not None and single_switch > 0
-        self.single_start, self.single_switch = (single_start, int(single_switch)) if mixed else (None, 0)
-        if colour_group < 0:
-            raise DataSpecError(f"shapes: colour_group must be >= 0, got {colour_group}")
-        self.colour_group = int(colour_group) if kind == "mixed" else 0
+        first_phase = single_start is not None or single_sizes_start is not None
+        mixed = kind == "mixed" and first_phase and single_switch > 0
+        self.single_start = single_start if mixed else None
+        self.single_sizes_start = tuple(single_sizes_start) if mixed and single_sizes_start else None
+        self.single_switch = int(single_switch) if mixed else 0
         self.num_samples = int(n) if n is not None else DEFAULT_N[split]
         has_labels = kind != "multi" and (kind == "single" or single_fraction > 0)
         self.class_names = class_names_for(label) if has_labels else None
@@ -332,29 +336,24 @@ class ShapesSource(MapSource):
 
     def raw_stream(self, epoch, shuffle, seed, rank, world_size, part, num_parts):
         indices = super().raw_stream(epoch, shuffle, seed, rank, world_size, part, num_parts)
-        if self.single_start is None and not self.colour_group:
+        if not self.single_switch:
             return indices
-        return self._with_position(indices, epoch, world_size * num_parts, (rank, part))
+        return self._with_phase(indices, epoch, world_size * num_parts)
 
-    def _with_position(self, indices, epoch: int, stride: int, where):
-        """(index, single share, single colour) triples for the k-th sample of this part. The share:
-        the k-th sample is about the (epoch * n + k * stride)-th the whole job draws (every part
-        advances in lockstep). The colour: one per run of ``colour_group`` samples of this part."""
+    def _with_phase(self, indices, epoch: int, stride: int):
+        """(index, render options) pairs: the k-th sample of this part is about the
+        (epoch * n + k * stride)-th the whole job draws (every part advances in lockstep), and
+        those before ``single_switch`` take the first phase's share and sizes."""
+        first = {"single_fraction": self.single_fraction if self.single_start is None else self.single_start,
+                 "single_sizes": self.single_sizes_start}
+        rest = {"single_fraction": self.single_fraction, "single_sizes": None}
         for k, index in enumerate(indices):
-            position = epoch * self.num_samples + k * stride
-            share = self.single_fraction
-            if self.single_start is not None and position < self.single_switch:
-                share = self.single_start
-            colour = None
-            if self.colour_group:
-                run = np.random.default_rng([self.gen_seed, SPLITS[self.split], epoch, *where, k // self.colour_group])
-                colour = COLOR_NAMES[run.integers(len(COLOR_NAMES))]
-            yield index, share, colour
+            yield index, first if epoch * self.num_samples + k * stride < self.single_switch else rest
 
     def load(self, raw, resolution: int | None):
-        index, share, colour = raw if isinstance(raw, tuple) else (raw, self.single_fraction, None)
+        index, phase = raw if isinstance(raw, tuple) else (raw, {"single_fraction": self.single_fraction})
         img, cap, lab, _ = render(index, split=self.split, kind=self.kind,
                                   resolution=resolution or 128, gen_seed=self.gen_seed,
-                                  single_fraction=share, captions=self.captions,
-                                  label=self.label, single_size=self.single_size, single_color=colour)
+                                  captions=self.captions, label=self.label, single_size=self.single_size,
+                                  **phase)
         return img, cap, lab, f"shapes-{self.split}-{self.kind}-{self.gen_seed}-{index:07d}"
