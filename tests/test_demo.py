@@ -98,3 +98,15 @@ def test_stopped_demo_says_so_exits_nonzero_and_resumes(tmp_path):
     printed, err = again.communicate(timeout=400)
     assert again.returncode == 0, err
     assert f"resuming {out / 'train'} from step {stopped_at}" in printed and (out / "report.md").exists()
+
+
+def test_floor_table_counts_a_rate_on_its_floor_as_met():
+    """475 of 500 is 0.95 exactly, though float32 stores it as 0.94999999; 474 of 500 misses."""
+    import numpy as np
+
+    from openvision3.recipes.demo import _floor_table
+    base = {"recon": {"psnr": 25.0}, "zeroshot": {"top1": float(np.float32(0.4))},
+            "retrieval": {"t2i_r5": float(np.float32(475 / 500)), "i2t_r1": 0.6}}
+    assert _floor_table(base).startswith("This run meets all")
+    base["retrieval"]["t2i_r5"] = float(np.float32(474 / 500))
+    assert _floor_table(base).startswith("This run misses 1 of")
