@@ -4,7 +4,7 @@ from __future__ import annotations
 from .common import UserError, _add_model_args, _load_model, _positive_int, _report_skipped, print_json
 
 
-# --- ov3 eval / reconstruct / caption / encode / demo (eval/ owner) ---------------------------
+# --- ov3 eval / reconstruct / caption / encode (eval/ owner) ----------------------------------
 def _add_eval(sub):
     p = sub.add_parser("eval", help="evaluate a saved model: reconstruction, zero-shot, retrieval, "
                        "captioning, linear probe (eval.json, eval.md, PNGs)")
