@@ -70,3 +70,10 @@ def _load_model(path: str, device: str | None):
 def _report_skipped(command: str, skipped) -> None:
     for s in skipped:
         print(f"ov3 {command}: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+
+
+def command_group(sub, name: str, help: str):
+    """A subcommand that only groups others (`ov3 data ...`): bare, it prints its help."""
+    p = sub.add_parser(name, help=help)
+    p.set_defaults(func=lambda a: p.print_help())
+    return p.add_subparsers(dest=f"{name}_command")

@@ -1,7 +1,7 @@
 """`ov3 info` and `ov3 data inspect | pack | cache-latents`."""
 from __future__ import annotations
 
-from .common import _positive_int, print_json
+from .common import command_group, _positive_int, print_json
 
 
 # --- ov3 info -------------------------------------------------------------------------------
@@ -27,9 +27,7 @@ def _run_info(args):
 
 # --- ov3 data (data/ owner) ------------------------------------------------------------------
 def _add_data(sub):
-    p = sub.add_parser("data", help="inspect, pack and cache data sets")
-    p.set_defaults(func=lambda a: p.print_help())
-    dsub = p.add_subparsers(dest="data_command")
+    dsub = command_group(sub, "data", "inspect, pack and cache data sets")
     i = dsub.add_parser("inspect", help="counts, skipped-by-reason, caption stats, sample grid")
     i.add_argument("spec", help="shapes | wds:PATTERN | folder:DIR | fashion-mnist[:DIR]")
     i.add_argument("--split", default="train")

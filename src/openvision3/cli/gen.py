@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import sys
 
-from .common import Stopped, UserError, _positive_int, print_json
+from .common import command_group, Stopped, UserError, _positive_int, print_json
 
 
 # --- ov3 gen (generation/ owner) -------------------------------------------------------------
 def _add_gen(sub):
-    p = sub.add_parser("gen", help="class-conditional generation on unified tokens: train, sample, eval, compare")
-    p.set_defaults(func=lambda a: p.print_help())
-    gsub = p.add_subparsers(dest="gen_command")
+    gsub = command_group(sub, "gen", "class-conditional generation on unified tokens: train, sample, eval, compare")
     t = gsub.add_parser("train", help="train DiT-DH with flow matching on a frozen encoder's cached tokens")
     t.add_argument("--config", required=True, help="a config name (configs/NAME.yaml) or a YAML path")
     t.add_argument("--encoder", default=None, help="the frozen OpenVision 3 model directory (sets encoder=)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import Stopped, UserError, _positive_int, print_json
+from .common import command_group, Stopped, UserError, _positive_int, print_json
 
 
 # --- ov3 demo --------------------------------------------------------------------------------
@@ -79,9 +79,7 @@ def _run_bench(args):
 
 # --- ov3 ablate synergy (recipes/synergy.py) ------------------------------------------------
 def _add_ablate(sub):
-    p = sub.add_parser("ablate", help="ablations that train and compare several models")
-    p.set_defaults(func=lambda a: p.print_help())
-    asub = p.add_subparsers(dest="ablate_command")
+    asub = command_group(sub, "ablate", "ablations that train and compare several models")
     s = asub.add_parser("synergy", help="the paper's synergy ablation: joint vs rec_only vs und_only "
                         "(curves, held-out evaluation, verdicts; docs/synergy.md)")
     s.add_argument("--config", required=True, help="a config name (configs/NAME.yaml) or a YAML path")
@@ -120,9 +118,7 @@ def _run_ablate_synergy(args):
 
 # --- ov3 export hf / push / probe llava (interop/ and recipes/llava_probe.py) -----------------
 def _add_export(sub):
-    p = sub.add_parser("export", help="write a model in another library's format")
-    p.set_defaults(func=lambda a: p.print_help())
-    esub = p.add_subparsers(dest="export_command")
+    esub = command_group(sub, "export", "write a model in another library's format")
     h = esub.add_parser("hf", help="a transformers vision tower (AutoModel, LLaVA's vision_config) + image processor")
     h.add_argument("--model", required=True, help="a saved OpenVision3 directory, or a released OV3 tower "
                    "(hub id, directory or weights file; then --vae names its VAE)")
@@ -178,9 +174,7 @@ def _run_push(args):
 
 
 def _add_probe(sub):
-    p = sub.add_parser("probe", help="probe a frozen encoder under a downstream model")
-    p.set_defaults(func=lambda a: p.print_help())
-    psub = p.add_subparsers(dest="probe_command")
+    psub = command_group(sub, "probe", "probe a frozen encoder under a downstream model")
     ll = psub.add_parser("llava", help="LLaVA-1.5 in miniature on `shapes`: frozen tower, MLP projector, a small "
                          "Llama from scratch; held-out VQA exact match per question type")
     ll.add_argument("--model", required=True, help="a saved OpenVision3 directory or an `ov3 export hf` directory")
