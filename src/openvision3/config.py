@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# The builder (coercion, bounds, overrides, YAML) lives in config_build.py; these names stay
+# importable from here, where every caller has always found them.
+from .config_build import (BOUNDS, ConfigError, _at_least_1, _build, _decay, _deep_merge,  # noqa: F401
+                           _fraction, _non_negative, _open_fraction, _positive, parse_overrides, read_yaml)
 
 
 PoolType = typing.Literal["mean", "max"]  # model.pool, see models/encoder.py
@@ -29,10 +32,6 @@ CaptionStyle = typing.Literal["rich", "simple", "compact", "minimal"]  # data.sh
 LatentConvention = typing.Literal["scale", "shift_scale"]  # model.vae.convention, see models/vae.py
 TokenizerKind = typing.Literal["bpe", "words"]  # model.tokenizer, see data/tokenizer.py
 AdamWImpl = typing.Literal["auto", "fused", "foreach"]  # train.adamw, see train/optim.py
-
-
-class ConfigError(ValueError):
-    """A bad config key, value or file. The message is one line meant for the user."""
 
 
 @dataclass
@@ -242,110 +241,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-# ----------------------------------------------------------------------------------------------
-# building a Config from plain dicts, with one-line errors
-
-
-def _strip_optional(tp):
-    """Optional[X] -> X; other types unchanged."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
-
-
-def _coerce(value, tp, key: str):
-    tp, optional = _strip_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"config key '{key}' may not be null")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
-        return _build(tp, value, key + ".")
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp)[:1] or (Any,)
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is Any:
-        return value
-    if origin is typing.Literal:
-        choices = typing.get_args(tp)
-        if value in choices:
-            return value
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"config key '{key}' expects {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
-def _build(cls, values: dict, prefix: str = "", base=None):
-    """Instantiate dataclass ``cls`` from ``values`` on top of ``base`` (or defaults)."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    obj = base if base is not None else cls()
-    for key, value in values.items():
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else (
-                f"; valid keys: {', '.join(prefix + n for n in names)}")
-            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
-        tp, _ = _strip_optional(hints[key])
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict) and current is not None:
-            _build(tp, value, f"{prefix}{key}.", base=current)
-        else:
-            setattr(obj, key, _coerce(value, hints[key], prefix + key))
-            _check_bounds(cls, key, getattr(obj, key), prefix + key)
-    return obj
-
-
-def _at_least_1(v):
-    return v >= 1
-
-
-def _positive(v):
-    return v > 0
-
-
-def _non_negative(v):
-    return v >= 0
-
-
-def _fraction(v):
-    return 0 <= v <= 1
-
-
-def _open_fraction(v):
-    return 0 < v <= 1
-
-
-def _decay(v):
-    return 0 <= v < 1
-
-
-_BOUND_TEXT = {_at_least_1: ">= 1", _positive: "> 0", _non_negative: ">= 0", _fraction: "between 0 and 1",
-               _open_fraction: "in (0, 1]", _decay: "in [0, 1)"}
-# Bounds of numeric keys (by dataclass name, base classes included), checked as YAML or key=value
-# sets them, so an impossible value is one line naming the key instead of a crash minutes later.
-BOUNDS: dict[str, dict] = {
+# Bounds of this tree's numeric keys (config_build.BOUNDS: by dataclass name, base classes included).
+BOUNDS.update({
     "TowerConfig": dict(width=_at_least_1, layers=_at_least_1, heads=_at_least_1, mlp_ratio=_positive),
     "TextTowerConfig": dict(context_length=_at_least_1),
     "ModelConfig": dict(image_size=_at_least_1, patch_size=_at_least_1, embed_dim=_at_least_1,
@@ -365,50 +262,7 @@ BOUNDS: dict[str, dict] = {
                        lpips_weight=_non_negative, alpha_contrastive=_non_negative, caption_weight=_non_negative,
                        pixel_subbatch=_non_negative, caption_subbatch=_non_negative),
     "EvalConfig": dict(num_samples=_at_least_1, batch_size=_at_least_1),
-    # train/vae_config.py's tree shares this builder
-    "VAEArchConfig": dict(layers_per_block=_at_least_1, latent_channels=_at_least_1, norm_num_groups=_at_least_1),
-    "VAETrainConfig": dict(eval_samples=_at_least_1, steps=_at_least_1, max_seconds=_non_negative,
-                           batch_size=_at_least_1, lr=_non_negative, warmup_steps=_non_negative,
-                           min_lr_ratio=_fraction, weight_decay=_non_negative, grad_clip=_non_negative,
-                           l1_weight=_non_negative, mse_weight=_non_negative, kl_weight=_non_negative,
-                           lpips_weight=_non_negative, lpips_start=_fraction, gan_weight=_non_negative,
-                           gan_start=_fraction, keep_last=_non_negative),
-}
-
-
-def _check_bounds(cls, key: str, value, dotted: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    for klass in cls.__mro__:
-        ok = BOUNDS.get(klass.__name__, {}).get(key)
-        if ok is not None and not ok(value):
-            raise ConfigError(f"config key '{dotted}' must be {_BOUND_TEXT[ok]}, got {value!r}")
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def parse_overrides(overrides: list[str]) -> dict:
-    """``["train.lr=1e-4", "model.preset=nano"]`` -> nested dict (values parsed as YAML)."""
-    out: dict = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.lr=1e-4)")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out
+})
 
 
 def resolve_config_path(name_or_yaml: str) -> Path:
@@ -469,19 +323,3 @@ def load_config_file(path: str | Path) -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return config_from_dict(values)
-
-
-def read_yaml(path: str | Path):
-    """Plain YAML data only (``yaml.safe_load``): a ``!!python/...`` tag, which ``yaml.load`` would
-    turn into a call, is refused with one line and never constructed."""
-    try:
-        return yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.constructor.ConstructorError as e:
-        tag = re.search(r"tag '([^']+)'", str(e))
-        raise ConfigError(f"{path}: refused: a YAML tag that only Python-object loaders accept "
-                          f"({tag.group(1) if tag else str(e).splitlines()[0]}); configs are plain data, "
-                          f"nothing in the file was run") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import DataConfig, LpipsNet, Precision, _build, load_values
+from ..config import DataConfig, LpipsNet, Precision, load_values
+from ..config_build import BOUNDS, _at_least_1, _build, _fraction, _non_negative
 
 @dataclass
 class VAEArchConfig:
@@ -55,6 +56,17 @@ class VAETrainConfig:
     checkpoint_every: int = 200
     keep_last: int = 1
     seed: int = 0
+
+
+BOUNDS.update({
+    "VAEArchConfig": dict(layers_per_block=_at_least_1, latent_channels=_at_least_1, norm_num_groups=_at_least_1),
+    "VAETrainConfig": dict(eval_samples=_at_least_1, steps=_at_least_1, max_seconds=_non_negative,
+                           batch_size=_at_least_1, lr=_non_negative, warmup_steps=_non_negative,
+                           min_lr_ratio=_fraction, weight_decay=_non_negative, grad_clip=_non_negative,
+                           l1_weight=_non_negative, mse_weight=_non_negative, kl_weight=_non_negative,
+                           lpips_weight=_non_negative, lpips_start=_fraction, gan_weight=_non_negative,
+                           gan_start=_fraction, keep_last=_non_negative),
+})
 
 
 def vae_config_from_dict(values: dict) -> VAETrainConfig:
