@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "chaos"))
+import bad_data  # noqa: E402
 import faults  # noqa: E402
 from faults import FAST, TINY, VAE_FAST  # noqa: E402
 
@@ -155,9 +156,9 @@ def disk_full_trials(launcher, work: Path, n: int, rng) -> dict:
 
 def fuzz_trial(work: Path, per_kind: int) -> dict:
     from openvision3.data import make_loader, open_data
-    samples = faults.make_samples(per_kind, seed=1)
-    folder = faults.write_folder(work / "fuzz_folder", samples)
-    shards, extra = faults.write_shards(work / "fuzz_shards", samples, seed=1)
+    samples = bad_data.make_samples(per_kind, seed=1)
+    folder = bad_data.write_folder(work / "fuzz_folder", samples)
+    shards, extra = bad_data.write_shards(work / "fuzz_shards", samples, seed=1)
     out = {}
     for scheme, spec, items in (("folder", f"folder:{folder}", samples),
                                 ("wds", f"wds:{shards}", [s for s in samples if s["kind"] != "animated_gif"] + extra)):

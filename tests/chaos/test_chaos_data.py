@@ -8,7 +8,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from .faults import FAST, TINY, expected_caption, make_samples, write_folder, write_shards
+from .bad_data import expected_caption, make_samples, write_folder, write_shards
+from .faults import FAST, TINY
 
 from openvision3 import cli
 from openvision3.data import DataSpecError, make_loader, open_data
