@@ -111,6 +111,14 @@ def test_train_sample_eval_end_to_end(tmp_path, encoder_dir, capsys):
     assert [s["cfg_scale"] for s in r["sweep"]] == [1.0, 2.0]
     for f in ("gen_eval.json", "gen_eval.md", "samples.png", "guidance_sweep.png"):
         assert (run / f).is_file(), f
+    # another guidance scale into its own directory leaves the run's report as it was
+    before = (run / "gen_eval.json").read_text()
+    rc, out, err = _cli(capsys, "gen", "eval", "--run", str(run), "--cfg-scale", "3", "--samples-per-class", "1",
+                        "--steps", "2", "--no-sweep", "--out", str(tmp_path / "w3"), "--no-progress", "--json")
+    assert rc == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["cfg_scale"] == 3.0
+    assert json.loads((tmp_path / "w3" / "gen_eval.json").read_text())["cfg_scale"] == 3.0
+    assert (tmp_path / "w3" / "samples.png").is_file() and (run / "gen_eval.json").read_text() == before
 
 
 def test_kill9_then_resume_reproduces_every_loss(tmp_path, encoder_dir):

@@ -40,6 +40,9 @@ def _add_gen(sub):
     e.add_argument("--no-sweep", action="store_true", help="skip the guidance sweep")
     e.add_argument("--inception", default=None, metavar="PATH", help="FID Inception weights for gFID")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default=None, metavar="DIR",
+                   help="write the report there instead of into the run (e.g. another --cfg-scale beside the "
+                        "run's own gen_eval.json, which `gen compare` reads)")
     e.add_argument("--device", default=None)
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--json", action="store_true")
@@ -116,14 +119,14 @@ def _run_gen_eval(args):
     try:
         r = evaluate_generator(args.run, cfg_scale=args.cfg_scale, steps=args.steps,
                                samples_per_class=args.samples_per_class, sweep=not args.no_sweep,
-                               inception=args.inception, seed=args.seed, device=args.device,
+                               inception=args.inception, seed=args.seed, out_dir=args.out, device=args.device,
                                progress=not args.no_progress)
     except _gen_errors() as e:
         raise UserError(str(e)) from None
     print(f"judge_top1 {r['judge_top1']:.3f} (judge on real held-out: {r['judge_real_top1']:.3f}), fd {r['fd']:.3f}, "
           f"precision {r['precision']:.3f}, recall {r['recall']:.3f}, gFID "
           f"{'n/a' if r['gfid'] is None else format(r['gfid'], '.2f')} at w={r['cfg_scale']}, {r['steps']} steps; "
-          f"report: {args.run}/gen_eval.md")
+          f"report: {args.out or args.run}/gen_eval.md")
     if args.json:
         print_json(r)
 
