@@ -204,3 +204,27 @@ def test_judge_accuracy_is_measured_as_it_judges(tmp_path, encoder_dir):
     cached, cached_info = get_judge(cfg, "cpu", progress=False)
     with torch.no_grad():
         assert torch.equal(cached.embed(xv)[1], logits) and cached_info == info
+
+
+def test_compare_runs_three_arms_per_seed_writes_table_and_figure_and_reuses_finished_runs(tmp_path, encoder_dir):
+    from openvision3.recipes.gen_compare import run_compare
+    over = gen_overrides(tmp_path, encoder_dir, "train.steps=2", "eval.samples_per_class=1", "compare.seeds=[0, 1]",
+                         f"compare.und_encoder={encoder_dir}")  # (b)'s encoder given: no encoder training here
+    out = tmp_path / "cmp"
+    r = run_compare(str(ROOT / "configs" / "gen_tiny.yaml"), out, over, progress=False)
+    assert list(r["summary"]) == ["joint", "und_only", "vae"] and r["seeds"] == [0, 1]
+    for arm, s in r["summary"].items():
+        assert len(s["per_seed"]["judge_top1"]) == 2, arm
+        assert s["judge_top1"]["mean"] == pytest.approx(sum(s["per_seed"]["judge_top1"]) / 2)
+        for seed in (0, 1):
+            assert json.loads((out / f"seed_{seed}" / arm / "gen_eval.json").read_text())["seed"] == seed
+    # the VAE arm generates patchified latents, the token arms unified tokens
+    assert json.loads((out / "seed_0" / "vae" / "gen_eval.json").read_text())["space"] == "vae"
+    assert json.loads((out / "seed_0" / "joint" / "gen_eval.json").read_text())["space"] == "tokens"
+    md = (out / "compare.md").read_text()
+    assert "(a) joint OV3 tokens" in md and "(c) VAE latents" in md and (out / "compare.png").is_file()
+    # a second call reads the finished runs instead of training them again
+    stamp = (out / "seed_1" / "vae" / "gen_eval.json").stat().st_mtime_ns
+    again = run_compare(str(ROOT / "configs" / "gen_tiny.yaml"), out, over, progress=False)
+    assert (out / "seed_1" / "vae" / "gen_eval.json").stat().st_mtime_ns == stamp
+    assert again["summary"]["vae"]["per_seed"] == r["summary"]["vae"]["per_seed"]
