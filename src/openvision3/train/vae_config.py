@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from ..config import DataConfig, LpipsNet, Precision, load_values
 from ..config_build import BOUNDS, _at_least_1, _build, _fraction, _non_negative
 
+
 @dataclass
 class VAEArchConfig:
     """diffusers ``AutoencoderKL`` shape. Downsampling is 2 ** (len(block_out_channels) - 1)."""
@@ -58,6 +59,7 @@ class VAETrainConfig:
     seed: int = 0
 
 
+# Bounds of this tree's numeric keys (config_build.BOUNDS), checked as YAML or key=value sets them.
 BOUNDS.update({
     "VAEArchConfig": dict(layers_per_block=_at_least_1, latent_channels=_at_least_1, norm_num_groups=_at_least_1),
     "VAETrainConfig": dict(eval_samples=_at_least_1, steps=_at_least_1, max_seconds=_non_negative,
