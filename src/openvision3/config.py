@@ -19,7 +19,7 @@ import yaml
 
 # The builder (coercion, bounds, overrides, YAML) lives in config_build.py; these names stay
 # importable from here, where every caller has always found them.
-from .config_build import (BOUNDS, ConfigError, _at_least_1, _build, _decay, _deep_merge,  # noqa: F401
+from .config_build import (BOUNDS, ConfigError, _at_least_1, _build, _decay, _deep_merge,
                            _fraction, _non_negative, _open_fraction, _positive, parse_overrides, read_yaml)
 
 
