@@ -14,6 +14,16 @@ The held-out evaluation (500 images per task) is timed once per recipe. Then
 
     cost = VAE steps x VAE step + sum over stages of steps x step + evaluation      (per recipe)
 
+A recipe that repeats a small set with its memos on (`data.shapes_memo`, `train.latent_memo`)
+renders and encodes a sample only the first time it comes. Its step is then timed twice: on
+samples seen for the first time ("new": rendered and encoded) and on samples seen before ("seen":
+read from the memos, a set of one batch shown again), and
+
+    step = seen step + (distinct samples / samples drawn) x (new step - seen step)
+
+with the distinct samples counted from the run's own data stream (rendering and VAE encode cost
+the same for every sample, so a batch of mixed samples costs in proportion).
+
 and the ratio new / old. Weights do not change the cost, so the VAEs are untrained inline
 copies of the demo VAE's shape. Not part of the test run.
 """
@@ -32,6 +42,7 @@ from openvision3.data import make_loader, open_data
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.train.optim import build_optimizer
 from openvision3.train.precision import choose_precision
+from openvision3.train.latent_memo import LatentMemo
 from openvision3.train.trainer import forward_backward
 from openvision3.train.vae_trainer import build_autoencoder, get_vae_config
 
@@ -76,22 +87,52 @@ def ov3_step_fns(config: str, precision: str, overrides=()):
     amp = choose_precision(precision, torch.device("cpu")).dtype
     params = [p for p in model.parameters() if p.requires_grad]
     stages = build_stages(cfg)
-    fns = []
-    for stage in stages:
-        ds = open_data(cfg.data.train, split="train", resolution=stage.resolution, train=True, cfg=cfg.data, seed=0)
-        batches = iter(make_loader(ds, stage.batch_size))
+    memo = LatentMemo(model.vae.encode, cfg.train.latent_memo) if cfg.train.latent_memo else None
 
-        def step(batches=batches, resolution=stage.resolution):
+    def stream(spec, stage):
+        ds = open_data(spec, split="train", resolution=stage.resolution, train=True, cfg=cfg.data, seed=0)
+        return iter(make_loader(ds, stage.batch_size))
+
+    def step_fn(batches, resolution):
+        def step():
             model.cfg.model.image_size = resolution  # as the trainer does at a stage switch
             batch = next(batches)
+            latents = memo(batch["image"]) if memo is not None else None  # as the trainer does
             tokens = model.tokenizer(batch["caption"])
-            forward_backward(model, batch["image"], tokens, cfg.loss.lpips_weight, 1, amp, cfg.train.attention_kernel)
+            forward_backward(model, batch["image"], tokens, cfg.loss.lpips_weight, 1, amp,
+                             cfg.train.attention_kernel, latents=latents)
             torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        fns.append(step)
+        return step
+
+    fns = []
+    for stage in stages:
+        fns.append({"": step_fn(stream(cfg.data.train, stage), stage.resolution)})
+        if memo is not None or cfg.data.shapes_memo:  # the same step on samples seen before
+            if not cfg.data.train.startswith("shapes"):
+                raise SystemExit("demo_cost: memo timing needs a shapes recipe")
+            fns[-1] = {" new": fns[-1][""],
+                       " seen": step_fn(stream(f"shapes?n={stage.batch_size}", stage), stage.resolution)}
     model.cfg.model.image_size = stages[-1].resolution
-    return fns, stages, model
+    return fns, stages, model, cfg
+
+
+def distinct_fraction(cfg, samples: int) -> float:
+    """Distinct (sample, curriculum phase) pairs among the first ``samples`` the run draws, over
+    ``samples``: the share of samples a memo has not seen before."""
+    from openvision3.data import open_source
+    src = open_source(cfg.data.train, "train", cfg.data)
+    seen, drawn, epoch = set(), 0, 0
+    while drawn < samples:
+        for raw in src.raw_stream(epoch, True, cfg.seed, 0, 1, 0, 1):
+            index, phase = raw if isinstance(raw, tuple) else (raw, None)
+            seen.add((index, None if phase is None else (phase["single_fraction"], phase["single_sizes"])))
+            drawn += 1
+            if drawn == samples:
+                break
+        epoch += 1
+    return len(seen) / samples
 
 
 def eval_seconds(model, num_samples: int) -> float:
@@ -115,11 +156,13 @@ def main():
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     vae_step, _ = vae_step_fn(args.precision)
-    (old_step,), (old_stage,), old_model = ov3_step_fns(str(OLD_OV3), args.precision)
-    new_fns, new_stages, new_model = ov3_step_fns("demo", args.precision, args.overrides)
+    old_fns, (old_stage,), old_model, _ = ov3_step_fns(str(OLD_OV3), args.precision)
+    old_step = old_fns[0][""]
+    new_fns, new_stages, new_model, new_cfg = ov3_step_fns("demo", args.precision, args.overrides)
     fns = {"vae": vae_step, "old": old_step,
-           **{f"new {st.name} ({st.resolution} px)": fn for st, fn in zip(new_stages, new_fns)}}
-    for fn in fns.values():  # warm-up
+           **{f"new {st.name} ({st.resolution} px){flavour}": fn
+              for st, flavours in zip(new_stages, new_fns) for flavour, fn in flavours.items()}}
+    for fn in fns.values():  # warm-up (and it fills the "seen" flavours' memos)
         fn()
     times = {k: [] for k in fns}
     for _ in range(args.rounds):
@@ -130,7 +173,16 @@ def main():
             times[k].append((time.perf_counter() - t0) / args.steps_per_round)
     med = {k: statistics.median(v) for k, v in times.items()}
     ev = {"old": eval_seconds(old_model, args.num_samples), "new": eval_seconds(new_model, args.num_samples)}
-    new_parts = [(k, med[k], st.steps) for k, st in zip(list(fns)[2:], new_stages)]
+    new_parts = []
+    for st, flavours in zip(new_stages, new_fns):
+        name = f"new {st.name} ({st.resolution} px)"
+        if "" in flavours:
+            new_parts.append((name, med[name], st.steps))
+        else:  # memos on: seen step + share of new samples x (new - seen)
+            frac = distinct_fraction(new_cfg, new_stages[-1].end * st.batch_size)
+            t_new, t_seen = med[name + " new"], med[name + " seen"]
+            print(f"{name}: {frac:.3f} of the samples are new; s/step new {t_new:.3f}, seen {t_seen:.3f}")
+            new_parts.append((name, t_seen + frac * (t_new - t_seen), st.steps))
     cost_old = OLD_VAE_STEPS * med["vae"] + old_stage.steps * med["old"] + ev["old"]
     cost_new = sum(t * n for _, t, n in new_parts) + ev["new"]
     print(f"cpu kernels {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "

@@ -128,3 +128,29 @@ def test_caption_subbatch_reads_the_first_n_images_only(batch):
     model.cfg.loss.caption_subbatch = 0
     torch.manual_seed(1)
     assert not torch.equal(model(images, other)["loss_caption"], outs[1]["loss_caption"])
+
+
+def test_rec_subbatch_reconstructs_the_first_n_images_only(batch):
+    """loss.rec_subbatch=N: the reconstruction losses depend on the first N images alone (the
+    latent decoder runs on N), the understanding losses still on all of them."""
+    cfg = get_config(None, list(TINY_OVERRIDES) + ["loss.rec_subbatch=2", "loss.pixel_subbatch=1"])
+    torch.manual_seed(0)
+    model = OpenVision3(cfg)
+    images, tokens = batch
+    other = images.clone()
+    other[2:] = -images[2:]
+    seen = []
+    model.decoder.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    outs = []
+    for x in (images, other):
+        torch.manual_seed(1)  # same token noise
+        outs.append(model(x, tokens))
+    assert seen == [2, 2]
+    for k in ("loss_latent", "loss_pixel"):
+        torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(outs[0]["loss_contrastive"], outs[1]["loss_contrastive"])
+    outs[0]["loss"].backward()
+    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)
+    model.cfg.loss.rec_subbatch = 0
+    torch.manual_seed(1)
+    assert not torch.allclose(model(other, tokens)["loss_latent"], outs[1]["loss_latent"])

@@ -122,6 +122,9 @@ class DataConfig:
     # [?] `compact` captions only: share of single-object captions that also name the size
     # ("small red star"); the rest stay the bare class name the zero-shot prompts use
     shapes_single_size: float = 0.0
+    # [?] ours: keep every rendered `shapes` training sample in memory (about 3 KB each at 32 px), so
+    # a run that repeats a small set (`shapes?n=10240`) renders each sample once per curriculum phase
+    shapes_memo: bool = False
     # [?] ours, MAR's idea [C]: a directory written by `ov3 data cache-latents`; training then reads
     # images + precomputed VAE latents from it instead of data.train (data/latent_cache.py)
     latent_cache: str | None = None
@@ -155,6 +158,10 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # [C]
     grad_clip: float = 1.0  # [?] (RAE [C] uses 1.0)
     ema_decay: float = 0.0  # 0 = off; timm ModelEmaV3 when > 0
+    # [?] ours: keep the frozen VAE's latents of up to this many distinct training images in memory
+    # and encode an image again only when it is new (0 = off); pays when a run repeats a small set
+    # without augmentation, as the demo does (train/latent_memo.py; 16 KB an image at 32 px)
+    latent_memo: int = 0
     grad_accum_steps: int = 1
     # [?] ours: AdamW kernel. auto = fused on CUDA, foreach on CPU (measured: docs/performance.md)
     adamw: AdamWImpl = "auto"
@@ -188,6 +195,9 @@ class LossConfig:
     caption_weight: float = 1.0  # [S] L_und = L_caption + alpha * L_con
     lpips_net: LpipsNet = "alex"  # [?] the paper does not name the LPIPS backbone
     pixel_subbatch: int = 0  # [?] our CPU option: pixel/LPIPS losses on the first N images; 0 = all
+    # [?] our CPU option: the whole reconstruction branch (latent decoder, latent L1, then the pixel
+    # sub-batch) on the first N images, 0 = all; the understanding losses still see every image
+    rec_subbatch: int = 0
     # [?] our CPU option: the caption loss on the first N images of the batch, 0 = all (the
     # contrastive loss always sees the whole batch; a cheaper alternative to caption_keep_ratio
     # that keeps every token of the images it reads)
@@ -257,10 +267,12 @@ BOUNDS.update({
     "TrainConfig": dict(steps=_at_least_1, epochs=_positive, epoch_size=_at_least_1, batch_size=_at_least_1,
                         lr=_non_negative, min_lr_ratio=_fraction, warmup_steps=_non_negative,
                         weight_decay=_non_negative, grad_clip=_non_negative, ema_decay=_decay,
+                        latent_memo=_non_negative,
                         grad_accum_steps=_at_least_1, keep_last=_non_negative, max_bad_steps=_at_least_1),
     "LossConfig": dict(w_rec=_non_negative, w_und=_non_negative, beta_latent=_non_negative,
                        lpips_weight=_non_negative, alpha_contrastive=_non_negative, caption_weight=_non_negative,
-                       pixel_subbatch=_non_negative, caption_subbatch=_non_negative),
+                       pixel_subbatch=_non_negative, caption_subbatch=_non_negative,
+                       rec_subbatch=_non_negative),
     "EvalConfig": dict(num_samples=_at_least_1, batch_size=_at_least_1),
 })
 

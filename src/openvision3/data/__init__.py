@@ -84,7 +84,8 @@ def open_source(spec: str, split: str = "train", cfg=None, kind: str | None = No
                            # the curriculum belongs to training: val/test keep the final share
                            single_start=cfg.shapes_single_fraction_start if split == "train" else None,
                            single_switch=cfg.shapes_single_switch,
-                           single_sizes_start=cfg.shapes_single_sizes_start if split == "train" else None)
+                           single_sizes_start=cfg.shapes_single_sizes_start if split == "train" else None,
+                           memo=cfg.shapes_memo and split == "train")
     elif scheme == "fashion-mnist":
         from .fashion_mnist import FashionMnistSource
         q = dict(query)

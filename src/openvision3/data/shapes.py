@@ -290,7 +290,7 @@ class ShapesSource(MapSource):
     def __init__(self, split: str, *, kind: str = "mixed", n: int | None = None, gen_seed: int = 0,
                  single_fraction: float = 0.5, captions: str = "rich", label: str = "shape_color",
                  single_size: float = 0.0, single_start: float | None = None, single_switch: int = 0,
-                 single_sizes_start: list[str] | None = None):
+                 single_sizes_start: list[str] | None = None, memo: bool = False):
         if split not in SPLITS:
             raise DataSpecError(f"shapes: unknown split '{split}' (train, val, test)")
         if kind not in KINDS:
@@ -333,6 +333,9 @@ class ShapesSource(MapSource):
         else:
             self.templates = ["a {}.", "a picture of a {}.", "there is a {}."]
         self.augment = False  # see module docstring
+        # rendered samples by (index, phase, resolution): ``load`` is a pure function of those, so a
+        # run that repeats a small set (n) renders each sample once (DataConfig.shapes_memo)
+        self._memo: dict | None = {} if memo else None
 
     def raw_stream(self, epoch, shuffle, seed, rank, world_size, part, num_parts):
         indices = super().raw_stream(epoch, shuffle, seed, rank, world_size, part, num_parts)
@@ -352,8 +355,17 @@ class ShapesSource(MapSource):
 
     def load(self, raw, resolution: int | None):
         index, phase = raw if isinstance(raw, tuple) else (raw, {"single_fraction": self.single_fraction})
+        memo_key = (index, phase["single_fraction"], phase.get("single_sizes"), resolution)
+        if self._memo is not None and memo_key in self._memo:
+            img, cap, lab = self._memo[memo_key]
+            return img.copy(), cap, lab, self._key(index)
         img, cap, lab, _ = render(index, split=self.split, kind=self.kind,
                                   resolution=resolution or 128, gen_seed=self.gen_seed,
                                   captions=self.captions, label=self.label, single_size=self.single_size,
                                   **phase)
-        return img, cap, lab, f"shapes-{self.split}-{self.kind}-{self.gen_seed}-{index:07d}"
+        if self._memo is not None:
+            self._memo[memo_key] = (img.copy(), cap, lab)
+        return img, cap, lab, self._key(index)
+
+    def _key(self, index: int) -> str:
+        return f"shapes-{self.split}-{self.kind}-{self.gen_seed}-{index:07d}"

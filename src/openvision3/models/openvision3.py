@@ -103,10 +103,12 @@ class OpenVision3(nn.Module):
         z_u = self.encoder(latents)
         terms: dict = {}
         if lf.rec_enabled or lf.rec_probed:
-            pred_latents = self.decoder(z_u.detach() if lf.rec_probed else z_u)
-            n = lc.pixel_subbatch if 0 < lc.pixel_subbatch < images.shape[0] else images.shape[0]
+            m = lc.rec_subbatch if 0 < lc.rec_subbatch < images.shape[0] else images.shape[0]
+            z_rec = (z_u.detach() if lf.rec_probed else z_u)[:m]  # latent decoder sub-batch: CPU option [?]
+            pred_latents = self.decoder(z_rec)
+            n = lc.pixel_subbatch if 0 < lc.pixel_subbatch < m else m
             recon = self.vae.decode(pred_latents[:n])  # pixel/LPIPS sub-batch: our CPU option [?]
-            terms.update(lf.reconstruction(images[:n], recon, latents, pred_latents, lpips_weight=lpips_weight))
+            terms.update(lf.reconstruction(images[:n], recon, latents[:m], pred_latents, lpips_weight=lpips_weight))
         if lf.und_enabled or lf.und_probed:
             if tokens is None:
                 raise ValueError("the understanding losses need caption tokens; pass tokens= or set loss.w_und=0"

@@ -29,6 +29,7 @@ from . import checkpoint as ckpt_lib
 from .distributed import (all_reduce_mean, any_rank, barrier, cleanup, enable_grad_checkpointing,
                           full_state_dict, gather_objects, init_distributed, load_full_state_dict,
                           reshard_fsdp, seed_everything, set_grad_sync, sync_replicated_grads, wrap_model)
+from .latent_memo import LatentMemo
 from .logging import MetricsLogger
 from .optim import build_ema, build_optimizer, scaled_lr, set_lr, warmup_cosine
 from .precision import choose_precision
@@ -249,6 +250,9 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         ds = open_data(cfg.data.train, split="train", resolution=stages[0].resolution, train=True,
                        cfg=cfg.data, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
 
+    # Latents of images seen before, when a run repeats its images (not with a latent cache: it has them)
+    memo = LatentMemo(model.vae.encode, t.latent_memo) if t.latent_memo and not cfg.data.latent_cache else None
+
     step, counters = 0, {"bad_steps": 0, "skipped": Counter()}
     if ckpt is not None:
         step = _restore(ckpt, model, optimizer, ema, ds, counters, info)
@@ -313,6 +317,8 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
         counters["skipped"].update(batch["skipped"])
         images = batch["image"].to(info.device, non_blocking=True)
         latents = batch["latent"].to(info.device, non_blocking=True) if "latent" in batch else None
+        if memo is not None:
+            latents = memo(images)
         if step == first_step and info.is_main:  # the first batch this process trains on
             _warn_unknown_words(model.tokenizer, batch["caption"])
         tokens = model.tokenizer(batch["caption"]).to(info.device, non_blocking=True)
@@ -356,7 +362,8 @@ def _train(cfg, out, resume, overwrite, eval_fn, info) -> dict:
                        samples_per_s=seen / dt, data_wait_frac=wait / dt, bad_steps=counters["bad_steps"],
                        skipped=dict(counters["skipped"]),
                        peak_mem_gb=(torch.cuda.max_memory_allocated(info.device) / 2**30
-                                    if info.device.type == "cuda" else None), precision=precision.name)
+                                    if info.device.type == "cuda" else None), precision=precision.name,
+                       **(memo.stats() if memo is not None else {}))
             if not logged_reason:  # the first row after every start (and resume) says why
                 row["precision_reason"], logged_reason = precision.reason, True
             logger.log(step, row)
