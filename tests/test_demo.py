@@ -44,6 +44,9 @@ def test_demo_runs_every_phase_and_reuses_outputs(tmp_path, capsys):
 
     with pytest.raises(DemoStopped, match="seed 0"):  # another seed never reuses this run's model
         run_demo(out, overrides=TOY, num_samples=16, seed=1, train_vae=True)
+    # nor does another recipe (configs/demo.yaml changed since the model was trained)
+    with pytest.raises(DemoStopped, match="another recipe .*train.lr"):
+        run_demo(out, overrides=TOY + ["train.lr=0.002"], num_samples=16, train_vae=True)
 
 
 def test_shipped_demo_vae_loads_and_reconstructs():

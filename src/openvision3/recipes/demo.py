@@ -99,15 +99,35 @@ def _check_same_run(train_dir: Path, seed: int, vae_dir: Path) -> None:
                           f"not seed {seed} with {vae_dir}; pass another --out or delete it")
 
 
+def _check_same_recipe(train_dir: Path, cfg) -> None:
+    """A finished model is reused only if it was trained by the recipe this call would train
+    (after an update of configs/demo.yaml, an old model would report its figures as the new one's)."""
+    import yaml
+
+    from ..config import config_to_yaml
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+    old = dict(flat(yaml.safe_load((train_dir / "config.yaml").read_text())))
+    new = dict(flat(yaml.safe_load(config_to_yaml(cfg))))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        raise DemoStopped(f"{train_dir} holds a model of another recipe (it differs in "
+                          f"{', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}); "
+                          "pass another --out or delete it")
+
+
 def _train_phase(out: Path, seed: int, vae_dir: Path, overrides) -> tuple[Path, dict]:
     from ..config import get_config
     from ..train.trainer import TrainError, train
     train_dir, model_dir = out / "train", out / "train" / "model"
     _check_same_run(train_dir, seed, vae_dir)
+    cfg = get_config("demo", [f"model.vae.source={vae_dir.resolve()}", f"seed={seed}"] + list(overrides or []))
     if (model_dir / "model.safetensors").exists():
+        _check_same_recipe(train_dir, cfg)
         print(f"reusing {model_dir}")
         return model_dir, _precision_of(train_dir)
-    cfg = get_config("demo", [f"model.vae.source={vae_dir.resolve()}", f"seed={seed}"] + list(overrides or []))
     resume = "auto" if (train_dir / "checkpoints").exists() else None
     if resume:
         print(f"resuming the stopped run in {train_dir}")
