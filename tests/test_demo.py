@@ -103,6 +103,21 @@ def test_stopped_demo_says_so_exits_nonzero_and_resumes(tmp_path):
     assert f"resuming {out / 'train'} from step {stopped_at}" in printed and (out / "report.md").exists()
 
 
+def test_a_stopped_run_of_another_recipe_is_not_resumed(tmp_path):
+    """A checkpoint left by an older configs/demo.yaml: one clear line naming what differs, and
+    nothing is resumed; a changed run length alone is still resumed (the test above)."""
+    from openvision3.config import get_config
+    from openvision3.train.trainer import train
+    out = tmp_path / "demo"
+    toy = ["train.stages=[{resolution: 32, steps: 2}]", "train.checkpoint_every=1", "train.batch_size=8",
+           "model.encoder.layers=1"]
+    cfg = get_config("demo", [f"model.vae.source={SHIPPED_VAE.resolve()}", "seed=0", "train.lr=0.002", *toy])
+    train(cfg, out / "train")
+    (out / "train" / "model").rename(out / "train" / "model_gone")  # as if stopped before the export
+    with pytest.raises(DemoStopped, match="another recipe .*train.lr"):
+        run_demo(out, overrides=toy, num_samples=8)
+
+
 def test_floor_table_counts_a_rate_on_its_floor_as_met():
     """475 of 500 is 0.95 exactly, though float32 stores it as 0.94999999; 474 of 500 misses."""
     import numpy as np

@@ -99,9 +99,13 @@ def _check_same_run(train_dir: Path, seed: int, vae_dir: Path) -> None:
                           f"not seed {seed} with {vae_dir}; pass another --out or delete it")
 
 
-def _check_same_recipe(train_dir: Path, cfg) -> None:
-    """A finished model is reused only if it was trained by the recipe this call would train
-    (after an update of configs/demo.yaml, an old model would report its figures as the new one's)."""
+def _check_same_recipe(train_dir: Path, cfg, ignore: tuple[str, ...] = ()) -> None:
+    """A finished model is reused, or a stopped run resumed, only if the recipe this call would
+    train is the one it was trained with (after an update of configs/demo.yaml an old model would
+    report its figures as the new one's, and an old checkpoint may not even load). ``ignore``: keys
+    allowed to differ (a resume may change the run's length)."""
+    if not (train_dir / "config.yaml").exists():
+        return
     import yaml
 
     from ..config import config_to_yaml
@@ -111,9 +115,9 @@ def _check_same_recipe(train_dir: Path, cfg) -> None:
             yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
     old = dict(flat(yaml.safe_load((train_dir / "config.yaml").read_text())))
     new = dict(flat(yaml.safe_load(config_to_yaml(cfg))))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(ignore))
     if changed:
-        raise DemoStopped(f"{train_dir} holds a model of another recipe (it differs in "
+        raise DemoStopped(f"{train_dir} holds a run of another recipe (it differs in "
                           f"{', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}); "
                           "pass another --out or delete it")
 
@@ -130,6 +134,7 @@ def _train_phase(out: Path, seed: int, vae_dir: Path, overrides) -> tuple[Path, 
         return model_dir, _precision_of(train_dir)
     resume = "auto" if (train_dir / "checkpoints").exists() else None
     if resume:
+        _check_same_recipe(train_dir, cfg, ignore=("train.steps", "train.stages"))
         print(f"resuming the stopped run in {train_dir}")
     try:
         summary = train(cfg, train_dir, resume=resume, overwrite=resume is None)
