@@ -58,7 +58,7 @@ def test_choice_keys_are_checked_when_the_config_is_built():
                      ("data.shapes_captions", "long"), ("model.vae.convention", "shift")]:
         with pytest.raises(ConfigError, match=f"config key '{key}' must be one of"):
             get_config(None, [f"{key}={bad}"])
-    from openvision3.train.vae_trainer import get_vae_config
+    from openvision3.train.vae_config import get_vae_config
     with pytest.raises(ConfigError, match="config key 'precision' must be one of auto, bf16, fp32"):
         get_vae_config(None, ["precision=fp16"])
 
@@ -102,7 +102,7 @@ def test_yaml_round_trip(tmp_path):
 
 def test_every_shipped_config_loads():
     from openvision3.config import CONFIG_DIR
-    from openvision3.train.vae_trainer import get_vae_config
+    from openvision3.train.vae_config import get_vae_config
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert names, "configs/ is empty"
     from openvision3.generation.config import get_gen_config

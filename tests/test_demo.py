@@ -54,7 +54,7 @@ def test_shipped_demo_vae_loads_and_reconstructs():
     from openvision3.config import VAEConfig
     from openvision3.data import make_loader, open_data
     from openvision3.models.vae import FrozenVAE
-    from openvision3.train.vae_trainer import psnr
+    from openvision3.eval.reconstruction import psnr_ssim
     summary = json.loads((SHIPPED_VAE / "results.json").read_text())
     assert summary["complete"] and summary["steps"] == 500 and summary["precision"] == "fp32"
     vae = FrozenVAE(VAEConfig(source=str(SHIPPED_VAE)))
@@ -64,7 +64,7 @@ def test_shipped_demo_vae_loads_and_reconstructs():
         z = vae.encode(x)
         y = vae.decode(z).clamp(-1, 1)
     assert z.shape == (32, 16, 16, 16) and 0.5 < float(z.std()) < 2.0  # normalised latents
-    assert float(psnr(y, x).mean()) > 23.0  # held-out shapes images (summary: ~26 dB on 256 of them)
+    assert float(psnr_ssim(x, y)[0].mean()) > 23.0  # held-out shapes images (summary: ~26 dB on 256 of them)
 
 
 def test_default_out_dir_per_seed():

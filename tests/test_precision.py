@@ -64,7 +64,8 @@ def test_both_trainers_print_and_record_the_choice(tmp_path, capsys, monkeypatch
     from openvision3.config import get_config
     from openvision3.train.logging import read_metrics
     from openvision3.train.trainer import train
-    from openvision3.train.vae_trainer import get_vae_config, train_vae
+    from openvision3.train.vae_config import get_vae_config
+    from openvision3.train.vae_trainer import train_vae
     _force(monkeypatch, False)
     cfg = get_config("tiny", ["train.steps=2", "train.log_every=1", "train.checkpoint_every=0"])
     s = train(cfg, tmp_path / "ov3")
@@ -75,5 +76,5 @@ def test_both_trainers_print_and_record_the_choice(tmp_path, capsys, monkeypatch
     r = train_vae(get_vae_config(None, ["steps=2", "eval_samples=4", "batch_size=2", "data.resolution=16",
                                         "arch.block_out_channels=[8,16]", "arch.norm_num_groups=4",
                                         "arch.latent_channels=4"]), tmp_path / "vae", progress=False)
-    assert r["precision"] == "fp32" and r["complete"] and r["stopped"] is None
+    assert r["precision"] == "fp32" and r["status"] == "finished"
     assert capsys.readouterr().out.count("precision: fp32 (auto: forced by the test)") == 2

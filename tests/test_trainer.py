@@ -11,7 +11,8 @@ import pytest
 from openvision3 import cli
 from openvision3.config import ConfigError, get_config
 from openvision3.train.logging import read_metrics
-from openvision3.train.trainer import TrainError, build_stages, train
+from openvision3.train.run import TrainError
+from openvision3.train.trainer import build_stages, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -111,7 +112,8 @@ def test_consecutive_nan_steps_stop_the_run(tmp_path, monkeypatch):
     combine = OpenVision3Loss.combine
     monkeypatch.setattr(OpenVision3Loss, "combine",
                         lambda self, t: {**combine(self, t), "loss": combine(self, t)["loss"] * float("nan")})
-    with pytest.raises(TrainError, match=r"2 non-finite steps in a row \(last at step 2\); last good checkpoint: none"):
+    with pytest.raises(TrainError, match=r"2 non-finite steps in a row \(last at step 2\); lower the learning rate; "
+                                         r"last good checkpoint: none"):
         train(tiny("train.steps=5", "train.max_bad_steps=2"), tmp_path / "run")
 
 

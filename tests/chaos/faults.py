@@ -185,22 +185,14 @@ def loss_rows(run: Path, keys=("loss", "l1", "kl", "mse")) -> dict:
     return out
 
 
-def checkpoint_states(run: Path, vae: bool = False) -> dict:
-    """{step_N: 'ok' | error line} for every checkpoint directory a run has."""
+def checkpoint_states(run: Path) -> dict:
+    """{step_N: 'ok' | error line} for every checkpoint directory a run has (every trainer writes
+    the same checkpoint format, train/checkpoint.py)."""
     from openvision3.train import checkpoint as ckpt_lib
     out = {}
     for p in ckpt_lib.list_checkpoints(Path(run) / "checkpoints"):
         try:
-            if vae:
-                for f in ("state.json", "optimizer.pt", "model/diffusion_pytorch_model.safetensors"):
-                    if not (p / f).is_file():
-                        raise ckpt_lib.CheckpointError(f"{f} missing")
-                json.loads((p / "state.json").read_text())
-                ckpt_lib.load_plain(p / "optimizer.pt")
-                from safetensors.torch import load_file
-                load_file(str(p / "model" / "diffusion_pytorch_model.safetensors"))
-            else:
-                ckpt_lib.load_checkpoint(p)
+            ckpt_lib.load_checkpoint(p)
             out[p.name] = "ok"
         except Exception as e:  # noqa: BLE001 - reported, the caller asserts
             out[p.name] = str(e)

@@ -16,14 +16,14 @@ from .faults import FAST, TINY, VAE_FAST
 
 from openvision3.config import get_config
 from openvision3.train.trainer import train
-from openvision3.train.vae_trainer import get_vae_config, train_vae
+from openvision3.train.vae_config import get_vae_config
+from openvision3.train.vae_trainer import train_vae
 
 TRAIN_OVER = ["train.steps=6", "train.checkpoint_every=2", "train.keep_last=2"]
 VAE_OVER = ["steps=8", "checkpoint_every=2", "keep_last=2"]
 
 
-def kill_chain(launcher, tmp_path, argv, kills: int, in_write: set, rng, span_s: float, total_steps: int,
-               vae=False):
+def kill_chain(launcher, tmp_path, argv, kills: int, in_write: set, rng, span_s: float, total_steps: int):
     """Launch ``ov3 argv --resume auto`` ``kills`` times, killing each with SIGKILL: at a random
     instant of training (soon after a random step's metrics row, as benchmarks/soak.py does:
     a kill timed by the clock often came after a fast launch had already finished), or (trial
@@ -32,7 +32,7 @@ def kill_chain(launcher, tmp_path, argv, kills: int, in_write: set, rng, span_s:
     records = []
     for trial in range(kills):
         hook = trial in in_write
-        done = max((int(k.split("_")[1]) for k, v in faults.checkpoint_states(run, vae=vae).items() if v == "ok"),
+        done = max((int(k.split("_")[1]) for k, v in faults.checkpoint_states(run).items() if v == "ok"),
                    default=0)
         marks = tmp_path / f"marks_{trial}"
         marks.mkdir()
@@ -48,7 +48,7 @@ def kill_chain(launcher, tmp_path, argv, kills: int, in_write: set, rng, span_s:
             time.sleep(rng.uniform(0.0, 0.05))
         partial = sorted(p.name for p in (run / "checkpoints").glob(".tmp_step_*")) if (run / "checkpoints").exists() else []
         code = proc.kill9()
-        states = faults.checkpoint_states(run, vae=vae)
+        states = faults.checkpoint_states(run)
         records.append({"trial": trial, "in_write": hook, "reached_write": reached, "exit": code,
                         "partial_at_kill": partial, "checkpoints": states})
         # Whatever the instant, every step_N on disk is complete and loads.
@@ -82,7 +82,7 @@ def test_train_vae_kill9_at_random_instants_resumes_exactly(launcher, tmp_path):
     span = time.perf_counter() - t0
     argv = ["train-vae", "--config", str(yaml), *VAE_FAST, *VAE_OVER]
     run, records = kill_chain(launcher, tmp_path, argv, kills=2, in_write={1}, rng=random.Random(21),
-                              span_s=span, total_steps=8, vae=True)
+                              span_s=span, total_steps=8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train_vae(get_vae_config(str(yaml), VAE_FAST + VAE_OVER), run, resume="auto", progress=False)
@@ -120,7 +120,7 @@ def test_train_vae_sigterm_checkpoints_says_so_and_resumes_exactly(launcher, tmp
     run = tmp_path / "run"
     signal_mid_run(launcher, tmp_path, ["train-vae", "--config", str(yaml), *over], run, signal.SIGTERM, 40)
     r = train_vae(get_vae_config(str(yaml), over), run, resume="auto", progress=False)
-    assert r["complete"] and (run / "model" / "config.json").is_file()
+    assert r["status"] == "finished" and (run / "model" / "config.json").is_file()
     ref, got = faults.loss_rows(tmp_path / "ref"), faults.loss_rows(run)
     assert sorted(got) == list(range(1, 41)) and got == ref
 

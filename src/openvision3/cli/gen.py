@@ -62,7 +62,7 @@ def _gen_errors():
     from ..generation.generator import GeneratorError
     from ..generation.token_cache import CacheError
     from ..train.checkpoint import CheckpointError
-    from ..train.trainer import TrainError
+    from ..train.run import TrainError
     return GeneratorError, CacheError, CheckpointError, TrainError
 
 

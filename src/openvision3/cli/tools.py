@@ -102,7 +102,7 @@ def _run_ablate_synergy(args):
     from ..eval.report import jsonable
     from ..recipes.synergy import SynergyStopped, run_synergy
     from ..train.checkpoint import CheckpointError
-    from ..train.trainer import TrainError
+    from ..train.run import TrainError
     try:
         summary = run_synergy(args.config, args.out, steps=args.steps, seeds=args.seeds, arms=args.arms,
                               overrides=args.overrides, tasks=args.tasks, num_samples=args.num_samples,

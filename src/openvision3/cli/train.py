@@ -15,6 +15,7 @@ def _add_train_vae(sub):
     p.add_argument("--data", default=None, help="data spec for training and held-out eval "
                    "(sets data.train and data.val)")
     p.add_argument("--resume", default=None, help="'auto': continue from the newest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     p.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 arch.latent_channels=4")
     p.set_defaults(func=_run_train_vae)
@@ -25,23 +26,30 @@ def _run_train_vae(args):
 
     from ..data import DataSpecError
     from ..train.checkpoint import CheckpointError
-    from ..train.vae_trainer import get_vae_config, train_vae
+    from ..train.run import TrainError
+    from ..train.vae_config import get_vae_config
+    from ..train.vae_trainer import train_vae
     overrides = list(args.overrides)
     if args.data:
         overrides += [f"data.train={args.data}", f"data.val={args.data}"]
     cfg = get_vae_config(args.config, overrides)
     out = args.out or str(Path("runs") / Path(args.config).stem)
     try:
-        r = train_vae(cfg, out, resume=args.resume)
-    except (DataSpecError, CheckpointError) as e:
+        r = train_vae(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    except (DataSpecError, CheckpointError, TrainError) as e:
         raise UserError(str(e)) from None
-    if r.get("resumable"):
-        raise Stopped(f"{r['stopped']} at step {r['steps']}/{r['total_steps']}, checkpoint {r['checkpoint']}; "
-                      f"continue it with --resume auto")
-    print(f"VAE: {r['steps']} steps in {r['train_seconds']} s; held-out PSNR {r['val_psnr']:.2f} dB, "
-          f"SSIM {r['val_ssim']:.3f}; saved to {r['model_dir']}", file=sys.stderr)
     if args.json:
         print_json(r)
+    if r["status"] != "finished":  # exit 3, so a requeue script can tell a stop from the end
+        raise Stopped(_stopped_line(r))
+    print(f"VAE: {r['step']} steps in {r['train_seconds']} s; held-out PSNR {r['val_psnr']:.2f} dB, "
+          f"SSIM {r['val_ssim']:.3f}; saved to {r['model_dir']}", file=sys.stderr)
+
+
+def _stopped_line(summary: dict) -> str:
+    """What every stopped training command prints (after 'ov3 CMD: stopped: '): where, and how to resume."""
+    return (f"{summary['status']} at step {summary['step']}/{summary['total_steps']} (checkpoint "
+            f"{summary['last_checkpoint']}); run the same command with --resume auto to continue")
 
 
 def _add_train(sub):
@@ -66,7 +74,8 @@ def _run_train(args):
     from ..config import get_config
     from ..data import DataSpecError
     from ..train.checkpoint import CheckpointError
-    from ..train.trainer import TrainError, train
+    from ..train.run import TrainError
+    from ..train.trainer import train
     cfg = get_config(args.config, args.overrides)
     out = args.out or str(Path("runs") / Path(args.config).stem)
     try:
@@ -76,7 +85,6 @@ def _run_train(args):
     if args.json:
         print_json(summary)
     if summary["status"] != "finished":  # exit 3, so a requeue script can tell a stop from the end
-        raise Stopped(f"{summary['status']} at step {summary['step']}/{summary['total_steps']}; "
-                      f"continue it with --resume auto (run in {summary['out_dir']})")
+        raise Stopped(_stopped_line(summary))
     print(f"{summary['status']} at step {summary['step']}/{summary['total_steps']}; run in {summary['out_dir']}",
           file=sys.stderr)

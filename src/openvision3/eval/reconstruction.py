@@ -25,6 +25,16 @@ def _rfid_metric(inception):
     return fid, "ok"
 
 
+def psnr_ssim(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image PSNR (dB) and SSIM of reconstructions ``y`` against images ``x``, both in [-1, 1]
+    (torchmetrics on [0, 1], data_range 1; SSIM: 11x11 Gaussian window, sigma 1.5)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+    xu, yu = to_unit(x.float()), to_unit(y.float())
+    psnr = peak_signal_noise_ratio(yu, xu, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(yu, xu, data_range=1.0, reduction="none")
+    return psnr, ssim
+
+
 @torch.no_grad()
 def eval_reconstruction(model, ds, num_samples: int, batch_size: int = 64, out_dir=None,
                         inception=None, lpips_nets=("alex",), progress: bool = True,

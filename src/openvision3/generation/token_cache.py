@@ -210,5 +210,9 @@ class TokenBatches:
     def load_state_dict(self, d: dict) -> None:
         self.epoch, self.cursor = int(d["epoch"]), int(d["cursor"])
 
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch (a resume on another number of processes)."""
+        self.epoch, self.cursor = int(epoch), 0
+
 
 __all__ = ["CacheError", "encoder_id", "cache_path", "build_cache", "open_cache", "TokenCache", "TokenBatches"]

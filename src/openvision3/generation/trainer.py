@@ -3,12 +3,11 @@
     ov3 gen train --config configs/gen_tiny.yaml --encoder runs/demo/model --out runs/gen_tiny
     torchrun --nproc_per_node 8 -m openvision3.cli gen train --config configs/gen_imagenet_xl.yaml ...
 
-Everything around the step comes from ``train/``, as for `ov3 train`: the run directory rules and
-TrainError (trainer.py), processes, seeding and DDP (distributed.py), atomic checkpoints with every
-RNG state and the data position, resumed by ``--resume auto`` (checkpoint.py), metrics.jsonl +
-TensorBoard + losses.png (logging.py), the EMA (optim.py), bf16 autocast (precision.py), the
-SIGTERM / SIGUSR1 checkpoint-and-stop, the non-finite-step guard and the tqdm bar. What is new is
-only the step itself: a batch of normalised cached tokens, ``flow.flow_loss``, clip, AdamW, EMA.
+Everything around the step is the run engine's (train/run.py), as for `ov3 train`: the run
+directory rules, processes, seeding and DDP, atomic checkpoints with every RNG state and the data
+position (``--resume auto``), metrics.jsonl + TensorBoard + losses.png, the EMA, bf16 autocast,
+the stops (SIGTERM / SIGUSR1 / Ctrl-C), the non-finite-step guard and the tqdm bar. What is this
+trainer's own is ``GeneratorTask``: the token cache, DiT-DH, its AdamW, and the flow-matching step.
 
 Run directory: config.yaml, metrics.jsonl, losses.png, tensorboard/, checkpoints/step_N/ (DiT-DH
 weights + stats, EMA, optimizer, trainer state), generator/ (the finished generator, generator.py).
@@ -22,14 +21,10 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
-from ..train import checkpoint as ckpt_lib
-from ..train.distributed import (all_reduce_mean, barrier, cleanup, gather_objects, init_distributed,
-                                 seed_everything, wrap_model)
-from ..train.logging import MetricsLogger
-from ..train.optim import build_ema, set_lr
-from ..train.precision import choose_precision
-from ..train.stop import StopRequest
-from ..train.trainer import TrainError, forward_context, guarded_update, hold_run_dir, prepare_out_dir
+from ..models.vit import attention_kernels
+from ..train.distributed import barrier, seed_everything
+from ..train.optim import LRSchedule
+from ..train.run import Parts, Run, RunSettings, Task, run_task
 from .config import GenConfig, gen_config_to_yaml
 from .dit import DiTDH, count_parameters
 from .flow import flow_loss
@@ -56,16 +51,6 @@ def check_encoder(cfg: GenConfig) -> Path:
     return d.resolve()
 
 
-def lr_at(step: int, t) -> float:
-    """[C] RAE: constant, then linear decay from decay_start to decay_end (to final_lr); optional warmup."""
-    if t.warmup_steps and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.decay_end <= t.decay_start or step < t.decay_start:
-        return t.lr
-    frac = min(1.0, (step - t.decay_start) / (t.decay_end - t.decay_start))
-    return t.lr + (t.final_lr - t.lr) * frac
-
-
 def prepare_cache(cfg: GenConfig, space: TokenSpace, enc_id: str, is_main: bool, progress: bool = True):
     """Build the token cache on rank 0 when it is missing, then open it everywhere."""
     path = cache_path(cfg.cache.dir, enc_id, cfg.space, cfg.data.resolution, cfg.data.train,
@@ -78,148 +63,93 @@ def prepare_cache(cfg: GenConfig, space: TokenSpace, enc_id: str, is_main: bool,
     return open_cache(path, enc_id, cfg.data.resolution, cfg.space)
 
 
+class GeneratorTask(Task):
+    """The step of ``ov3 gen train``: a batch of normalised cached tokens and their labels,
+    ``flow.flow_loss`` through DiT-DH, under RAE's constant + linear-decay LR [C]."""
+    name = "gen train"
+
+    def __init__(self, cfg: GenConfig, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        t = cfg.train
+        self.schedule = LRSchedule(t.lr, t.steps, t.warmup_steps, shape="linear", decay_start=t.decay_start,
+                                   decay_end=t.decay_end, final=t.final_lr)
+
+    def settings(self) -> RunSettings:
+        t = self.cfg.train
+        return RunSettings(steps=t.steps, seed=self.cfg.seed, precision=t.precision, grad_clip=t.grad_clip,
+                           max_bad_steps=t.max_bad_steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+                           keep_last=t.keep_last, ema_decay=t.ema_decay, find_unused=False)
+
+    def build(self, run: Run) -> Parts:
+        cfg, t, info = self.cfg, self.cfg.train, run.info
+        self.run = run
+        t_cache = time.perf_counter()
+        self.space = space = TokenSpace.load(cfg.encoder, cfg.space, info.device)
+        enc_id = encoder_id(cfg.encoder)
+        self.cache = cache = prepare_cache(cfg, space, enc_id, info.is_main, self.progress)
+        self.cache_seconds = time.perf_counter() - t_cache
+        # Seeded after the cache: building it draws random numbers that a run finding it ready does
+        # not, so two runs of one config would otherwise differ from the first step.
+        seed_everything(cfg.seed, info.rank)
+        self.meta = {"grid": list(space.grid), "token_dim": space.token_dim, "num_classes": cache.num_classes,
+                     "class_names": cache.meta["class_names"], "encoder_id": enc_id, "cache": str(cache.path),
+                     "space": cfg.space}
+        with torch.random.fork_rng(devices=[]):  # the same initial weights whatever happened before
+            torch.manual_seed(cfg.seed)
+            self.dit = dit = DiTDH(space.token_dim, space.grid, cache.num_classes, cfg.dit).to(info.device)
+        self.shift = flow_shift(cfg, space.grid[0] * space.grid[1], space.token_dim)
+        optimizer = torch.optim.AdamW(dit.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
+                                      fused=info.device.type == "cuda")
+        self.batches = TokenBatches(cache, space, t.batch_size // info.world_size, cfg.seed, info.rank,
+                                    info.world_size)
+        self.t_start = time.perf_counter()
+        # the token statistics ride in the checkpoint's weights: `gen sample` can use a checkpoint
+        return Parts(dit, optimizer, self.batches, extra_weights=cache.stats.state_dict())
+
+    def lr(self, step: int) -> float:
+        return self.schedule(step)
+
+    def batch(self, step: int) -> dict:
+        x, y = self.batches.next(self.run.device)
+        return {"x": x, "y": y}
+
+    def losses(self, batch: dict, step: int) -> dict:
+        with attention_kernels(self.run.device):
+            return {"loss": flow_loss(self.run.model, batch["x"], batch["y"], self.cfg.flow, self.shift)}
+
+    def state_dict(self) -> dict:
+        return {"generator_meta": self.meta}
+
+    def finish(self, run: Run) -> dict:
+        if run.is_main:
+            weights = run.ema.module.state_dict() if run.ema is not None else self.dit.state_dict()
+            Generator.save(run.out / EXPORT_DIR, self.cfg, weights, self.cache.stats,
+                           {**self.meta, "steps": self.cfg.train.steps, "parameters": count_parameters(self.dit),
+                            "shift": self.shift})
+        return {"generator_dir": str(run.out / EXPORT_DIR)}
+
+    def info(self) -> dict:
+        return {"cache": str(self.cache.path), "cache_samples": len(self.cache),
+                "cache_seconds": round(self.cache_seconds, 1),
+                "train_seconds": round(time.perf_counter() - self.t_start, 1), "shift": self.shift,
+                "parameters": count_parameters(self.dit), "generator_dir": None,
+                "skipped": dict(Counter(self.cache.meta.get("skipped", {})))}
+
+
 def train_generator(cfg: GenConfig, out_dir, resume: str | None = None, overwrite: bool = False,
                     progress: bool = True) -> dict:
-    """Train (or continue) a generator run in ``out_dir``; returns a summary dict."""
-    info = init_distributed()
-    try:
-        with hold_run_dir(Path(out_dir), info):  # one writer per run directory (train/run_lock.py)
-            return _train(cfg, Path(out_dir), resume, overwrite, progress, info)
-    finally:
-        cleanup()
-
-
-def _train(cfg: GenConfig, out: Path, resume, overwrite, progress, info) -> dict:
-    t = cfg.train
+    """Train (or continue) a generator run in ``out_dir``; returns the engine's summary."""
     cfg.encoder = str(check_encoder(cfg))  # before anything is written
-    if t.batch_size % info.world_size:
-        raise ConfigError(f"train.batch_size {t.batch_size} is not divisible by the world size {info.world_size}")
     from ..data import open_source
     open_source(cfg.data.train, "train", cfg.data)  # a bad data spec stops here, before the run directory
-    prepare_out_dir(out, resume, overwrite, info.is_main)
-    ckpt = ckpt_lib.resolve_resume(resume, out) if resume else None
-    if info.is_main:
-        (out / "config.yaml").write_text(gen_config_to_yaml(cfg))
-    if info.device.type == "cpu":
-        torch.set_flush_denormal(True)
-
-    t_cache = time.perf_counter()
-    space = TokenSpace.load(cfg.encoder, cfg.space, info.device)
-    enc_id = encoder_id(cfg.encoder)
-    cache = prepare_cache(cfg, space, enc_id, info.is_main, progress)
-    cache_seconds = time.perf_counter() - t_cache
-    # Seeded after the cache: building it draws random numbers that a run finding it ready does not,
-    # so seeding before it made two runs of one config differ from step 1 (issue 16).
-    seed_everything(cfg.seed, info.rank)
-    meta = {"grid": list(space.grid), "token_dim": space.token_dim, "num_classes": cache.num_classes,
-            "class_names": cache.meta["class_names"], "encoder_id": enc_id, "cache": str(cache.path),
-            "space": cfg.space}
-    stats_state = cache.stats.state_dict()
-
-    with torch.random.fork_rng(devices=[]):  # the same initial weights whatever happened before
-        torch.manual_seed(cfg.seed)
-        dit = DiTDH(space.token_dim, space.grid, cache.num_classes, cfg.dit).to(info.device)
-    shift = flow_shift(cfg, space.grid[0] * space.grid[1], space.token_dim)
-    precision = choose_precision(t.precision, info.device)
-    amp_dtype = precision.dtype
-    if info.is_main:
-        print(precision.describe(), flush=True)
-    ema = build_ema(dit, t.ema_decay)
-    wrapped = wrap_model(dit, info, find_unused=False)
-    optimizer = torch.optim.AdamW(dit.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
-                                  fused=info.device.type == "cuda")
-    batches = TokenBatches(cache, space, t.batch_size // info.world_size, cfg.seed, info.rank, info.world_size)
-
-    step, bad_steps = 0, 0
-    if ckpt is not None:
-        dit.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.startswith("stats.")})
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None:
-            if ckpt["ema"] is None:
-                raise TrainError(f"{ckpt['path']}: has no EMA weights but train.ema_decay > 0")
-            ema.module.load_state_dict(ckpt["ema"])
-        st = ckpt["trainer_state"]
-        step, bad_steps = int(st["step"]), int(st["bad_steps"])
-        if st["world_size"] != info.world_size:
-            raise TrainError(f"{ckpt['path']} was saved with {st['world_size']} processes, not {info.world_size}")
-        ckpt_lib.set_rng_state(st["rng"][info.rank])
-        batches.load_state_dict(st["data"][info.rank])
-    last_good = str(ckpt["path"]) if ckpt is not None else None
-    logger = MetricsLogger(out, enabled=info.is_main, resume_step=step if resume else None)
-
-    stop = StopRequest()  # SIGTERM / SIGUSR1: checkpoint at the end of this step, then return
-
-    def save(at_step: int) -> None:
-        nonlocal last_good
-        state = {"step": at_step, "bad_steps": bad_steps, "skipped": {}, "world_size": info.world_size,
-                 "rng": gather_objects(ckpt_lib.rng_state()), "data": gather_objects(batches.state_dict()),
-                 "scaler": None, "generator_meta": meta}
-        if info.is_main:
-            ckpt_lib.save_checkpoint(out / "checkpoints", at_step,
-                                     model_state={**dit.state_dict(), **stats_state},
-                                     optimizer_state=optimizer.state_dict(), trainer_state=state,
-                                     config_yaml=gen_config_to_yaml(cfg),
-                                     ema_state=ema.module.state_dict() if ema is not None else None,
-                                     keep_last=t.keep_last)
-            logger.plot()
-        barrier()
-        last_good = str(out / "checkpoints" / f"step_{at_step}")
-
-    bar = None
-    if info.is_main and progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=t.steps, initial=step, desc="gen train", dynamic_ncols=True)
-    window, status, last, bad_in_row, logged_reason = [], "finished", {}, 0, False
-    t_start, t_last, seen = time.perf_counter(), time.perf_counter(), 0
-    dit.train()
-    while step < t.steps:
-        set_lr(optimizer, lr_at(step, t))
-        x, y = batches.next(info.device)
-        with forward_context(info.device, amp_dtype):
-            loss = flow_loss(wrapped, x, y, cfg.flow, shift)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(dit.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-        loss_v, grad_v = all_reduce_mean(torch.stack([loss.detach().float(), grad_norm.float()])).tolist()
-        bad_in_row = guarded_update(optimizer, ema, dit, step, loss_v, grad_v, bad_in_row, t.max_bad_steps, last_good)
-        bad_steps += bad_in_row > 0
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        seen += x.shape[0] * info.world_size
-        last = {"loss": loss_v, "grad_norm": grad_v}
-        window.append(last)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_v:.4f}")
-        if (t.log_every > 0 and step % t.log_every == 0) or step == t.steps:
-            dt = time.perf_counter() - t_last
-            row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-            row.update(lr=optimizer.param_groups[0]["lr"], samples_per_s=seen / dt, bad_steps=bad_steps)
-            if not logged_reason:  # the first row after every start (and resume) says what it ran in
-                row.update(precision.as_row())
-                logged_reason = True
-            logger.log(step, row)
-            window, t_last, seen = [], time.perf_counter(), 0
-        stopped = stop.end_of_step(info.device, (t.checkpoint_every > 0 and step % t.checkpoint_every == 0)
-                                   or step == t.steps, lambda: save(step))
-        if stopped:
-            status = stopped
-            break
-    if bar is not None:
-        bar.close()
-    train_seconds = time.perf_counter() - t_start
-    if status == "finished" and info.is_main:
-        weights = ema.module.state_dict() if ema is not None else dit.state_dict()
-        Generator.save(out / EXPORT_DIR, cfg, weights, cache.stats,
-                       {**meta, "steps": step, "parameters": count_parameters(dit), "shift": shift})
-    barrier()
-    logger.close()
-    return {"status": status, "step": step, "total_steps": t.steps, "out_dir": str(out), "final": last,
-            "precision": precision.name, "precision_reason": precision.reason,
-            "bad_steps": bad_steps, "last_checkpoint": last_good, "cache": str(cache.path),
-            "cache_samples": len(cache), "cache_seconds": round(cache_seconds, 1),
-            "train_seconds": round(train_seconds, 1), "shift": shift, "parameters": count_parameters(dit),
-            "generator_dir": str(out / EXPORT_DIR) if status == "finished" else None,
-            "skipped": dict(Counter(cache.meta.get("skipped", {})))}
+    import os
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if cfg.train.batch_size % world_size:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the world size {world_size}")
+    task = GeneratorTask(cfg, progress)
+    summary = run_task(task, task.settings(), out_dir, config_yaml=gen_config_to_yaml(cfg), resume=resume,
+                       overwrite=overwrite, progress=progress)
+    return {**task.info(), **summary}
 
 
-__all__ = ["train_generator", "check_encoder", "prepare_cache", "lr_at"]
+__all__ = ["train_generator", "check_encoder", "prepare_cache", "GeneratorTask"]

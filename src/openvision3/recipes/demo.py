@@ -65,7 +65,8 @@ def _floor_table(results: dict) -> str:
 
 def _vae_phase(out: Path, train_vae_again: bool, vae_overrides) -> tuple[Path, dict]:
     """The VAE directory the model uses and its summary (held-out PSNR, steps, ...)."""
-    from ..train.vae_trainer import get_vae_config, train_vae
+    from ..train.vae_config import get_vae_config
+    from ..train.vae_trainer import train_vae
     if not train_vae_again:
         if not (SHIPPED_VAE / "config.json").exists():
             raise DemoStopped(f"the shipped demo VAE is missing ({SHIPPED_VAE}); "
@@ -77,12 +78,9 @@ def _vae_phase(out: Path, train_vae_again: bool, vae_overrides) -> tuple[Path, d
         print(f"reusing {vae_dir}")
         return vae_dir, json.loads((out / "vae" / "results.json").read_text())
     summary = train_vae(get_vae_config("vae_demo", list(vae_overrides or [])), out / "vae", resume="auto")
-    if summary.get("resumable"):
-        raise DemoStopped(f"the demo VAE was {summary['stopped']} at step {summary['steps']}; "
+    if summary["status"] != "finished":
+        raise DemoStopped(f"the demo VAE was {summary['status']} at step {summary['step']}; "
                           "run the same command again to resume it")
-    if not summary.get("complete", True):
-        raise DemoStopped(f"the demo VAE stopped early ({summary['stopped']}); remove {out / 'vae'} "
-                          "and run again without a time cap")
     return vae_dir, summary
 
 
@@ -124,7 +122,8 @@ def _check_same_recipe(train_dir: Path, cfg, ignore: tuple[str, ...] = ()) -> No
 
 def _train_phase(out: Path, seed: int, vae_dir: Path, overrides) -> tuple[Path, dict]:
     from ..config import get_config
-    from ..train.trainer import TrainError, train
+    from ..train.run import TrainError
+    from ..train.trainer import train
     train_dir, model_dir = out / "train", out / "train" / "model"
     _check_same_run(train_dir, seed, vae_dir)
     cfg = get_config("demo", [f"model.vae.source={vae_dir.resolve()}", f"seed={seed}"] + list(overrides or []))

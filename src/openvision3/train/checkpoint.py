@@ -3,6 +3,7 @@
 A checkpoint directory holds
   model.safetensors      trainable weights (``OpenVision3.trainable_state_dict`` keys)
   ema.safetensors        EMA weights (when train.ema_decay > 0)
+  NAME.safetensors       weights of other modules a trainer steps itself (e.g. a discriminator)
   optimizer.pt           optimizer state: tensors and plain types only (loaded weights_only=True)
   trainer_state.pt       step, stage, schedule position, grad scaler, counters, and per rank
                          the RNG states (Python, NumPy, torch, CUDA) and the data position
@@ -214,10 +215,13 @@ def _fsync_dir(path: Path) -> None:
 # ---------------------------------------------------------------------------------- save
 def save_checkpoint(ckpt_root: Path, step: int, *, model_state: dict, optimizer_state: dict,
                     trainer_state: dict, config_yaml: str, ema_state: dict | None = None,
-                    keep_last: int = 0) -> Path:
-    """Write ``step_N`` atomically (rank 0 only; callers gather per-rank state first)."""
+                    keep_last: int = 0, others: dict | None = None) -> Path:
+    """Write ``step_N`` atomically (rank 0 only; callers gather per-rank state first).
+    ``others``: {name: state dict} of further modules, saved as ``NAME.safetensors``."""
     ckpt_root = Path(ckpt_root)
-    needed = nbytes(model_state) + nbytes(optimizer_state) + nbytes(ema_state or {}) + nbytes(trainer_state)
+    others = others or {}
+    needed = (nbytes(model_state) + nbytes(optimizer_state) + nbytes(ema_state or {}) + nbytes(trainer_state)
+              + nbytes(others))
     meta = {"format": "safetensors", "library": "openvision3"}
     with checkpoint_writer(ckpt_root, step, needed) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
@@ -225,6 +229,9 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_state: dict, optimizer_
         if ema_state is not None:
             save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()},
                       str(tmp / "ema.safetensors"), metadata=meta)
+        for name, state in others.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                      str(tmp / f"{name}.safetensors"), metadata=meta)
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(config_yaml)
@@ -264,6 +271,8 @@ def load_checkpoint(path: Path) -> dict:
                "meta": json.loads((path / "meta.json").read_text())}
         ema = path / "ema.safetensors"
         out["ema"] = load_file(str(ema)) if ema.is_file() else None
+        out["others"] = {f.stem: load_file(str(f)) for f in sorted(path.glob("*.safetensors"))
+                         if f.name not in ("model.safetensors", "ema.safetensors")}
     except CheckpointError:
         raise
     except Exception as e:  # truncated / corrupted files surface as many exception types

@@ -1,10 +1,11 @@
-"""Optimizer, learning-rate schedule and EMA, following OpenVision's recipe [C]:
-AdamW beta (0.9, 0.95), weight decay 0.2 on weight matrices only, linear warmup + cosine decay,
-base LR scaled by batch/256.
+"""Optimizer, learning-rate schedule and EMA for every trainer. The OpenVision 3 defaults follow
+OpenVision's recipe [C]: AdamW beta (0.9, 0.95), weight decay 0.2 on weight matrices only, linear
+warmup + cosine decay, base LR scaled by batch/256.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -41,12 +42,38 @@ def scaled_lr(base_lr: float, batch_size: int, scale_by_batch: bool = True) -> f
     return base_lr * batch_size / 256 if scale_by_batch else base_lr
 
 
-def warmup_cosine(step: int, total: int, warmup: int, peak: float, min_ratio: float = 0.0) -> float:
-    """LR for ``step`` (0-based) in a stage of ``total`` steps: linear warmup, then cosine."""
-    if warmup > 0 and step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate over one stretch of ``steps`` steps, in the two shapes the project uses:
+
+    ``cosine``  linear warmup to ``peak``, then cosine decay to ``min_ratio * peak`` [C] OpenVision;
+    ``linear``  linear warmup, constant ``peak`` until ``decay_start``, then linear decay to
+                ``final`` at ``decay_end`` (and after) [C] RAE's DiT-DH schedule.
+    """
+    peak: float
+    steps: int
+    warmup: int = 0
+    shape: str = "cosine"
+    min_ratio: float = 0.0
+    decay_start: int = 0
+    decay_end: int = 0
+    final: float = 0.0
+
+    def __post_init__(self):
+        if self.shape not in ("cosine", "linear"):
+            raise ValueError(f"unknown LR schedule shape '{self.shape}'; choose cosine or linear")
+
+    def __call__(self, step: int) -> float:
+        """LR at ``step`` (0-based, counted from the start of this stretch)."""
+        if self.warmup > 0 and step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        if self.shape == "linear":
+            if self.decay_end <= self.decay_start or step < self.decay_start:
+                return self.peak
+            frac = min(1.0, (step - self.decay_start) / (self.decay_end - self.decay_start))
+            return self.peak + (self.final - self.peak) * frac
+        progress = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        return self.peak * (self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -1,30 +1,47 @@
-"""A polite stop for every training loop (`ov3 train`, `ov3 train-vae`, `ov3 gen train`).
+"""A polite stop, the same for every training loop (train/run.py).
 
-SIGTERM (pre-emption) and SIGUSR1 (SLURM's warning before the time limit) do not kill the run:
-they are remembered, and the loop checkpoints at the end of the current step and returns with
-``status = "stopped by SIGTERM"``; ``--resume auto`` continues from there. Every rank asks
-``requested(device)`` together, so one signalled rank stops them all at the same step.
+SIGTERM (pre-emption), SIGUSR1 (SLURM's warning before the time limit) and a first Ctrl-C
+(SIGINT) do not kill the run: they are remembered, and the loop checkpoints at the end of the
+current step and returns with ``status = "stopped by SIGINT"`` (the CLI then exits 3 and says how
+to resume). A second Ctrl-C means "now": it raises KeyboardInterrupt at once, as Python's default
+handler would. Every rank asks ``requested(device)`` together, so one signalled rank stops them all
+at the same step. The handlers are in place only while a run is inside its loop (``close``).
 """
 from __future__ import annotations
 
 import signal
+import sys
 
 from .distributed import any_rank
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopRequest:
     def __init__(self):
         self.signal: str | None = None
+        self._previous = {}
         for sig in SIGNALS:
             try:
-                signal.signal(sig, self._remember)
+                self._previous[sig] = signal.signal(sig, self._remember)
             except ValueError:  # not the main thread (e.g. a notebook worker): no handler
                 pass
 
     def _remember(self, signum, _frame) -> None:
-        self.signal = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.signal == "SIGINT":  # the second Ctrl-C: stop now
+            self.close()
+            raise KeyboardInterrupt
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+            if signum == signal.SIGINT:
+                print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)",
+                      file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Put back the handlers that were there before."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def requested(self, device) -> bool:
         """True on every rank once any rank has been signalled (a collective under DDP)."""

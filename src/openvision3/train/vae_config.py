@@ -31,9 +31,6 @@ class VAETrainConfig:
     val_split: str = "val"  # held-out split of data.val used for the final PSNR / SSIM
     eval_samples: int = 256
     steps: int = 400
-    # > 0: a safety net that stops (and saves) once this much training time is spent; the result is
-    # then marked incomplete ("complete": false), since what is trained would depend on the machine
-    max_seconds: float = 0.0
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 20
@@ -62,7 +59,7 @@ class VAETrainConfig:
 # Bounds of this tree's numeric keys (config_build.BOUNDS), checked as YAML or key=value sets them.
 BOUNDS.update({
     "VAEArchConfig": dict(layers_per_block=_at_least_1, latent_channels=_at_least_1, norm_num_groups=_at_least_1),
-    "VAETrainConfig": dict(eval_samples=_at_least_1, steps=_at_least_1, max_seconds=_non_negative,
+    "VAETrainConfig": dict(eval_samples=_at_least_1, steps=_at_least_1,
                            batch_size=_at_least_1, lr=_non_negative, warmup_steps=_non_negative,
                            min_lr_ratio=_fraction, weight_decay=_non_negative, grad_clip=_non_negative,
                            l1_weight=_non_negative, mse_weight=_non_negative, kl_weight=_non_negative,
