@@ -11,7 +11,7 @@ from openvision3.config import ConfigError
 from openvision3.data.transforms import eval_transform
 from openvision3.interop import transformers as ov3hf
 from openvision3.models.openvision3 import OpenVision3
-from openvision3.recipes.llava_probe import build_tokenizer, eval_prompt
+from openvision3.recipes.llava_probe_data import build_tokenizer, eval_prompt
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ import torch
 from openvision3.cli import main
 from openvision3.data.shapes import render
 from openvision3.models.openvision3 import OpenVision3
-from openvision3.recipes.llava_probe import (QUESTION_TYPES, build_tokenizer, conversation_sequence,
-                                              majority_baselines, questions_for, render_pool)
+from openvision3.recipes.llava_probe import majority_baselines
+from openvision3.recipes.llava_probe_data import (QUESTION_TYPES, build_tokenizer, conversation_sequence,
+                                                   questions_for, render_pool)
 
 
 def test_questions_agree_with_the_drawn_objects():
@@ -78,8 +79,9 @@ def test_cached_tower_features_give_llava_s_own_loss_and_gradients(tiny_cfg, tmp
     """The probe trains on the frozen tower's features computed once (tower_features); the loss and
     the trainable parameters' gradients must be LLaVA's own from pixels."""
     from openvision3.interop import transformers as ov3hf
-    from openvision3.recipes.llava_probe import (SPECIAL, ProbeConfig, _batches, build_llava, load_tower,
-                                                  llava_forward, tower_features)
+    from openvision3.recipes.llava_probe import (ProbeBatches, ProbeConfig, build_llava, llava_forward, load_tower,
+                                                  tower_features)
+    from openvision3.recipes.llava_probe_data import SPECIAL
     torch.manual_seed(0)
     OpenVision3(tiny_cfg).save_pretrained(tmp_path / "model")
     tower = load_tower(tmp_path / "model")
@@ -98,8 +100,8 @@ def test_cached_tower_features_give_llava_s_own_loss_and_gradients(tiny_cfg, tmp
 
         def __call__(self, i):
             return conversation_sequence(tok, qas[i], n_image, image_id, random.Random(i))
-    from_pixels = next(_batches(Seq(), pixels, pcfg, random.Random(3), tok))
-    cached = next(_batches(Seq(), feats, pcfg, random.Random(3), tok, "image_features"))
+    from_pixels = next(ProbeBatches(Seq(), pixels, pcfg.batch_size, tok, {"batch": random.Random(3)}))
+    cached = next(ProbeBatches(Seq(), feats, pcfg.batch_size, tok, {"batch": random.Random(3)}, "image_features"))
     assert torch.equal(from_pixels["input_ids"], cached["input_ids"])
     grads = []
     for batch in (from_pixels, cached):

@@ -55,6 +55,10 @@ def main(argv=None) -> int:
         print(f"ov3 {args.command}: stopped: {' '.join(str(e).split())}", file=sys.stderr)
         return 3
     except Exception as e:
+        run_stopped = getattr(sys.modules.get("openvision3.train.run"), "RunStopped", None)
+        if run_stopped is not None and isinstance(e, run_stopped):  # a run a command needed (e.g. the judge)
+            print(f"ov3 {args.command}: stopped: {' '.join(str(e).split())}", file=sys.stderr)
+            return 3
         if isinstance(e, _user_error_types()):
             what = str(e)
         elif isinstance(e, OSError):  # the machine said no (permissions, a path through a file, a full disk)

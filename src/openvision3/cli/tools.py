@@ -189,25 +189,35 @@ def _add_probe(sub):
                     help="tokens: the encoder (default); vae: the model's VAE latents alone, as a floor")
     ll.add_argument("--vision-feature-layer", type=int, default=None,
                     help="hidden state LLaVA reads (default -2, LLaVA-1.5's; -1 for --features vae)")
+    ll.add_argument("--resume", default=None, help="'auto': continue a stopped probe (its stages' run directories "
+                    "under OUT/llava_probe_runs)")
+    ll.add_argument("--overwrite", action="store_true", help="train the stages again over a previous probe's")
     ll.add_argument("--no-progress", action="store_true")
     ll.add_argument("--json", action="store_true")
+    ll.add_argument("overrides", nargs="*", help="key=value overrides of the probe's config, e.g. lm_layers=2 "
+                    "batch_size=16 (recipes/llava_probe.py ProbeConfig)")
     ll.set_defaults(func=_run_probe_llava)
 
 
 def _run_probe_llava(args):
     from pathlib import Path
 
-    from ..recipes.llava_probe import QUESTION_TYPES, ProbeError, run_llava_probe
-    from ..recipes.llava_probe import ProbeConfig
+    from ..recipes.llava_probe import ProbeError, probe_config, run_llava_probe
+    from ..recipes.llava_probe_data import QUESTION_TYPES
+    from ..train.checkpoint import CheckpointError
+    from ..train.run import TrainError
     out = args.out or (Path(args.model) / "eval" if Path(args.model).is_dir() else None)
-    pcfg = ProbeConfig()
-    pcfg.train_images = args.train_images or pcfg.train_images
-    pcfg.test_images = args.test_images or pcfg.test_images
+    overrides = list(args.overrides)
+    if args.train_images:
+        overrides.append(f"train_images={args.train_images}")
+    if args.test_images:
+        overrides.append(f"test_images={args.test_images}")
+    pcfg = probe_config(overrides)
     try:
         r = run_llava_probe(args.model, out_dir=out, steps=args.steps, seed=args.seed, features=args.features,
                             vision_feature_layer=args.vision_feature_layer, pcfg=pcfg,
-                            progress=not args.no_progress)
-    except ProbeError as e:
+                            progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)
+    except (ProbeError, TrainError, CheckpointError) as e:
         raise UserError(str(e)) from None
     for t in QUESTION_TYPES:
         if t in r["per_type"]:

@@ -9,20 +9,25 @@ and `ov3 gen eval` says so instead of printing numbers as if it could.
 
 A trained judge is kept in ``CACHE_DIR/judge_<hash of data spec, resolution, judge settings>/``
 and reused by every run on the same data, so the three token spaces of a comparison are judged
-by the very same network.
+by the very same network. That directory is the judge's run directory (train/run.py): a stopped
+training is resumed by the next command that needs the judge.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..train.optim import LRSchedule
+from ..train.run import Parts, Run, RunSettings, RunStopped, Task, run_task
+
+JUDGE_WEIGHTS, JUDGE_INFO = "judge.safetensors", "judge.json"
 
 
 class JudgeNet(nn.Module):
@@ -81,60 +86,114 @@ def load_labelled(spec: str, split: str, resolution: int, n: int, data_cfg, prog
     return torch.cat(images)[:n], torch.cat(labels)[:n], list(ds.class_names or [])
 
 
+def _judge_key(cfg) -> dict:
+    # v2: held-out accuracy measured in eval mode (v1 measured it with BatchNorm on the held-out batch)
+    return {"judge_version": 2, "spec": cfg.data.train, "val": cfg.data.val, "split": cfg.val_split,
+            "res": cfg.data.resolution, "judge": dataclasses.asdict(cfg.judge)}
+
+
 def judge_dir(cfg) -> Path:
     """Where the judge for this data, size and judge setting lives (shared by every run)."""
-    # v2: held-out accuracy measured in eval mode (v1 measured it with BatchNorm on the held-out batch)
-    key = json.dumps({"judge_version": 2, "spec": cfg.data.train, "val": cfg.data.val, "split": cfg.val_split,
-                      "res": cfg.data.resolution, "judge": dataclasses.asdict(cfg.judge)}, sort_keys=True)
+    key = json.dumps(_judge_key(cfg), sort_keys=True)
     return Path(cfg.cache.dir) / f"judge_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def train_judge(cfg, device, progress: bool = True) -> tuple[JudgeNet, dict]:
-    """Train on the real training images, report held-out accuracy on ``cfg.val_split``."""
-    from tqdm.auto import tqdm
-    j = cfg.judge
-    res = cfg.data.resolution
-    x, y, names = load_labelled(cfg.data.train, "train", res, j.max_train, cfg.data, progress, "judge data")
-    xv, yv, _ = load_labelled(cfg.data.val, cfg.val_split, res, cfg.eval.real_samples, cfg.data, progress,
-                              "judge held-out")
-    g = torch.Generator().manual_seed(cfg.seed + 12345)
-    net = JudgeNet(len(names), j.width).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=j.lr, weight_decay=5e-4)
-    net.train()
-    for step in tqdm(range(j.steps), desc="train judge", disable=not progress, leave=False):
-        for group in opt.param_groups:  # cosine to zero
-            group["lr"] = j.lr * 0.5 * (1 + math.cos(math.pi * step / j.steps))
-        idx = torch.randint(len(x), (j.batch_size,), generator=g)
-        xb = x[idx]
-        flip = torch.rand(len(idx), generator=g) < 0.5  # labels survive a flip; the generator's cache has them too
+class _LabelledBatches:
+    """Random batches of in-memory labelled images with random flips (labels survive a flip; the
+    generator's cache has flips too), drawn from one seeded generator: its state is the position."""
+
+    def __init__(self, x, y, batch_size: int, seed: int, device):
+        self.x, self.y, self.batch_size, self.device = x, y, batch_size, device
+        self.g = torch.Generator().manual_seed(seed)
+
+    def next(self) -> dict:
+        idx = torch.randint(len(self.x), (self.batch_size,), generator=self.g)
+        xb = self.x[idx]
+        flip = torch.rand(len(idx), generator=self.g) < 0.5
         xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-        loss = F.cross_entropy(net(xb.to(device)), y[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    net.eval()  # measured as it judges: BatchNorm on its running statistics, not the held-out batch's
-    with torch.no_grad():
-        _, logits = net.embed(xv)
-    acc = float((logits.argmax(1) == yv).float().mean())
-    info = {"judge_real_top1": acc, "held_out": len(yv), "held_out_split": cfg.val_split,
-            "train_images": len(y), "steps": j.steps, "num_classes": len(names), "class_names": names,
-            "final_loss": float(loss.detach()), "min_accuracy": j.min_accuracy}
-    return net, info
+        return {"image": xb.to(self.device), "label": self.y[idx].to(self.device)}
+
+    def state_dict(self) -> dict:
+        return {"generator": self.g.get_state().tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.g.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+class JudgeTask(Task):
+    """The judge's training: cross-entropy on real training images, cosine LR to zero, AdamW."""
+    name = "train judge"
+
+    def __init__(self, cfg, device, progress: bool = True):
+        self.cfg, self.device, self.progress = cfg, str(device), progress
+        self.schedule = LRSchedule(cfg.judge.lr, cfg.judge.steps)
+
+    def settings(self) -> RunSettings:
+        # fp32 and no clipping, as the judge was measured; single process (it trains inside gen eval)
+        return RunSettings(steps=self.cfg.judge.steps, seed=self.cfg.seed, precision="fp32", grad_clip=0.0,
+                           log_every=50, keep_last=1, checkpoint_every=200, device=self.device, distributed=False)
+
+    def build(self, run: Run) -> Parts:
+        cfg, j = self.cfg, self.cfg.judge
+        res = cfg.data.resolution
+        x, y, self.names = load_labelled(cfg.data.train, "train", res, j.max_train, cfg.data, self.progress,
+                                         "judge data")
+        self.xv, self.yv, _ = load_labelled(cfg.data.val, cfg.val_split, res, cfg.eval.real_samples, cfg.data,
+                                            self.progress, "judge held-out")
+        self.train_images = len(y)
+        self.batches = _LabelledBatches(x, y, j.batch_size, cfg.seed + 12345, run.device)
+        self.net = JudgeNet(len(self.names), j.width).to(run.device).train()
+        self.run = run
+        opt = torch.optim.AdamW(self.net.parameters(), lr=j.lr, weight_decay=5e-4)
+        return Parts(self.net, opt, self.batches)
+
+    def lr(self, step: int) -> float:
+        return self.schedule(step)
+
+    def batch(self, step: int) -> dict:
+        return self.batches.next()
+
+    def losses(self, batch: dict, step: int) -> dict:
+        return {"loss": F.cross_entropy(self.run.model(batch["image"]), batch["label"])}
+
+    def finish(self, run: Run) -> dict:
+        """Held-out accuracy measured as it judges (BatchNorm on its running statistics, eval mode);
+        the judge and its record written into the run directory, where ``get_judge`` finds them."""
+        net, cfg = self.net.eval(), self.cfg
+        with torch.no_grad():
+            _, logits = net.embed(self.xv)
+        info = {"judge_real_top1": float((logits.argmax(1) == self.yv).float().mean()), "held_out": len(self.yv),
+                "held_out_split": cfg.val_split, "train_images": self.train_images, "steps": cfg.judge.steps,
+                "num_classes": len(self.names), "class_names": self.names, "min_accuracy": cfg.judge.min_accuracy}
+        save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, str(run.out / JUDGE_WEIGHTS))
+        (run.out / JUDGE_INFO).write_text(json.dumps(info, indent=1))
+        return {"judge": info}
+
+
+def train_judge(cfg, out_dir, device="cpu", resume: str | None = None, overwrite: bool = False,
+                progress: bool = True) -> dict:
+    """Train the judge in ``out_dir`` (the run engine's rules: a non-empty directory needs
+    ``resume`` or ``overwrite``); returns the engine's summary, with ``judge`` once finished."""
+    task = JudgeTask(cfg, device, progress)
+    return run_task(task, task.settings(), out_dir, config_yaml=json.dumps(_judge_key(cfg), indent=1) + "\n",
+                    resume=resume, overwrite=overwrite, progress=progress)
 
 
 def get_judge(cfg, device="cpu", progress: bool = True) -> tuple[JudgeNet, dict]:
-    """The cached judge for ``cfg``'s data, trained first when there is none."""
+    """The cached judge for ``cfg``'s data, trained first (or its stopped training resumed) when
+    there is none; RunStopped when a signal stops that training."""
     d = judge_dir(cfg)
-    if (d / "judge.safetensors").is_file() and (d / "judge.json").is_file():
-        info = json.loads((d / "judge.json").read_text())
-        net = JudgeNet(info["num_classes"], cfg.judge.width)
-        net.load_state_dict(load_file(str(d / "judge.safetensors")))
-        return net.to(device).eval(), info
-    net, info = train_judge(cfg, device, progress)
-    d.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, str(d / "judge.safetensors"))
-    (d / "judge.json").write_text(json.dumps(info, indent=1))
-    return net, info
+    if not ((d / JUDGE_WEIGHTS).is_file() and (d / JUDGE_INFO).is_file()):
+        started = (d / "checkpoints").is_dir()  # a stopped training continues; leftovers of none are cleared
+        summary = train_judge(cfg, d, device, resume="auto" if started else None, overwrite=not started,
+                              progress=progress)
+        if summary["status"] != "finished":
+            raise RunStopped(f"training the judge {summary['status']} at step {summary['step']}/"
+                             f"{summary['total_steps']}; run the same command again to resume it ({d})")
+    info = json.loads((d / JUDGE_INFO).read_text())
+    net = JudgeNet(info["num_classes"], cfg.judge.width)
+    net.load_state_dict(load_file(str(d / JUDGE_WEIGHTS)))
+    return net.to(device).eval(), info
 
 
-__all__ = ["JudgeNet", "get_judge", "train_judge", "judge_dir", "load_labelled"]
+__all__ = ["JudgeNet", "JudgeTask", "get_judge", "train_judge", "judge_dir", "load_labelled"]

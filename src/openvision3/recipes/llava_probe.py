@@ -27,9 +27,11 @@ whitespace/punctuation splitting), wrapped as a PreTrainedTokenizerFast so Llava
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
-import math
 import random
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,9 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .llava_probe_data import (CAPTION_INSTRUCTION, NUMBER_WORDS, QUESTION_TYPES, SPECIAL,  # noqa: F401
-                              _ids, _relation, _turn_ids, build_tokenizer, caption_sequence,
-                              conversation_sequence, eval_prompt, questions_for, render_pool)
+from ..config_build import BOUNDS, _at_least_1, _build, _fraction, _non_negative, parse_overrides
+from ..train.optim import LRSchedule
+from ..train.run import Parts, Run, RunSettings, RunStopped, Task, run_task
+
+from .llava_probe_data import (CAPTION_INSTRUCTION, QUESTION_TYPES, SPECIAL, _ids, build_tokenizer,
+                              caption_sequence, conversation_sequence, eval_prompt, render_pool)
 
 
 class ProbeError(ValueError):
@@ -78,6 +83,21 @@ class ProbeConfig:
     seed: int = 0
     data_seed: int = 0  # the `shapes` generator seed (the data itself)
     notes: dict = field(default_factory=dict)
+
+
+# Bounds of the probe's numeric keys, checked as key=value sets them (config_build.BOUNDS).
+BOUNDS.update({"ProbeConfig": dict(
+    train_images=_at_least_1, test_images=_at_least_1, single_fraction=_fraction, lm_width=_at_least_1,
+    lm_layers=_at_least_1, lm_heads=_at_least_1, lm_mlp=_at_least_1, stage0_steps=_at_least_1,
+    stage1_steps=_at_least_1, stage2_steps=_at_least_1, batch_size=_at_least_1, lr0=_non_negative,
+    lr1=_non_negative, lr2=_non_negative, warmup_ratio=_fraction, weight_decay=_non_negative,
+    max_new_tokens=_at_least_1)})
+
+
+def probe_config(overrides: list[str] | None = None) -> ProbeConfig:
+    """``ProbeConfig`` with ``key=value`` overrides, through the project's typed builder (one
+    line for an unknown key, a bad type or a value out of bounds)."""
+    return _build(ProbeConfig, parse_overrides(list(overrides or [])), "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,32 +151,96 @@ def build_llava(tower, tok, pcfg: ProbeConfig, layer: int):
 # training and evaluation
 
 
-def _schedule(optimizer, steps: int, warmup_ratio: float):
-    warm = max(1, int(round(steps * warmup_ratio)))
-    lam = lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))  # noqa: E731
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
+class ProbeBatches:
+    """Endless random batches: ``sequences(i)`` -> (ids, labels) of sample i; ``images`` (None for
+    text only) go in as ``batch[key]``: pixel values, or cached ``image_features``. Its position is
+    the state of the random streams it draws from (``rngs``: the batch draw, and any the sequences
+    use), so a stopped stage continues with the very next batch."""
+
+    def __init__(self, sequences, images, batch_size: int, tok, rngs: dict, key: str = "pixel_values"):
+        self.sequences, self.images, self.batch_size, self.tok, self.rngs, self.key = (
+            sequences, images, batch_size, tok, rngs, key)
+        self.n = len(images) if images is not None else sequences.n
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        idx = [self.rngs["batch"].randrange(self.n) for _ in range(self.batch_size)]
+        rows = [self.sequences(i) for i in idx]
+        ids = _pad([r[0] for r in rows], self.tok.pad_token_id)
+        batch = {"input_ids": ids, "attention_mask": (ids != self.tok.pad_token_id).long(),
+                 "labels": _pad([r[1] for r in rows], -100)}
+        if self.images is not None:
+            batch[self.key] = self.images[idx]
+        return batch
+
+    def state_dict(self) -> dict:
+        return {name: rng.getstate() for name, rng in self.rngs.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, rng in self.rngs.items():
+            version, internal, gauss = state[name]
+            rng.setstate((version, tuple(internal), gauss))
 
 
-def _train_stage(llava, name: str, steps: int, lr: float, pcfg: ProbeConfig, batches, progress: bool) -> list:
-    from tqdm.auto import tqdm
-    params = [p for p in llava.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=pcfg.weight_decay, betas=(0.9, 0.999))
-    sched = _schedule(opt, steps, pcfg.warmup_ratio)
-    llava.train()
-    llava.model.vision_tower.eval()  # frozen [P]
-    losses = []
-    bar = tqdm(range(steps), desc=name, disable=not progress, leave=False)
-    for _ in bar:
-        batch = next(batches)
-        loss = llava_forward(llava, batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return losses
+class ProbeStageTask(Task):
+    """One LLaVA stage: the parameters the stage trains (set before), AdamW, LLaVA-1.5's warmup +
+    cosine [P], and LLaVA's own loss on the stage's batches."""
+
+    def __init__(self, llava, name: str, steps: int, lr: float, pcfg: ProbeConfig, batches: ProbeBatches):
+        self.llava, self.name, self.steps, self.lr_peak, self.pcfg, self.batches = llava, name, steps, lr, pcfg, batches
+        self.schedule = LRSchedule(lr, steps, max(1, int(round(steps * pcfg.warmup_ratio))))
+
+    def settings(self) -> RunSettings:
+        # fp32 on the CPU, one process, as the probe is measured; a checkpoint every 200 steps
+        return RunSettings(steps=self.steps, seed=self.pcfg.seed, precision="fp32", grad_clip=1.0, log_every=10,
+                           checkpoint_every=200, keep_last=1, device="cpu", distributed=False)
+
+    def build(self, run: Run) -> Parts:
+        self.run = run
+        params = [p for p in self.llava.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr_peak, weight_decay=self.pcfg.weight_decay, betas=(0.9, 0.999))
+        self.llava.train()
+        self.llava.model.vision_tower.eval()  # frozen [P]
+        keys = {k for k in self.llava.state_dict() if not k.startswith("model.vision_tower.")}
+        return Parts(self.llava, opt, self.batches, weight_keys=keys)
+
+    def lr(self, step: int) -> float:
+        return self.schedule(step)
+
+    def batch(self, step: int) -> dict:
+        return next(self.batches)
+
+    def losses(self, batch: dict, step: int) -> dict:
+        return {"loss": llava_forward(self.run.model, batch).loss}
+
+
+def _train_stage(task: ProbeStageTask, run_dir: Path, resume, overwrite: bool, progress: bool) -> float:
+    """Train one stage in ``run_dir`` (or take a stage finished before: its final checkpoint's
+    weights and random streams); returns its mean loss over the last 20 steps."""
+    from ..train.checkpoint import load_checkpoint
+    from ..train.distributed import load_full_state_dict
+    from ..train.logging import read_metrics
+    final = run_dir / "checkpoints" / f"step_{task.steps}"
+    if resume and final.is_dir():
+        ckpt = load_checkpoint(final)
+        load_full_state_dict(task.llava, ckpt["model"])
+        task.batches.load_state_dict(ckpt["trainer_state"]["data"][0])
+    else:
+        summary = run_task(task, task.settings(), run_dir, config_yaml=_stage_yaml(task), resume=resume,
+                           overwrite=overwrite, progress=progress)
+        if summary["status"] != "finished":
+            raise RunStopped(f"{task.name} {summary['status']} at step {summary['step']}/{summary['total_steps']}; "
+                             f"run the same command with --resume auto to continue it")
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r and r["step"] > task.steps - 20]
+    return float(np.mean([r["loss"] for r in rows])) if rows else float("nan")
+
+
+def _stage_yaml(task: ProbeStageTask) -> str:
+    import yaml
+    return yaml.safe_dump({"stage": task.name, "steps": task.steps, "lr": task.lr_peak,
+                           "probe": {k: v for k, v in asdict(task.pcfg).items() if k != "notes"}}, sort_keys=False)
 
 
 @torch.no_grad()
@@ -194,21 +278,6 @@ def llava_forward(llava, batch: dict):
 def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     n = max(len(r) for r in rows)
     return torch.tensor([([value] * (n - len(r)) + r) if left else (r + [value] * (n - len(r))) for r in rows])
-
-
-def _batches(sequences, images, pcfg: ProbeConfig, rng: random.Random, tok, key: str = "pixel_values"):
-    """Endless random batches: ``sequences(i)`` -> (ids, labels) of sample i; ``images`` (None for
-    text only) go in as ``batch[key]``: pixel values, or cached ``image_features``."""
-    n = len(images) if images is not None else sequences.n
-    while True:
-        idx = [rng.randrange(n) for _ in range(pcfg.batch_size)]
-        rows = [sequences(i) for i in idx]
-        ids = _pad([r[0] for r in rows], tok.pad_token_id)
-        batch = {"input_ids": ids, "attention_mask": (ids != tok.pad_token_id).long(),
-                 "labels": _pad([r[1] for r in rows], -100)}
-        if images is not None:
-            batch[key] = images[idx]
-        yield batch
 
 
 @torch.no_grad()
@@ -257,17 +326,18 @@ def majority_baselines(train_qas, test_qas) -> dict:
 
 def run_llava_probe(model_dir: str, out_dir=None, steps: int | None = None, seed: int = 0,
                     features: str = "tokens", vision_feature_layer: int | None = None,
-                    pcfg: ProbeConfig | None = None, progress: bool = True) -> dict:
-    """The whole probe; returns (and writes to ``out_dir``) the results dict."""
-    pcfg = pcfg or ProbeConfig()
+                    pcfg: ProbeConfig | None = None, progress: bool = True, resume: str | None = None,
+                    overwrite: bool = False) -> dict:
+    """The whole probe; returns (and writes to ``out_dir``) the results dict. Each stage trains in
+    a run directory of its own, ``OUT/llava_probe_runs/stageK`` (the run engine's rules: a stopped
+    probe continues with ``resume="auto"``; without an ``out_dir`` they live in a temporary one)."""
+    pcfg = dataclasses.replace(pcfg or ProbeConfig(), seed=seed)
     if steps is not None:  # --steps sets stage 2; stages 0 and 1 keep their share of it
         if steps <= 0:
             raise ProbeError(f"--steps must be positive, got {steps}")
         ratio = steps / pcfg.stage2_steps
-        pcfg.stage0_steps = max(1, round(pcfg.stage0_steps * ratio))
-        pcfg.stage1_steps = max(1, round(pcfg.stage1_steps * ratio))
-        pcfg.stage2_steps = steps
-    pcfg.seed = seed
+        pcfg = dataclasses.replace(pcfg, stage0_steps=max(1, round(pcfg.stage0_steps * ratio)),
+                                   stage1_steps=max(1, round(pcfg.stage1_steps * ratio)), stage2_steps=steps)
     if features not in ("tokens", "vae"):
         raise ProbeError(f"features must be tokens or vae, got '{features}'")
     t_start = time.perf_counter()
@@ -310,32 +380,33 @@ def run_llava_probe(model_dir: str, out_dir=None, steps: int | None = None, seed
         def __call__(self, i):
             return self.fn(i)
 
-    losses = {}
-    # stage 0: the LM learns the words on caption text alone (no image) [?]
-    t0 = time.perf_counter()
-    ov3hf.set_llava_trainable(llava, 2)
-    llava.model.multi_modal_projector.requires_grad_(False)
+    conv_rng = random.Random(seed + 1)
     text_seq = _Seq(lambda i: ([tok.bos_token_id] + _ids(tok, train_caps[i]) + [tok.eos_token_id],) * 2,
                     len(train_caps))
-    losses["stage0"] = _train_stage(llava, "stage 0 (LM on caption text)", pcfg.stage0_steps, pcfg.lr0, pcfg,
-                                    _batches(text_seq, None, pcfg, rng, tok), progress)
-    timings["stage0"] = round(time.perf_counter() - t0, 1)
-    # stage 1: projector only, captions [P]
-    t0 = time.perf_counter()
-    ov3hf.set_llava_trainable(llava, 1)
     cap_seq = _Seq(lambda i: caption_sequence(tok, train_caps[i], n_image, image_id), len(train_caps))
-    losses["stage1"] = _train_stage(llava, "stage 1 (projector, captions)", pcfg.stage1_steps, pcfg.lr1, pcfg,
-                                    _batches(cap_seq, images, pcfg, rng, tok, image_key), progress)
-    timings["stage1"] = round(time.perf_counter() - t0, 1)
-    # stage 2: projector + LM, visual questions [P]
-    t0 = time.perf_counter()
-    ov3hf.set_llava_trainable(llava, 2)
-    conv_rng = random.Random(seed + 1)
     vqa_seq = _Seq(lambda i: conversation_sequence(tok, train_qas[i], n_image, image_id, conv_rng),
                    len(train_qas))
-    losses["stage2"] = _train_stage(llava, "stage 2 (projector + LM, questions)", pcfg.stage2_steps, pcfg.lr2,
-                                    pcfg, _batches(vqa_seq, images, pcfg, rng, tok, image_key), progress)
-    timings["stage2"] = round(time.perf_counter() - t0, 1)
+    bs = pcfg.batch_size
+    # (name, trained parts: 2 = projector + LM, 1 = projector; steps, lr, batches); the batch draw
+    # continues from one stage into the next
+    stages = [("stage 0 (LM on caption text)", "lm", pcfg.stage0_steps, pcfg.lr0,  # [?] the LM learns the words
+               ProbeBatches(text_seq, None, bs, tok, {"batch": rng})),
+              ("stage 1 (projector, captions)", 1, pcfg.stage1_steps, pcfg.lr1,  # [P]
+               ProbeBatches(cap_seq, images, bs, tok, {"batch": rng}, image_key)),
+              ("stage 2 (projector + LM, questions)", 2, pcfg.stage2_steps, pcfg.lr2,  # [P]
+               ProbeBatches(vqa_seq, images, bs, tok, {"batch": rng, "conversation": conv_rng}, image_key))]
+    with contextlib.ExitStack() as stack:
+        runs = (Path(out_dir) / "llava_probe_runs" if out_dir is not None
+                else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ov3_probe_"))))
+        losses = {}
+        for k, (name, trained, n_steps, lr, batches) in enumerate(stages):
+            t0 = time.perf_counter()
+            ov3hf.set_llava_trainable(llava, 2 if trained == "lm" else trained)
+            if trained == "lm":
+                llava.model.multi_modal_projector.requires_grad_(False)
+            task = ProbeStageTask(llava, name, n_steps, lr, pcfg, batches)
+            losses[f"stage{k}"] = _train_stage(task, runs / f"stage{k}", resume, overwrite, progress)
+            timings[f"stage{k}"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
     result = evaluate_vqa(llava, processor, test_imgs, test_qas, pcfg, progress=progress)
@@ -354,7 +425,7 @@ def run_llava_probe(model_dir: str, out_dir=None, steps: int | None = None, seed
                           + llava.lm_head.weight.numel(),
                           "projector": sum(p.numel() for p in llava.model.multi_modal_projector.parameters()),
                           "vision_encoder": sum(p.numel() for p in llava.model.vision_tower.encoder.parameters())},
-           "final_loss": {k: float(np.mean(v[-20:])) for k, v in losses.items() if v},
+           "final_loss": losses,
            "examples": result["examples"], "config": {k: v for k, v in asdict(pcfg).items() if k != "notes"}}
     if out_dir is not None:
         write_probe_report(out, out_dir)
@@ -382,5 +453,5 @@ def write_probe_report(result: dict, out_dir) -> None:
     (out_dir / "llava_probe.md").write_text("\n".join(lines) + "\n")
 
 
-__all__ = ["ProbeConfig", "ProbeError", "run_llava_probe", "questions_for", "build_tokenizer",
-           "majority_baselines", "load_tower", "QUESTION_TYPES"]
+__all__ = ["ProbeConfig", "ProbeError", "ProbeStageTask", "ProbeBatches", "probe_config", "run_llava_probe",
+           "majority_baselines", "load_tower"]

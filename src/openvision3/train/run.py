@@ -58,6 +58,11 @@ class TrainError(Exception):
     """The run cannot go on (diverged, out of memory, bad run directory); one line for the user."""
 
 
+class RunStopped(Exception):
+    """A run a command needed was stopped by a signal and checkpointed; the same command again
+    resumes it (the CLI prints the line and exits 3)."""
+
+
 @dataclass
 class RunSettings:
     """The engine's knobs; each trainer fills them from its own config section."""
@@ -451,5 +456,5 @@ class _Engine:
                 parts.data.set_epoch(int(st["data"][0].get("epoch", 0)) + 1)
 
 
-__all__ = ["Parts", "Run", "RunSettings", "Task", "TrainError", "forward_backward", "hold_run_dir",
+__all__ = ["Parts", "Run", "RunSettings", "RunStopped", "Task", "TrainError", "forward_backward", "hold_run_dir",
            "prepare_out_dir", "run_task", "split_batch"]
