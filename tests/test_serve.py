@@ -2,7 +2,6 @@
 view's pictures have the right size and are not blank, its numbers are in range, bad input gets a
 message and the server answers the next request; an encoder-only tower says what it lacks."""
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -16,41 +15,24 @@ from openvision3 import cli  # noqa: E402
 from openvision3.app.explorer import Explorer  # noqa: E402
 from openvision3.app.page import launch  # noqa: E402
 from openvision3.app.parts import load_generator, load_parts  # noqa: E402
-from openvision3.config import get_config  # noqa: E402
-from openvision3.models.openvision3 import OpenVision3  # noqa: E402
 
-from conftest import TINY_OVERRIDES  # noqa: E402
-
-RES, GRID, PX = 32, 4, 8  # the tiny model: 32 px, a 4x VAE and patch 2 -> 4 x 4 tokens of 8 px
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serve_helpers import (GRID, RES, free_port, make_example, make_generator, make_model,  # noqa: E402
+                           not_blank, read)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("serve") / "model"
-    OpenVision3(get_config(None, list(TINY_OVERRIDES))).save_pretrained(d)
-    return d
+    return make_model(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
 def generator_run(model_dir, tmp_path_factory):
-    from openvision3.generation.config import get_gen_config
-    from openvision3.generation.trainer import train_generator
-    root = tmp_path_factory.mktemp("gen")
-    spec = "shapes?kind=single&label=color&n=24"
-    cfg = get_gen_config("gen_tiny", [
-        f"encoder={model_dir}", f"data.train={spec}", f"data.val={spec}", f"cache.dir={root / 'cache'}",
-        "cache.max_samples=16", "cache.batch_size=16", "dit.preset=nano", "dit.width=32", "dit.depth=1",
-        "dit.heads=2", "dit.head_width=32", "dit.head_depth=1", "dit.head_heads=2", "train.batch_size=8",
-        "train.steps=2", "train.checkpoint_every=2", "train.log_every=1", "train.precision=fp32", "flow.steps=2"])
-    train_generator(cfg, root / "run", progress=False)
-    return root / "run"
+    return make_generator(model_dir, tmp_path_factory.mktemp("gen"))
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    return make_example(tmp_path_factory.mktemp("img"))
 
 
 def serve(parts, generator=None, gallery=None):
@@ -66,25 +48,6 @@ def app(model_dir, generator_run):
     page, client, ex = serve(load_parts(str(model_dir), device="cpu"), load_generator(str(generator_run), "cpu"))
     yield client, ex
     page.close()
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory):
-    """A held-out shapes picture (a single object on a plain background)."""
-    from openvision3.data import make_loader, open_data
-    ds = open_data("shapes", split="test", resolution=RES, train=False, infinite=False, kind="single")
-    x = next(iter(make_loader(ds, batch_size=1)))["image"][0]
-    p = tmp_path_factory.mktemp("img") / "example.png"
-    Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(p)
-    return str(p)
-
-
-def read(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
-def not_blank(a: np.ndarray) -> bool:
-    return a.std() > 1.0
 
 
 def test_reconstruct_returns_three_pictures_at_the_model_resolution_with_psnr_and_lpips(app, example):
@@ -109,16 +72,18 @@ def test_tokens_pca_picture_and_similarity_peak_at_the_chosen_token(app, example
     client, ex = app
     pca, heat, text = client.predict(handle_file(example), 1, 2, api_name="/tokens")
     pca, heat = read(pca), read(heat)
-    assert pca.shape == heat.shape == (RES, RES, 3) and not_blank(pca) and not_blank(heat)
-    # one colour per token: every 8 x 8 block is uniform
-    assert (pca.reshape(GRID, PX, GRID, PX, 3).std(axis=(1, 3)) == 0).all()
+    side = GRID * ex.token_block
+    assert pca.shape == heat.shape == (side, side, 3) and side >= 256 and not_blank(pca) and not_blank(heat)
+    # one colour per token: every block is uniform
+    assert (pca.reshape(GRID, ex.token_block, GRID, ex.token_block, 3).std(axis=(1, 3)) == 0).all()
     assert "token (1, 2): cosine to itself 1.00" in text
     # the chosen token is the most similar to itself: yellow (viridis' top) at row 1, column 2
     heat2, text2 = client.predict(handle_file(example), 3, 0, api_name="/similarity")
-    blocks = read(heat2).reshape(GRID, PX, GRID, PX, 3).mean(axis=(1, 3))
+    blocks = read(heat2).reshape(GRID, ex.token_block, GRID, ex.token_block, 3).mean(axis=(1, 3))
     brightness = blocks[..., :2].sum(-1)  # yellow: high red and green
     assert np.unravel_index(brightness.argmax(), brightness.shape) == (3, 0) and "token (3, 0)" in text2
-    assert ex.token_at(x_px=17, y_px=31) == (3, 2)  # a click at pixel (17, 31) is token row 3, column 2
+    b = ex.token_block  # a click at pixel (2.5 blocks, 3.9 blocks) is token row 3, column 2
+    assert ex.token_at(x_px=int(2.5 * b), y_px=int(3.9 * b)) == (3, 2) and ex.token_at(9999, -5) == (0, GRID - 1)
     _, bad = client.predict(handle_file(example), 4, 0, api_name="/similarity")
     assert "outside the 4 x 4 grid" in bad
 
@@ -198,7 +163,7 @@ def test_encoder_only_tower_shows_tokens_and_says_what_it_lacks(model_dir, tmp_p
     page, client, ex = serve(parts)
     try:
         pca, heat, text = client.predict(handle_file(example), 0, 0, api_name="/tokens")
-        assert read(pca).shape == (RES, RES, 3) and "cosine to itself 1.00" in text
+        assert read(pca).shape[:2] == (GRID * ex.token_block,) * 2 and "cosine to itself 1.00" in text
         out = client.predict(handle_file(example), 0.0, api_name="/reconstruct")
         assert out[0] is None and "reconstruct needs a latent decoder" in out[3] and "vision tower only" in out[3]
         assert "needs a text encoder" in client.predict(handle_file(example), "a, b", api_name="/understand")[2]

@@ -16,6 +16,9 @@ from .uploads import InputError, read_upload
 
 MAX_LABELS = 64
 MAX_SAMPLES = 16
+# Token pictures are drawn at least this many pixels wide: gradio maps a click on a picture shown
+# larger than its own size to the wrong pixel, so the picture is never smaller than its display.
+TOKEN_PICTURE_PX = 256
 
 
 class ViewError(ValueError):
@@ -111,10 +114,14 @@ class Explorer:
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.parts.encode(x)[0]
 
+    @property
+    def token_block(self) -> int:
+        """Pixels per token along a side in the token pictures."""
+        return -(-TOKEN_PICTURE_PX // self.parts.grid[1])
+
     def token_picture(self, z: torch.Tensor) -> np.ndarray:
-        """The first three principal components of the tokens as RGB, each token a block of the
-        pixels it covers (the picture has the model's resolution)."""
-        return blocks(pca_rgb(z, self.parts.grid), self.parts.downsample)
+        """The first three principal components of the tokens as RGB, each token a square block."""
+        return blocks(pca_rgb(z, self.parts.grid), self.token_block)
 
     def similarity(self, z: torch.Tensor, row: int, col: int) -> tuple[np.ndarray, dict]:
         """Cosine similarity of token (row, col) to every token, as a heat map (-1 dark, 1 yellow)."""
@@ -127,12 +134,12 @@ class Explorer:
         stats = {"row": row, "col": col, "self": float(sim[row, col]),
                  "mean_other": float(others.mean()) if others.size else float("nan"),
                  "max_other": float(others.max()) if others.size else float("nan")}
-        return blocks(heat_map(sim), self.parts.downsample), stats
+        return blocks(heat_map(sim), self.token_block), stats
 
     def token_at(self, x_px: int, y_px: int) -> tuple[int, int]:
         """A click on a token picture (pixel x, y) -> (row, col)."""
         gh, gw = self.parts.grid
-        d = self.parts.downsample
+        d = self.token_block
         return min(max(int(y_px) // d, 0), gh - 1), min(max(int(x_px) // d, 0), gw - 1)
 
     # ---------------------------------------------------------------- understand

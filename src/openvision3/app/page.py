@@ -1,6 +1,8 @@
 """The gradio page: one input image and five views (Reconstruct, Tokens, Understand, Retrieve,
 Generate), each with its own message line. Every handler returns a result or a message and never
 raises, so a bad request leaves the server serving the next one."""
+import atexit
+import shutil
 import sys
 import tempfile
 import traceback
@@ -12,7 +14,7 @@ from .uploads import MAX_FILE_BYTES
 
 # Small images (32 px for the demo) are shown large without smoothing: each pixel stays a pixel.
 CSS = ".pixelated img, .pixelated canvas { image-rendering: pixelated; }"
-EXAMPLES = 8
+EXAMPLES = 8  # held-out pictures to start from: 4 single objects, 4 scenes
 
 
 def _message(text: str) -> str:
@@ -46,11 +48,14 @@ def write_examples(out_dir: Path, resolution: int, n: int = EXAMPLES) -> list[st
 def build_page(ex: Explorer, examples_dir: str | Path | None = None):
     """The gr.Blocks page for ``ex``; returns (blocks, examples_dir)."""
     import gradio as gr
-    examples_dir = Path(examples_dir or tempfile.mkdtemp(prefix="ov3_serve_examples_"))
+    if examples_dir is None:  # a private folder, removed when the server exits
+        examples_dir = tempfile.mkdtemp(prefix="ov3_serve_examples_")
+        atexit.register(shutil.rmtree, examples_dir, ignore_errors=True)
+    examples_dir = Path(examples_dir)
     examples_dir.mkdir(parents=True, exist_ok=True)
     example_files = write_examples(examples_dir, ex.resolution)
     gh, gw = ex.parts.grid
-    big = 256  # display size of the model-resolution pictures
+    big = 200  # display size of the model-resolution pictures
 
     def img(label, elem_id, **kw):
         return gr.Image(label=label, elem_id=elem_id, format="png", height=big, width=big, interactive=False,
@@ -64,8 +69,9 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
                                  type="filepath")
                 input_note = gr.Markdown(elem_id="input-note")
             with gr.Column(scale=2):
-                gr.Examples(examples=[[p] for p in example_files], inputs=[upload], label="held-out examples",
-                            examples_per_page=EXAMPLES)
+                examples = gr.Gallery(value=example_files, label="held-out examples (click one)", columns=EXAMPLES,
+                                      height=120, allow_preview=False, format="png", elem_id="examples",
+                                      elem_classes=["pixelated"], interactive=False)
 
         # ------------------------------------------------------------ Reconstruct
         gr.Markdown("## Reconstruct\nimage → VAE → unified tokens (+ σ·ε) → latent decoder → VAE decoder")
@@ -226,6 +232,10 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
         tokens_btn.click(api_name="tokens", **tokens_io)
         understand_btn.click(api_name="understand", **understand_io)
         labels.submit(api_name=False, **understand_io)
+        def pick_example(evt: gr.SelectData):
+            return example_files[evt.index]
+
+        examples.select(pick_example, None, [upload], api_name=False)
         upload.change(do_input, [upload], [input_note], api_name=False)
         for io in (recon_io, tokens_io, understand_io):  # a new image updates every image view
             upload.change(api_name=False, **io)
