@@ -13,7 +13,8 @@ from .pictures import DIFF_GAIN
 from .uploads import MAX_FILE_BYTES
 
 # Small images (32 px for the demo) are shown large without smoothing: each pixel stays a pixel.
-CSS = ".pixelated img, .pixelated canvas { image-rendering: pixelated; }"
+CSS = (".pixelated img { image-rendering: pixelated; } "
+       ".upscaled img { width: 100%; height: 100%; object-fit: contain; }")
 EXAMPLES = 8  # held-out pictures to start from: 4 single objects, 4 scenes
 
 
@@ -57,9 +58,10 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
     gh, gw = ex.parts.grid
     big = 200  # display size of the model-resolution pictures
 
-    def img(label, elem_id, **kw):
+    def img(label, elem_id, upscaled=True):
+        # token pictures are drawn large already (and clicked: gradio's click mapping needs their own size)
         return gr.Image(label=label, elem_id=elem_id, format="png", height=big, width=big, interactive=False,
-                        elem_classes=["pixelated"], **kw)
+                        elem_classes=["pixelated"] + (["upscaled"] if upscaled else []))
 
     with gr.Blocks(title="OpenVision 3 explorer") as page:
         gr.Markdown(f"# OpenVision 3 explorer\n{ex.parts.describe()}.")
@@ -98,8 +100,8 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
         gr.Markdown(f"## Tokens\nthe {gh} × {gw} unified tokens: first three principal components as RGB; "
                     "click a token (or type its row and column) for its cosine similarity to every token")
         with gr.Row():
-            t_pca = img("tokens: PCA → RGB (click a token)", "tokens-pca")
-            t_sim = img("cosine similarity to the chosen token (dark −1, yellow +1)", "tokens-sim")
+            t_pca = img("tokens: PCA → RGB (click a token)", "tokens-pca", upscaled=False)
+            t_sim = img("cosine similarity to the chosen token (dark −1, yellow +1)", "tokens-sim", upscaled=False)
             with gr.Column():
                 t_row = gr.Number(value=gh // 2, precision=0, label=f"row (0-{gh - 1})", elem_id="token-row")
                 t_col = gr.Number(value=gw // 2, precision=0, label=f"column (0-{gw - 1})", elem_id="token-col")
@@ -206,7 +208,7 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
                 seed = gr.Number(value=0, precision=0, label="seed", elem_id="gen-seed")
                 gen_btn = gr.Button("Generate", elem_id="gen-button")
             grid = gr.Image(label="samples", format="png", elem_id="gen-grid", interactive=False, height=big,
-                            elem_classes=["pixelated"])
+                            elem_classes=["pixelated", "upscaled"])
 
         def do_generate(c, w, s, count, sd):
             try:
