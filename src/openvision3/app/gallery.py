@@ -1,6 +1,7 @@
 """A gallery: any data spec, encoded once (image features, captions, thumbnails), then searched
-by a text query (its images, text -> image) or by an image (its captions, image -> text). Shapes galleries are the held-out
-multi-object scenes the retrieval evaluation uses (eval/common.py ``open_for``)."""
+by a text query (its images, text -> image) or by an image (its captions, image -> text).
+Shapes galleries are the held-out multi-object scenes the retrieval evaluation uses
+(eval/common.py ``open_for``)."""
 from __future__ import annotations
 
 import time

@@ -135,7 +135,8 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
             return row, col, heat, text
 
         # ------------------------------------------------------------ Understand
-        gr.Markdown("## Understand\nzero-shot over your labels (each label is the prompt as typed) and the greedy caption")
+        gr.Markdown("## Understand\nzero-shot over your labels (each label is the prompt as typed) and the "
+                    "greedy caption")
         with gr.Row():
             labels = gr.Textbox(label="labels, comma separated (Enter to classify)", elem_id="labels",
                                 value="red circle, blue square, green triangle, yellow star")
