@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup data clean
+.PHONY: demo test setup data browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,12 +22,18 @@ data:
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
 	  echo "fashion-mnist: install the Debian package dataset-fashion-mnist (or pass a path) to use it")
 
+# A headless browser for the page's test (Debian chromium + chromium-driver); optional, the test says why it skips.
+browser:
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "browser: install the Debian packages chromium and chromium-driver to run the page's browser test")
+
 # `make demo SEED=1` trains with another seed into runs/demo_seed1; a stopped demo resumes when run again.
 SEED ?= 0
 demo: setup
 	$(BIN)/ov3 demo --seed $(SEED)
 
-test: setup data
+test: setup data browser
 	$(BIN)/python -m pytest tests
 
 clean:

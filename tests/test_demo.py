@@ -40,6 +40,7 @@ def test_demo_runs_every_phase_and_reuses_outputs(tmp_path, capsys):
     again = run_demo(out, overrides=TOY, vae_overrides=TOY_VAE, num_samples=16, train_vae=True)
     printed = capsys.readouterr().out
     assert printed.count("reusing") == 2  # neither the VAE nor the model is trained again
+    assert f"ov3 serve --model {out / 'model'}" in printed  # the command that opens it in the page
     assert again["recon"]["psnr"] == results["recon"]["psnr"]  # same model, same held-out data
 
     with pytest.raises(DemoStopped, match="seed 0"):  # another seed never reuses this run's model

@@ -20,6 +20,7 @@ from .gen import (_add_gen, _gen_errors, _run_gen_compare, _run_gen_eval, _run_g
 from .tools import (_add_ablate, _add_bench, _add_demo, _add_export, _add_probe, _add_push,  # noqa: F401
                     _run_ablate_synergy, _run_bench, _run_demo, _run_export_hf, _run_probe_llava, _run_push)
 from .train import _add_train, _add_train_main, _add_train_vae, _run_train, _run_train_vae  # noqa: F401
+from .serve import _add_serve, _run_serve  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "unified visual encoders")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_info, _add_data, _add_train, _add_eval, _add_gen, _add_demo, _add_bench, _add_ablate,
-                _add_export, _add_push, _add_probe):
+                _add_export, _add_push, _add_probe, _add_serve):
         add(sub)
     return parser
 

@@ -31,11 +31,15 @@ class LatentDecoder(nn.Module):
         sigma = torch.rand(x.shape[0], 1, 1, device=x.device, dtype=x.dtype) * self.noise_tau
         return x + sigma * torch.randn_like(x)
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        """tokens (B, N, D) -> latents (B, C, gh * p, gw * p). Noise only in training mode."""
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None,
+                sigma: float | None = None) -> torch.Tensor:
+        """tokens (B, N, D) -> latents (B, C, gh * p, gw * p). Noise only in training mode, unless
+        ``sigma`` asks for that fixed level (how robust the decoder is to noisy tokens, at inference)."""
         gh, gw = grid or token_grid(tokens.shape[1])
         x = F.layer_norm(tokens, tokens.shape[-1:])
-        if self.training and self.noise_tau > 0:
+        if sigma is not None:
+            x = x + sigma * torch.randn_like(x)
+        elif self.training and self.noise_tau > 0:
             x = self.add_noise(x)
         x = self.embed(x) + sincos_2d(self.width, gh, gw, device=x.device, dtype=x.dtype)
         x = self.head(self.ln_out(self.transformer(x)))  # (B, N, p*p*C)

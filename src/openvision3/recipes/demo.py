@@ -206,4 +206,5 @@ def run_demo(out_dir=None, overrides: list[str] | None = None, vae_overrides: li
         write_report(results, out, title=f"OpenVision 3 demo (nano, shapes, CPU, seed {seed})", extra_md=extra,
                      json_name="metrics.json", md_name="report.md")
     print(f"\ndemo done in {timings['total']} s: {out / 'report.md'}")
+    print(f"look at the model in a page: ov3 serve --model {out / 'model'}")
     return results
