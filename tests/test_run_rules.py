@@ -41,18 +41,15 @@ class Loop:
 
 
 def _ov3(tmp_path):
-    from conftest import TINY_OVERRIDES
+    from chaos.faults import FAST, TINY
 
     from openvision3.config import get_config
     from openvision3.train.trainer import OpenVision3Task, train
-    over = [*TINY_OVERRIDES, f"train.steps={STEPS}", "train.log_every=1", "train.checkpoint_every=0",
-            "train.eval_every=0"]
-    yaml = tmp_path / "tiny.yaml"
-    yaml.write_text("{}\n")
+    over = [*FAST, f"train.steps={STEPS}", "train.checkpoint_every=0"]
 
     def run(out, resume=None, overwrite=False, extra=()):
-        return train(get_config(None, over + list(extra)), out, resume=resume, overwrite=overwrite, progress=False)
-    return Loop("train", OpenVision3Task, run, lambda out: ["train", "--config", str(yaml), "--out", str(out), *over],
+        return train(get_config(TINY, over + list(extra)), out, resume=resume, overwrite=overwrite, progress=False)
+    return Loop("train", OpenVision3Task, run, lambda out: ["train", "--config", TINY, "--out", str(out), *over],
                 lambda out: [out], "train.max_bad_steps=2")
 
 

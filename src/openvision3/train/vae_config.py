@@ -38,6 +38,7 @@ class VAETrainConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     grad_clip: float = 1.0
+    max_bad_steps: int = 5  # non-finite steps in a row before the run stops (train/run.py)
     l1_weight: float = 1.0
     # L1's gradient has the same size at every pixel, so small objects (a few % of the pixels) are
     # learnt late; an MSE term weighs their large errors more (and PSNR is an MSE metric).
@@ -62,6 +63,7 @@ BOUNDS.update({
     "VAETrainConfig": dict(eval_samples=_at_least_1, steps=_at_least_1,
                            batch_size=_at_least_1, lr=_non_negative, warmup_steps=_non_negative,
                            min_lr_ratio=_fraction, weight_decay=_non_negative, grad_clip=_non_negative,
+                           max_bad_steps=_at_least_1,
                            l1_weight=_non_negative, mse_weight=_non_negative, kl_weight=_non_negative,
                            lpips_weight=_non_negative, lpips_start=_fraction, gan_weight=_non_negative,
                            gan_start=_fraction, keep_last=_non_negative),
