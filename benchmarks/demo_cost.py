@@ -45,7 +45,7 @@ from openvision3.train.precision import choose_precision
 from openvision3.train.latent_memo import LatentMemo
 from openvision3.train.trainer import forward_backward
 from openvision3.train.vae_config import get_vae_config
-from openvision3.train.vae_trainer import build_autoencoder
+from openvision3.models.autoencoder import build_autoencoder
 
 HERE = Path(__file__).resolve().parent
 OLD_VAE, OLD_OV3 = HERE / "configs" / "vae_demo_de38a3d.yaml", HERE / "configs" / "demo_de38a3d.yaml"

@@ -161,4 +161,32 @@ class OpenVision3Loss(nn.Module):
         return out
 
 
-__all__ = ["OpenVision3Loss", "REC_TERMS", "UND_TERMS"]
+# ------------------------------------------------------------------------------------ the VAE slot
+def autoencoder_losses(x: torch.Tensor, y: torch.Tensor, posterior, cfg, lpips_net=None) -> dict:
+    """``ov3 train-vae``'s terms for images ``x`` and reconstructions ``y`` (fp32): L1, KL (summed
+    over latent elements, averaged over the batch), and, when their weights are > 0, MSE and LPIPS;
+    ``loss`` weighs them by ``cfg`` (VAETrainConfig). MSE weighs the large errors of small objects
+    more than L1 does (PSNR is an MSE metric); the KL is a regulariser, not a bottleneck."""
+    y = y.float()
+    out = {"l1": (y - x).abs().mean(), "kl": posterior.kl().float().mean()}
+    loss = cfg.l1_weight * out["l1"] + cfg.kl_weight * out["kl"]
+    if cfg.mse_weight > 0:
+        out["mse"] = F.mse_loss(y, x)
+        loss = loss + cfg.mse_weight * out["mse"]
+    if lpips_net is not None:
+        out["lpips"] = lpips_net(y, x).float().mean()
+        loss = loss + cfg.lpips_weight * out["lpips"]
+    return {"loss": loss, **out}
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """PatchGAN hinge loss of the discriminator (taming / VQGAN)."""
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return -fake_logits.mean()
+
+
+__all__ = ["OpenVision3Loss", "REC_TERMS", "UND_TERMS", "autoencoder_losses", "hinge_discriminator_loss",
+           "hinge_generator_loss"]

@@ -8,19 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-# The subcommand groups live in one module each; every name stays importable from openvision3.cli.
-# Nothing here imports torch & co.: the heavy libraries load inside the _run_* functions.
-from .common import (OneLineParser, Stopped, UserError, _add_model_args, _load_model, _positive_int,  # noqa: F401
-                     _report_skipped, print_json)
-from .data import (_add_data, _add_info, _run_data_cache_latents, _run_data_inspect,  # noqa: F401
-                   _run_data_pack, _run_info)
-from .evaluate import _add_eval, _run_caption, _run_encode, _run_eval, _run_reconstruct  # noqa: F401
-from .gen import (_add_gen, _gen_errors, _run_gen_compare, _run_gen_eval, _run_gen_sample,  # noqa: F401
-                  _run_gen_train)
-from .tools import (_add_ablate, _add_bench, _add_demo, _add_export, _add_probe, _add_push,  # noqa: F401
-                    _run_ablate_synergy, _run_bench, _run_demo, _run_export_hf, _run_probe_llava, _run_push)
-from .train import _add_train, _add_train_main, _add_train_vae, _run_train, _run_train_vae  # noqa: F401
-from .serve import _add_serve, _run_serve  # noqa: F401
+# The subcommand groups live in one module each. Nothing here imports torch & co.: the heavy
+# libraries load inside the _run_* functions.
+from .common import OneLineParser, Stopped, UserError
+from .data import _add_data, _add_info
+from .evaluate import _add_eval
+from .gen import _add_gen
+from .serve import _add_serve
+from .tools import _add_ablate, _add_bench, _add_demo, _add_export, _add_probe, _add_push
+from .train import _add_train
 
 
 def build_parser() -> argparse.ArgumentParser:

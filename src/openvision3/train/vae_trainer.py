@@ -24,72 +24,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
-from torch import nn
 
 from ..config import ConfigError, DataConfig
 from ..eval.reconstruction import psnr_ssim
+from ..losses import autoencoder_losses, hinge_discriminator_loss, hinge_generator_loss
+from ..models.autoencoder import Autoencode, PatchDiscriminator, build_autoencoder
 from .optim import LRSchedule
 from .run import Parts, Run, RunSettings, Task, run_task
-from .vae_config import VAEArchConfig, VAETrainConfig
-
-
-# ----------------------------------------------------------------------------------------------
-# model pieces
-
-
-def build_autoencoder(arch: VAEArchConfig):
-    from diffusers import AutoencoderKL
-
-    n = len(arch.block_out_channels)
-    if any(c % arch.norm_num_groups for c in arch.block_out_channels):
-        raise ConfigError(f"arch.norm_num_groups={arch.norm_num_groups} must divide every "
-                          f"arch.block_out_channels {arch.block_out_channels}")
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(arch.block_out_channels), layers_per_block=arch.layers_per_block,
-        latent_channels=arch.latent_channels, norm_num_groups=arch.norm_num_groups,
-        mid_block_add_attention=arch.mid_block_attention, scaling_factor=1.0)
-    with torch.no_grad():  # conv_out emits [mean; logvar]: start the log-variance at logvar_init
-        conv = vae.encoder.conv_out
-        conv.weight[arch.latent_channels:] = 0.0
-        conv.bias[arch.latent_channels:] = arch.logvar_init
-    return vae
-
-
-class PatchDiscriminator(torch.nn.Module):
-    """A small PatchGAN (pix2pix / taming style) for the optional adversarial term."""
-
-    def __init__(self, ch: int = 32):
-        super().__init__()
-        act = torch.nn.LeakyReLU(0.2)
-        self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(3, ch, 4, 2, 1), act,
-            torch.nn.Conv2d(ch, ch * 2, 4, 2, 1), torch.nn.GroupNorm(8, ch * 2), act,
-            torch.nn.Conv2d(ch * 2, ch * 4, 4, 1, 1), torch.nn.GroupNorm(8, ch * 4), act,
-            torch.nn.Conv2d(ch * 4, 1, 4, 1, 1))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class Autoencode(nn.Module):
-    """One pass of the autoencoder as a module (so DDP sees it): images -> (reconstructions,
-    posterior), decoding a sample of the posterior."""
-
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, x):
-        post = self.vae.encode(x).latent_dist
-        return self.vae.decode(post.sample()).sample, post
-
-
-# ----------------------------------------------------------------------------------------------
-# evaluation
+from .vae_config import VAETrainConfig
 
 
 @torch.no_grad()
@@ -213,30 +156,21 @@ class AutoencoderTask(Task):
     def losses(self, batch: dict, step: int) -> dict:
         cfg, x = self.cfg, batch["image"]
         y, post = self.run.model(x)
-        y = y.float()
-        l1 = (y - x).abs().mean()
-        kl = post.kl().float().mean()  # summed over latent elements, averaged over the batch
-        out = {"l1": l1, "kl": kl}
-        loss = cfg.l1_weight * l1 + cfg.kl_weight * kl
-        if cfg.mse_weight > 0:
-            out["mse"] = F.mse_loss(y, x)
-            loss = loss + cfg.mse_weight * out["mse"]
-        if self.lpips_net is not None and step >= cfg.lpips_start * cfg.steps:
-            out["lpips"] = self.lpips_net(y, x).float().mean()
-            loss = loss + cfg.lpips_weight * out["lpips"]
+        lpips_on = self.lpips_net is not None and step >= cfg.lpips_start * cfg.steps
+        out = autoencoder_losses(x, y, post, cfg, self.lpips_net if lpips_on else None)
         if self.disc is not None and step >= cfg.gan_start * cfg.steps:
             # The discriminator's hinge update first, on this step's reconstructions; then the
             # generator's hinge term against the updated discriminator (its weights frozen for it).
-            d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(y.detach())).mean()
+            d_loss = hinge_discriminator_loss(self.disc(x), self.disc(y.detach().float()))
             self.disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             self.disc_opt.step()
             self.disc.requires_grad_(False)
-            out["g_loss"] = -self.disc(y).mean()
+            out["g_loss"] = hinge_generator_loss(self.disc(y.float()))
             self.disc.requires_grad_(True)
             out["d_loss"] = d_loss.detach()
-            loss = loss + cfg.gan_weight * out["g_loss"]
-        return {"loss": loss, **out}
+            out["loss"] = out["loss"] + cfg.gan_weight * out["g_loss"]
+        return out
 
     def evaluate(self, step: int) -> dict:
         if step == self.cfg.steps and not self.cfg.eval_every:
@@ -282,4 +216,4 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = Non
     return {**summary, "train_seconds": round(time.perf_counter() - t0, 1)}
 
 
-__all__ = ["AutoencoderTask", "train_vae", "build_autoencoder", "evaluate", "PatchDiscriminator"]
+__all__ = ["AutoencoderTask", "train_vae", "evaluate"]
