@@ -14,7 +14,7 @@ The held-out evaluation (500 images per task) is timed once per recipe. Then
 
     cost = VAE steps x VAE step + sum over stages of steps x step + evaluation      (per recipe)
 
-A recipe that repeats a small set with its memos on (`data.shapes_memo`, `train.latent_memo`)
+A recipe that repeats a small set with its memos on (`data.shapes.memo`, `train.latent_memo`)
 renders and encodes a sample only the first time it comes. Its step is then timed twice: on
 samples seen for the first time ("new": rendered and encoded) and on samples seen before ("seen":
 read from the memos, a set of one batch shown again), and
@@ -109,7 +109,7 @@ def ov3_step_fns(config: str, precision: str, overrides=()):
     fns = []
     for stage in stages:
         fns.append({"": step_fn(stream(cfg.data.train, stage), stage.resolution)})
-        if memo is not None or cfg.data.shapes_memo:  # the same step on samples seen before
+        if memo is not None or cfg.data.shapes.memo:  # the same step on samples seen before
             if not cfg.data.train.startswith("shapes"):
                 raise SystemExit("demo_cost: memo timing needs a shapes recipe")
             fns[-1] = {" new": fns[-1][""],
@@ -139,7 +139,7 @@ def eval_seconds(model, num_samples: int) -> float:
     from openvision3.eval import evaluate
     model.eval()
     t0 = time.perf_counter()
-    evaluate(model, f"shapes?captions={model.cfg.data.shapes_captions}", tasks=("recon", "zeroshot", "retrieval",
+    evaluate(model, f"shapes?captions={model.cfg.data.shapes.captions}", tasks=("recon", "zeroshot", "retrieval",
              "caption"), num_samples=num_samples, progress=False, write_files=False)
     return time.perf_counter() - t0
 

@@ -118,6 +118,22 @@ def test_a_stopped_run_of_another_recipe_is_not_resumed(tmp_path):
         run_demo(out, overrides=toy, num_samples=8)
 
 
+def test_a_run_saved_with_flat_shapes_keys_is_still_the_same_recipe(tmp_path):
+    """A run directory written while the `shapes` options were flat `data.shapes_*` keys is the same
+    recipe as today's nested `data.shapes`; a real difference is still named."""
+    import yaml
+
+    from openvision3.config import config_to_yaml, get_config
+    from openvision3.recipes.demo import _check_same_recipe
+    cfg = get_config("demo")
+    values = yaml.safe_load(config_to_yaml(cfg))
+    values["data"].update({f"shapes_{k}": v for k, v in values["data"].pop("shapes").items()})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
+    _check_same_recipe(tmp_path, cfg)
+    with pytest.raises(DemoStopped, match=r"differs in data.shapes.single_switch\)"):
+        _check_same_recipe(tmp_path, get_config("demo", ["data.shapes.single_switch=100"]))
+
+
 def test_floor_table_counts_a_rate_on_its_floor_as_met():
     """475 of 500 is 0.95 exactly, though float32 stores it as 0.94999999; 474 of 500 misses."""
     import numpy as np

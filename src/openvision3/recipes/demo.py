@@ -106,15 +106,15 @@ def _check_same_recipe(train_dir: Path, cfg, ignore: tuple[str, ...] = ()) -> No
     allowed to differ (a resume may change the run's length)."""
     if not (train_dir / "config.yaml").exists():
         return
-    import yaml
-
-    from ..config import config_to_yaml
+    from ..config import config_to_dict, load_config_file
 
     def flat(d, prefix=""):
         for k, v in d.items():
             yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
-    old = dict(flat(yaml.safe_load((train_dir / "config.yaml").read_text())))
-    new = dict(flat(yaml.safe_load(config_to_yaml(cfg))))
+    # both sides through the current config tree, so a run saved with an older layout of the same
+    # keys (load_config_file reads it) compares by value, not by where a key used to live
+    old = dict(flat(config_to_dict(load_config_file(train_dir / "config.yaml"))))
+    new = dict(flat(config_to_dict(cfg)))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(ignore))
     if changed:
         raise DemoStopped(f"{train_dir} holds a run of another recipe (it differs in "
@@ -176,7 +176,7 @@ def run_demo(out_dir=None, overrides: list[str] | None = None, vae_overrides: li
     with _phase("3/4 evaluate on held-out data", timings):
         model = OpenVision3.from_pretrained(model_dir).eval()
         # held-out `test` split, captions in the style the model was trained on
-        spec = f"shapes?captions={model.cfg.data.shapes_captions}"
+        spec = f"shapes?captions={model.cfg.data.shapes.captions}"
         results = evaluate(model, spec, tasks=("recon", "zeroshot", "retrieval", "caption"),
                            num_samples=num_samples, out_dir=out, write_files=False)
 

@@ -98,8 +98,8 @@ def eval_spec(cfg) -> str:
     from ..data import parse_spec
     spec = cfg.data.val
     scheme, _, query = parse_spec(spec)
-    if scheme == "shapes" and "captions" not in query and cfg.data.shapes_captions != "rich":
-        spec += ("&" if "?" in spec else "?") + f"captions={cfg.data.shapes_captions}"
+    if scheme == "shapes" and "captions" not in query and cfg.data.shapes.captions != "rich":
+        spec += ("&" if "?" in spec else "?") + f"captions={cfg.data.shapes.captions}"
     return spec
 
 
