@@ -50,7 +50,27 @@ class TextTowerConfig(TowerConfig):
 
 
 @dataclass
-class VAEConfig:
+class VAEArchConfig:
+    """The shape of a diffusers ``AutoencoderKL`` (built by models/vae.py ``build_autoencoder``):
+    the keys of ``model.vae`` for ``source: inline``, and ``arch`` of ``ov3 train-vae``
+    (train/vae_config.py, with its own defaults). Downsampling is 2 ** (len(block_out_channels) - 1)."""
+
+    latent_channels: int = 16
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+    mid_block_attention: bool = True  # diffusers' default; costly at small sizes
+    # The encoder's log-variance bias at init (None: diffusers' init). diffusers starts near 0 (std
+    # 1 noise on the latents), which a decoder in training must first learn to ignore; near -8 the
+    # posterior starts almost deterministic. The frozen VAE reads only the posterior mean.
+    logvar_init: float | None = None
+
+
+@dataclass
+class VAEConfig(VAEArchConfig):
+    """``model.vae``: which frozen VAE and its latent normalisation; the architecture keys
+    (VAEArchConfig) are read for ``source: inline`` only (random init; tests, or benchmarks)."""
+
     # [P] FLUX.1-dev VAE (16 channels, 8x). Alias, hub id, local diffusers dir, or "inline".
     source: str = "flux-ov3"
     # [C] released OV3 code: latents = posterior.mean * scaling_factor, no shift ("scale").
@@ -58,11 +78,6 @@ class VAEConfig:
     convention: LatentConvention = "scale"
     scaling_factor: float | None = None  # None: take it from the VAE's own config
     shift_factor: float | None = None  # None: take it from the VAE's own config
-    # Architecture for source == "inline" (random init; tests, or a VAE trained in-project).
-    latent_channels: int = 16
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
-    layers_per_block: int = 1
-    norm_num_groups: int = 32
     # [?] ours: run the frozen VAE in channels-last memory format (measured with `ov3 bench`,
     # docs/performance.md); the latents and images it returns are the same either way
     channels_last: bool = False
@@ -266,7 +281,7 @@ BOUNDS.update({
     "TextTowerConfig": dict(context_length=_at_least_1),
     "ModelConfig": dict(image_size=_at_least_1, patch_size=_at_least_1, embed_dim=_at_least_1,
                         vocab_size=_at_least_1, noise_tau=_non_negative, caption_keep_ratio=_open_fraction),
-    "VAEConfig": dict(latent_channels=_at_least_1, layers_per_block=_at_least_1, norm_num_groups=_at_least_1),
+    "VAEArchConfig": dict(latent_channels=_at_least_1, layers_per_block=_at_least_1, norm_num_groups=_at_least_1),
     "DataConfig": dict(resolution=_at_least_1, num_workers=_non_negative, shuffle_buffer=_at_least_1,
                        min_crop_area=_open_fraction, color_jitter=_non_negative),
     "ShapesConfig": dict(single_fraction=_fraction, single_size=_fraction, single_fraction_start=_fraction,
