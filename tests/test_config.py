@@ -68,7 +68,7 @@ def test_every_config_choice_is_one_the_code_accepts():
     import torch
     from openvision3.config import CaptionStyle, LatentConvention, LpipsNet, Precision, VAEConfig
     from openvision3.data.shapes import render
-    from openvision3.models.perceptual import LPIPS_NETS
+    from openvision3.perceptual import LPIPS_NETS
     from openvision3.models.vae import FrozenVAE
     from openvision3.train.precision import resolve_precision
     assert set(typing.get_args(LpipsNet)) == set(LPIPS_NETS)

@@ -60,7 +60,7 @@ class OpenVision3Loss(nn.Module):
 
     def _lpips(self, device: torch.device):
         if self.lpips is None:
-            from .models.perceptual import build_lpips
+            from .perceptual import build_lpips
 
             object.__setattr__(self, "lpips", build_lpips(self.cfg.lpips_net))
         if next(self.lpips.parameters()).device != device:
