@@ -137,3 +137,22 @@ def test_losses_and_lpips_import_nothing_from_models():
         modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [m for m in modules if m.startswith((".models", "openvision3.models"))], (name, modules)
     assert not (root / "models" / "perceptual.py").exists(), "LPIPS lives beside the losses, once"
+
+
+def test_contrastive_loss_takes_rank_and_world_size_from_the_process_group(monkeypatch):
+    """The model's own loss needs no replacement under DDP/FSDP: ClipLoss gets the live rank and
+    world size at call time (pinned values, if given, win)."""
+    import torch.distributed as dist
+    fn = OpenVision3Loss(LossConfig())
+    assert (fn.clip_loss.rank, fn.clip_loss.world_size) == (0, 1)  # no process group
+    before = fn.understanding(*und_inputs())["loss_contrastive"]
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    clip = fn.clip_loss
+    assert (clip.rank, clip.world_size, clip.local_loss, clip.gather_with_grad) == (1, 2, False, True)
+    assert fn.clip_loss is clip  # made once per (rank, world size)
+    assert (OpenVision3Loss(LossConfig(), rank=0, world_size=1).clip_loss.world_size) == 1
+    assert "clip_loss" not in dict(fn.named_modules()) and not list(fn.state_dict())
+    monkeypatch.undo()
+    torch.testing.assert_close(fn.understanding(*und_inputs())["loss_contrastive"], before)
