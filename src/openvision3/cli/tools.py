@@ -134,13 +134,14 @@ def _run_export_hf(args):
     from pathlib import Path
 
     from ..interop.official import CheckpointError, check_source
-    from ..interop.transformers import export_hf, is_openvision3_dir
+    from ..interop.transformers import export_hf
+    from ..models.openvision3 import is_saved_model
     src = Path(args.model)
     try:
         check_source(args.model)  # a mistyped path fails here, not after a VAE or hub lookup
     except FileNotFoundError as e:
         raise UserError(f"cannot export: {e}") from None
-    if src.is_dir() and not is_openvision3_dir(src) and not any(src.glob("*.safetensors")) \
+    if src.is_dir() and not is_saved_model(src) and not any(src.glob("*.safetensors")) \
             and not any(src.glob("*.bin")):
         raise UserError(f"'{args.model}' is not an OpenVision 3 model: no config.yaml + model.safetensors "
                         "(save_pretrained) and no released-tower weights")

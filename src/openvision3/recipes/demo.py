@@ -124,11 +124,12 @@ def _check_same_recipe(train_dir: Path, cfg, ignore: tuple[str, ...] = ()) -> No
 
 def _train_phase(out: Path, seed: int, vae_dir: Path, overrides) -> tuple[Path, dict]:
     from ..config import get_config
+    from ..models.openvision3 import is_saved_model
     from ..train.trainer import TrainError, train
     train_dir, model_dir = out / "train", out / "train" / "model"
     _check_same_run(train_dir, seed, vae_dir)
     cfg = get_config("demo", [f"model.vae.source={vae_dir.resolve()}", f"seed={seed}"] + list(overrides or []))
-    if (model_dir / "model.safetensors").exists():
+    if is_saved_model(model_dir):
         _check_same_recipe(train_dir, cfg)
         print(f"reusing {model_dir}")
         return model_dir, _precision_of(train_dir)

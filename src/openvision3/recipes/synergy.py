@@ -109,13 +109,13 @@ def run_arm(config: str, arm: str, seed: int, run_dir: Path, steps: int | None, 
     """Train (or reuse) one arm and evaluate it on held-out data; returns its per-step curves,
     validation losses, evaluation and timings."""
     from ..eval import evaluate
-    from ..models.openvision3 import OpenVision3
+    from ..models.openvision3 import OpenVision3, is_saved_model
     from ..train.trainer import train
 
     cfg = arm_config(config, arm, seed, steps, overrides)
     model_dir, eval_json = run_dir / "model", run_dir / "eval" / "eval.json"
     timings = {}
-    if (model_dir / "model.safetensors").exists():
+    if is_saved_model(model_dir):
         print(f"synergy: reusing {model_dir}", flush=True)
     else:
         t0 = time.perf_counter()
