@@ -10,7 +10,8 @@ Phases (each timed, each reused when its output already exists, so a second run 
 
 The demo is defined by steps, never by wall time, so one seed gives the same figures on every
 machine up to floating-point noise. A training run that stops early (a signal, non-finite
-losses) raises ``DemoStopped``: nothing is evaluated, and the same call again resumes it.
+losses) raises ``RecipeStopped``: nothing is evaluated, and the same call again resumes it. A
+directory holding another seed's or recipe's run raises ``DemoRefused``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
+from . import RecipeStopped
+
 # The issue's floors on held-out data, reported beside what was reached (never lowered quietly).
 FLOORS = {("recon", "psnr"): 23.0, ("zeroshot", "top1"): 0.40, ("retrieval", "t2i_r5"): 0.95,
           ("retrieval", "i2t_r1"): 0.55}
@@ -26,8 +29,9 @@ FLOORS = {("recon", "psnr"): 23.0, ("zeroshot", "top1"): 0.40, ("retrieval", "t2
 SHIPPED_VAE = Path(__file__).resolve().parents[3] / "assets" / "demo_vae"
 
 
-class DemoStopped(Exception):
-    """A demo phase ended before its last step; the message says where and how to resume."""
+class DemoRefused(ValueError):
+    """The demo cannot go on as asked (the output directory holds another seed's or recipe's run,
+    the shipped VAE is missing): one line saying what to do instead; rerunning alone would not help."""
 
 
 def default_out(seed: int) -> str:
@@ -68,7 +72,7 @@ def _vae_phase(out: Path, train_vae_again: bool, vae_overrides) -> tuple[Path, d
     from ..train.vae_trainer import get_vae_config, train_vae
     if not train_vae_again:
         if not (SHIPPED_VAE / "config.json").exists():
-            raise DemoStopped(f"the shipped demo VAE is missing ({SHIPPED_VAE}); "
+            raise DemoRefused(f"the shipped demo VAE is missing ({SHIPPED_VAE}); "
                               "run `ov3 demo --train-vae` to train it (about 5 min on 2 cores)")
         print(f"using the shipped demo VAE {SHIPPED_VAE} (--train-vae trains it again)")
         return SHIPPED_VAE, json.loads((SHIPPED_VAE / "results.json").read_text())
@@ -78,10 +82,10 @@ def _vae_phase(out: Path, train_vae_again: bool, vae_overrides) -> tuple[Path, d
         return vae_dir, json.loads((out / "vae" / "results.json").read_text())
     summary = train_vae(get_vae_config("vae_demo", list(vae_overrides or [])), out / "vae", resume="auto")
     if summary.get("resumable"):
-        raise DemoStopped(f"the demo VAE was {summary['stopped']} at step {summary['steps']}; "
-                          "run the same command again to resume it")
+        raise RecipeStopped(f"the demo VAE was {summary['stopped']} at step {summary['steps']}; "
+                            "run the same command again to resume it")
     if not summary.get("complete", True):
-        raise DemoStopped(f"the demo VAE stopped early ({summary['stopped']}); remove {out / 'vae'} "
+        raise DemoRefused(f"the demo VAE stopped early ({summary['stopped']}); remove {out / 'vae'} "
                           "and run again without a time cap")
     return vae_dir, summary
 
@@ -95,7 +99,7 @@ def _check_same_run(train_dir: Path, seed: int, vae_dir: Path) -> None:
     from ..config import load_config_file
     cfg = load_config_file(saved)
     if cfg.seed != seed or Path(cfg.model.vae.source).resolve() != vae_dir.resolve():
-        raise DemoStopped(f"{train_dir} holds a run with seed {cfg.seed} and VAE {cfg.model.vae.source}, "
+        raise DemoRefused(f"{train_dir} holds a run with seed {cfg.seed} and VAE {cfg.model.vae.source}, "
                           f"not seed {seed} with {vae_dir}; pass another --out or delete it")
 
 
@@ -117,7 +121,7 @@ def _check_same_recipe(train_dir: Path, cfg, ignore: tuple[str, ...] = ()) -> No
     new = dict(flat(config_to_dict(cfg)))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(ignore))
     if changed:
-        raise DemoStopped(f"{train_dir} holds a run of another recipe (it differs in "
+        raise DemoRefused(f"{train_dir} holds a run of another recipe (it differs in "
                           f"{', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}); "
                           "pass another --out or delete it")
 
@@ -140,10 +144,10 @@ def _train_phase(out: Path, seed: int, vae_dir: Path, overrides) -> tuple[Path, 
     try:
         summary = train(cfg, train_dir, resume=resume, overwrite=resume is None)
     except TrainError as e:  # e.g. non-finite losses: the last good checkpoint is kept
-        raise DemoStopped(f"training failed: {e}") from None
+        raise RecipeStopped(f"training failed: {e}") from None
     if summary["status"] != "finished":
-        raise DemoStopped(f"training {summary['status']} at step {summary['step']} of {summary['total_steps']} "
-                          f"(checkpoint {summary['last_checkpoint']}); run the same command again to resume")
+        raise RecipeStopped(f"training {summary['status']} at step {summary['step']} of {summary['total_steps']} "
+                            f"(checkpoint {summary['last_checkpoint']}); run the same command again to resume")
     return model_dir, _precision_of(train_dir)
 
 

@@ -23,6 +23,8 @@ import statistics
 import time
 from pathlib import Path
 
+from . import RecipeStopped
+
 ARMS = {"joint": ("tokens", "(a) joint OV3 tokens"), "und_only": ("tokens", "(b) understanding-only tokens"),
         "vae": ("vae", "(c) VAE latents")}
 PAPER = {"joint": "OV3 + RAE: gFID 1.89 / IS 289.2", "und_only": "CLIP + RAE: gFID 2.54 / IS 256.4",
@@ -30,14 +32,12 @@ PAPER = {"joint": "OV3 + RAE: gFID 1.89 / IS 289.2", "und_only": "CLIP + RAE: gF
 METRICS = ("judge_top1", "fd", "precision", "recall")
 
 
-class CompareStopped(Exception):
-    """A training run of the comparison was stopped by a signal; the same command resumes it."""
 
 
 def _finished(summary: dict, run_dir: Path) -> None:
     if summary["status"] != "finished":
-        raise CompareStopped(f"{run_dir}: {summary['status']} at step {summary['step']}; run the same command "
-                             "again to resume")
+        raise RecipeStopped(f"{run_dir}: {summary['status']} at step {summary['step']}; run the same command "
+                            "again to resume")
 
 
 def _train_und_encoder(cfg, joint_dir: Path, out: Path, progress: bool) -> Path:
@@ -157,4 +157,4 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
     return result
 
 
-__all__ = ["run_compare", "ARMS", "CompareStopped"]
+__all__ = ["run_compare", "ARMS"]
