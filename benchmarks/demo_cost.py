@@ -40,11 +40,12 @@ import torch
 from openvision3.config import get_config
 from openvision3.data import make_loader, open_data
 from openvision3.models.openvision3 import OpenVision3
+from openvision3.models.vae import build_autoencoder
 from openvision3.train.optim import build_optimizer
 from openvision3.train.precision import choose_precision
 from openvision3.train.latent_memo import LatentMemo
 from openvision3.train.trainer import forward_backward
-from openvision3.train.vae_trainer import build_autoencoder, get_vae_config
+from openvision3.train.vae_config import get_vae_config
 
 HERE = Path(__file__).resolve().parent
 OLD_VAE, OLD_OV3 = HERE / "configs" / "vae_demo_de38a3d.yaml", HERE / "configs" / "demo_de38a3d.yaml"
