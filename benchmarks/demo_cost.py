@@ -14,7 +14,7 @@ The held-out evaluation (500 images per task) is timed once per recipe. Then
 
     cost = VAE steps x VAE step + sum over stages of steps x step + evaluation      (per recipe)
 
-A recipe that repeats a small set with its memos on (`data.shapes_memo`, `train.latent_memo`)
+A recipe that repeats a small set with its memos on (`data.shapes.memo`, `train.latent_memo`)
 renders and encodes a sample only the first time it comes. Its step is then timed twice: on
 samples seen for the first time ("new": rendered and encoded) and on samples seen before ("seen":
 read from the memos, a set of one batch shown again), and
@@ -40,12 +40,12 @@ import torch
 from openvision3.config import get_config
 from openvision3.data import make_loader, open_data
 from openvision3.models.openvision3 import OpenVision3
+from openvision3.models.vae import build_autoencoder
 from openvision3.train.optim import build_optimizer
 from openvision3.train.precision import choose_precision
 from openvision3.train.latent_memo import LatentMemo
 from openvision3.train.trainer import forward_backward
 from openvision3.train.vae_config import get_vae_config
-from openvision3.models.autoencoder import build_autoencoder
 
 HERE = Path(__file__).resolve().parent
 OLD_VAE, OLD_OV3 = HERE / "configs" / "vae_demo_de38a3d.yaml", HERE / "configs" / "demo_de38a3d.yaml"
@@ -110,7 +110,7 @@ def ov3_step_fns(config: str, precision: str, overrides=()):
     fns = []
     for stage in stages:
         fns.append({"": step_fn(stream(cfg.data.train, stage), stage.resolution)})
-        if memo is not None or cfg.data.shapes_memo:  # the same step on samples seen before
+        if memo is not None or cfg.data.shapes.memo:  # the same step on samples seen before
             if not cfg.data.train.startswith("shapes"):
                 raise SystemExit("demo_cost: memo timing needs a shapes recipe")
             fns[-1] = {" new": fns[-1][""],
@@ -140,7 +140,7 @@ def eval_seconds(model, num_samples: int) -> float:
     from openvision3.eval import evaluate
     model.eval()
     t0 = time.perf_counter()
-    evaluate(model, f"shapes?captions={model.cfg.data.shapes_captions}", tasks=("recon", "zeroshot", "retrieval",
+    evaluate(model, f"shapes?captions={model.cfg.data.shapes.captions}", tasks=("recon", "zeroshot", "retrieval",
              "caption"), num_samples=num_samples, progress=False, write_files=False)
     return time.perf_counter() - t0
 

@@ -55,7 +55,7 @@ def test_choice_keys_are_checked_when_the_config_is_built():
     with pytest.raises(ConfigError, match="'train.attention_kernel' must be one of auto, math, default"):
         get_config(None, ["train.attention_kernel=flash"])
     for key, bad in [("train.precision", "fp16"), ("loss.lpips_net", "squeeze"),
-                     ("data.shapes_captions", "long"), ("model.vae.convention", "shift")]:
+                     ("data.shapes.captions", "long"), ("model.vae.convention", "shift")]:
         with pytest.raises(ConfigError, match=f"config key '{key}' must be one of"):
             get_config(None, [f"{key}={bad}"])
     from openvision3.train.vae_config import get_vae_config
@@ -68,7 +68,7 @@ def test_every_config_choice_is_one_the_code_accepts():
     import torch
     from openvision3.config import CaptionStyle, LatentConvention, LpipsNet, Precision, VAEConfig
     from openvision3.data.shapes import render
-    from openvision3.models.perceptual import LPIPS_NETS
+    from openvision3.perceptual import LPIPS_NETS
     from openvision3.models.vae import FrozenVAE
     from openvision3.train.precision import resolve_precision
     assert set(typing.get_args(LpipsNet)) == set(LPIPS_NETS)
@@ -110,3 +110,35 @@ def test_every_shipped_config_loads():
     loaders = {"vae_": get_vae_config, "llava": llava_recipe, "gen_": get_gen_config}  # the rest: `ov3 train`
     for name in names:
         next((load for prefix, load in loaders.items() if name.startswith(prefix)), get_config)(name)
+
+
+def test_benchmark_reference_configs_load():
+    """benchmarks/demo_cost.py times these old recipes against the current one."""
+    from pathlib import Path
+
+    from openvision3.train.vae_trainer import get_vae_config
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+    for path in sorted(bench.glob("*.yaml")):
+        (get_vae_config if path.name.startswith("vae_") else get_config)(str(path))
+
+
+def test_a_flat_shapes_key_is_one_line_naming_its_new_place():
+    with pytest.raises(ConfigError, match=r"^config key 'data.shapes_memo' is now 'data.shapes.memo'$"):
+        get_config("demo", ["data.shapes_memo=true"])
+    from openvision3.train.vae_trainer import get_vae_config  # the VAE tree nests the same DataConfig
+    with pytest.raises(ConfigError, match="'data.shapes_captions' is now 'data.shapes.captions'"):
+        get_vae_config("vae_demo", ["data.shapes_captions=compact"])
+
+
+def test_a_saved_config_with_flat_shapes_keys_reads_as_the_nested_one(tmp_path):
+    """A model or run directory saved while the `shapes` options were flat keys still loads, to the
+    same values."""
+    import yaml
+    cfg = get_config("demo")
+    values = yaml.safe_load(config_to_yaml(cfg))
+    shapes = values["data"].pop("shapes")
+    values["data"].update({f"shapes_{k}": v for k, v in shapes.items()})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    old = load_config_file(path)
+    assert old == cfg and old.data.shapes.captions == "compact" and old.data.shapes.single_switch == 24064

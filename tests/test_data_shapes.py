@@ -4,7 +4,7 @@ Generation speed is measured in benchmarks/data_throughput.py, not here."""
 import numpy as np
 import pytest
 
-from openvision3.config import DataConfig
+from openvision3.config import DataConfig, ShapesConfig
 from openvision3.data import DataSpecError, make_loader, open_data
 from openvision3.data.shapes import COLOR_NAMES, SHAPES, render
 
@@ -121,7 +121,7 @@ def test_single_size_names_the_size_of_some_single_objects_and_leaves_pixels_alo
                      for i in range(20)]
     caps = _take(open_data("shapes?single=1&captions=compact&single_size=1", resolution=32), 16)["caption"]
     assert all(c.split()[0] in ("small", "medium", "large") and len(c.split()) == 3 for c in caps)
-    cfg = DataConfig(shapes_captions="compact", shapes_single_size=1.0, shapes_single_fraction=1.0)
+    cfg = DataConfig(shapes=ShapesConfig(captions="compact", single_size=1.0, single_fraction=1.0))
     assert all(len(c.split()) == 3 for c in _take(open_data("shapes", resolution=32, cfg=cfg), 8)["caption"])
     # another caption style in the spec drops the config's single_size instead of failing
     assert _take(open_data("shapes?captions=minimal", resolution=32, cfg=cfg), 8)["caption"][0].count(" ") == 1
@@ -144,8 +144,8 @@ def test_bad_options_raise():
 def test_single_share_curriculum_switches_at_its_sample_and_resumes_identically():
     """All singles for the first 24 training samples, then only scenes; val keeps the final share;
     a stream restored mid-run draws exactly what the uninterrupted one drew."""
-    cfg = DataConfig(resolution=16, shapes_single_fraction=0.0, shapes_single_fraction_start=1.0,
-                     shapes_single_switch=24)
+    cfg = DataConfig(resolution=16, shapes=ShapesConfig(single_fraction=0.0, single_fraction_start=1.0,
+                                                       single_switch=24))
     ds = open_data("shapes", split="train", resolution=16, train=True, cfg=cfg, seed=3)
     labels = _take(ds, 48, bs=8)["label"]
     assert all(lab >= 0 for lab in labels[:24]) and all(lab == -1 for lab in labels[24:])
@@ -167,17 +167,17 @@ def test_single_share_curriculum_switches_at_its_sample_and_resumes_identically(
 
 def test_single_share_curriculum_bad_values_are_one_config_error():
     from openvision3.config import ConfigError, get_config
-    with pytest.raises(ConfigError, match="shapes_single_fraction_start"):
-        get_config("demo", ["data.shapes_single_fraction_start=1.5"])
-    with pytest.raises(ConfigError, match="shapes_single_switch"):
-        get_config("demo", ["data.shapes_single_switch=-1"])
+    with pytest.raises(ConfigError, match="data.shapes.single_fraction_start"):
+        get_config("demo", ["data.shapes.single_fraction_start=1.5"])
+    with pytest.raises(ConfigError, match="data.shapes.single_switch"):
+        get_config("demo", ["data.shapes.single_switch=-1"])
 
 
 def test_first_phase_sizes_limit_single_objects_until_the_switch_and_resume_identically():
     """Singles of the first 32 training samples are medium or large only; after the switch small
     ones come back; val draws every size; a stream restored mid-run draws what the whole run drew."""
-    cfg = DataConfig(resolution=16, shapes_single_fraction=1.0, shapes_single_sizes_start=["medium", "large"],
-                     shapes_single_switch=32)
+    cfg = DataConfig(resolution=16, shapes=ShapesConfig(single_fraction=1.0, single_sizes_start=["medium", "large"],
+                                                       single_switch=32))
     # every single-object caption names its size here (single_size=1)
     caps = _take(open_data("shapes?captions=compact&single_size=1", split="train", resolution=16, train=True,
                            cfg=cfg, seed=3), 96, bs=8)["caption"]
@@ -200,6 +200,6 @@ def test_first_phase_sizes_limit_single_objects_until_the_switch_and_resume_iden
 
 def test_first_phase_sizes_bad_values_are_one_clear_error():
     for bad in (["huge"], []):
-        cfg = DataConfig(resolution=16, shapes_single_sizes_start=bad, shapes_single_switch=8)
+        cfg = DataConfig(resolution=16, shapes=ShapesConfig(single_sizes_start=bad, single_switch=8))
         with pytest.raises(DataSpecError, match="single_sizes_start"):
             open_data("shapes", split="train", resolution=16, train=True, cfg=cfg)

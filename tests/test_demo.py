@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from openvision3.recipes.demo import FLOORS, SHIPPED_VAE, DemoStopped, default_out, run_demo
+from openvision3.recipes.demo import FLOORS, SHIPPED_VAE, DemoRefused, default_out, run_demo
 
 TOY = ["train.stages=[{name: low, resolution: 16, steps: 2}, {name: main, resolution: 32, steps: 2}]",
        "train.checkpoint_every=4", "train.log_every=1", "train.warmup_steps=1"]
@@ -43,10 +43,10 @@ def test_demo_runs_every_phase_and_reuses_outputs(tmp_path, capsys):
     assert f"ov3 serve --model {out / 'model'}" in printed  # the command that opens it in the page
     assert again["recon"]["psnr"] == results["recon"]["psnr"]  # same model, same held-out data
 
-    with pytest.raises(DemoStopped, match="seed 0"):  # another seed never reuses this run's model
+    with pytest.raises(DemoRefused, match="seed 0"):  # another seed never reuses this run's model
         run_demo(out, overrides=TOY, num_samples=16, seed=1, train_vae=True)
     # nor does another recipe (configs/demo.yaml changed since the model was trained)
-    with pytest.raises(DemoStopped, match="another recipe .*train.lr"):
+    with pytest.raises(DemoRefused, match="another recipe .*train.lr"):
         run_demo(out, overrides=TOY + ["train.lr=0.002"], num_samples=16, train_vae=True)
 
 
@@ -115,8 +115,24 @@ def test_a_stopped_run_of_another_recipe_is_not_resumed(tmp_path):
     cfg = get_config("demo", [f"model.vae.source={SHIPPED_VAE.resolve()}", "seed=0", "train.lr=0.002", *toy])
     train(cfg, out / "train")
     (out / "train" / "model").rename(out / "train" / "model_gone")  # as if stopped before the export
-    with pytest.raises(DemoStopped, match="another recipe .*train.lr"):
+    with pytest.raises(DemoRefused, match="another recipe .*train.lr"):
         run_demo(out, overrides=toy, num_samples=8)
+
+
+def test_a_run_saved_with_flat_shapes_keys_is_still_the_same_recipe(tmp_path):
+    """A run directory written while the `shapes` options were flat `data.shapes_*` keys is the same
+    recipe as today's nested `data.shapes`; a real difference is still named."""
+    import yaml
+
+    from openvision3.config import config_to_yaml, get_config
+    from openvision3.recipes.demo import _check_same_recipe
+    cfg = get_config("demo")
+    values = yaml.safe_load(config_to_yaml(cfg))
+    values["data"].update({f"shapes_{k}": v for k, v in values["data"].pop("shapes").items()})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
+    _check_same_recipe(tmp_path, cfg)
+    with pytest.raises(DemoRefused, match=r"differs in data.shapes.single_switch\)"):
+        _check_same_recipe(tmp_path, get_config("demo", ["data.shapes.single_switch=100"]))
 
 
 def test_floor_table_counts_a_rate_on_its_floor_as_met():
@@ -129,3 +145,20 @@ def test_floor_table_counts_a_rate_on_its_floor_as_met():
     assert _floor_table(base).startswith("This run meets all")
     base["retrieval"]["t2i_r5"] = float(np.float32(474 / 500))
     assert _floor_table(base).startswith("This run misses 1 of")
+
+
+@pytest.mark.parametrize("error, code", [("stopped", 3), ("refused", 2)])
+def test_a_stop_exits_3_and_a_refusal_exits_2_with_one_line(tmp_path, capsys, monkeypatch, error, code):
+    """Stopped (the same command resumes it) and refused (another --out or a fix first) are
+    different errors with different exit codes."""
+    from openvision3.cli import main
+    from openvision3.recipes import RecipeStopped
+    from openvision3.recipes import demo
+
+    def fail(*a, **k):
+        raise (RecipeStopped("training stopped by SIGTERM at step 3; run the same command again")
+               if error == "stopped" else DemoRefused("runs/x holds a run with seed 1; pass another --out"))
+    monkeypatch.setattr(demo, "run_demo", fail)
+    assert main(["demo", "--out", str(tmp_path / "out")]) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("stopped:" in err) == (error == "stopped"), err

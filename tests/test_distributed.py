@@ -28,14 +28,13 @@ def _batch():
 
 
 def _grads(rank: int, world: int) -> dict:
-    from openvision3.losses import OpenVision3Loss
     from openvision3.models.openvision3 import OpenVision3
     from openvision3.train.distributed import DistInfo, wrap_model
     from openvision3.train.trainer import forward_backward
     cfg = get_config(TINY, OVER)
     torch.manual_seed(0)
-    model = OpenVision3(cfg)
-    model.loss_fn = OpenVision3Loss(cfg.loss, rank=rank, world_size=world)
+    model = OpenVision3(cfg)  # its own loss: rank and world size come from the process group
+    assert (model.loss_fn.clip_loss.rank, model.loss_fn.clip_loss.world_size) == (rank, world)
     wrapped = wrap_model(model, DistInfo(rank, world, rank, torch.device("cpu")))
     images, tokens = _batch()
     n = images.shape[0] // world

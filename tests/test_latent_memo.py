@@ -1,10 +1,10 @@
-"""train.latent_memo (the VAE latents of repeated images, kept in memory) and data.shapes_memo."""
+"""train.latent_memo (the VAE latents of repeated images, kept in memory) and data.shapes.memo."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from openvision3.config import ConfigError, DataConfig, get_config
+from openvision3.config import ConfigError, DataConfig, ShapesConfig, get_config
 from openvision3.data import make_loader, open_data
 from openvision3.models.vae import FrozenVAE
 from openvision3.train.latent_memo import LatentMemo
@@ -74,11 +74,9 @@ def test_shapes_memo_gives_the_same_samples_rendered_once(monkeypatch):
     calls = []
     real = shapes.render
     monkeypatch.setattr(shapes, "render", lambda *a, **k: calls.append(a) or real(*a, **k))
-    cfg = DataConfig(resolution=16, shapes_captions="compact", shapes_single_fraction=0.3,
-                     shapes_single_fraction_start=0.9, shapes_single_switch=16)
-
     def two_epochs(memo: bool):
-        c = DataConfig(**{**cfg.__dict__, "shapes_memo": memo})
+        c = DataConfig(resolution=16, shapes=ShapesConfig(captions="compact", single_fraction=0.3,
+                                                          single_fraction_start=0.9, single_switch=16, memo=memo))
         ds = open_data("shapes?n=8", split="train", resolution=16, train=True, cfg=c, seed=0)
         it = iter(make_loader(ds, 8))
         return [next(it) for _ in range(4)]  # 32 samples: 2 epochs per curriculum phase
@@ -96,7 +94,7 @@ def test_shapes_memo_gives_the_same_samples_rendered_once(monkeypatch):
 def test_training_with_the_memo_matches_training_without(tmp_path):
     over = ["train.batch_size=8", "train.log_every=1", "train.eval_every=0", "train.warmup_steps=2",
             "data.resolution=16", "model.image_size=16", "train.steps=6", "data.train=shapes?n=16",
-            "data.shapes_memo=true"]
+            "data.shapes.memo=true"]
 
     def run(name, *extra):
         train(get_config(str(ROOT / "configs" / "tiny.yaml"), over + list(extra)), tmp_path / name)

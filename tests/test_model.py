@@ -154,3 +154,14 @@ def test_rec_subbatch_reconstructs_the_first_n_images_only(batch):
     model.cfg.loss.rec_subbatch = 0
     torch.manual_seed(1)
     assert not torch.allclose(model(other, tokens)["loss_latent"], outs[1]["loss_latent"])
+
+
+def test_is_saved_model_needs_the_weights_and_the_config(tiny_cfg, tmp_path):
+    from openvision3.models.openvision3 import CONFIG_NAME, WEIGHTS_NAME, is_saved_model
+    OpenVision3(tiny_cfg).save_pretrained(tmp_path / "m")
+    assert is_saved_model(tmp_path / "m") and is_saved_model(str(tmp_path / "m"))
+    (tmp_path / "m" / CONFIG_NAME).rename(tmp_path / "config.yaml.bak")
+    assert not is_saved_model(tmp_path / "m")  # weights alone: not a model one can load
+    (tmp_path / "config.yaml.bak").rename(tmp_path / "m" / CONFIG_NAME)
+    (tmp_path / "m" / WEIGHTS_NAME).unlink()
+    assert not is_saved_model(tmp_path / "m") and not is_saved_model(tmp_path / "nothing")

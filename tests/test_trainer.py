@@ -49,7 +49,7 @@ def test_loss_falls_and_run_dir_is_complete(tmp_path):
 def test_a_word_list_missing_caption_words_warns_once(tmp_path):
     words = "[red, orange, yellow, green, cyan, blue, purple, pink, circle, square, triangle, star]"
     cfg = tiny("train.steps=2", "model.tokenizer=words", f"model.words={words}",
-               "data.shapes_captions=minimal", "train.checkpoint_every=0")
+               "data.shapes.captions=minimal", "train.checkpoint_every=0")
     with pytest.warns(UserWarning, match=r"model.words lacks .*'heart'") as caught:
         train(cfg, tmp_path / "run")
     assert sum("model.words lacks" in str(w.message) for w in caught) == 1

@@ -123,7 +123,7 @@ def test_the_demo_word_list_covers_every_word_of_its_captions():
     tok = build_tokenizer(cfg.model)
     for kind in ("single", "multi", "mixed"):
         for i in range(40):
-            caption = render(i, split="train", kind=kind, resolution=16, captions=cfg.data.shapes_captions)[1]
+            caption = render(i, split="train", kind=kind, resolution=16, captions=cfg.data.shapes.captions)[1]
             ids = tok([caption])[0]
             assert tok.unk_id not in ids.tolist(), caption
             assert tok.decode(ids) == caption

@@ -131,3 +131,22 @@ def test_bf16_compute_dtype_runs(vae):
     z = vae.encode(images(), autocast_dtype=torch.bfloat16)
     assert z.dtype == torch.float32
     torch.testing.assert_close(z, vae.encode(images()), atol=0.1, rtol=0.1)
+
+
+def test_one_architecture_dataclass_for_the_inline_vae_and_train_vae():
+    """model.vae (source inline) and `ov3 train-vae`'s arch are the same VAEArchConfig; one builder
+    makes the autoencoder for both."""
+    from openvision3.config import VAEArchConfig, get_config
+    from openvision3.models.vae import build_autoencoder
+    from openvision3.train.vae_config import get_vae_config
+    arch = get_vae_config("vae_demo").arch
+    assert type(arch) is VAEArchConfig and isinstance(get_config().model.vae, VAEArchConfig)
+    assert (arch.block_out_channels, arch.mid_block_attention, arch.logvar_init) == ([32, 64], False, -8.0)
+    ours = build_autoencoder(arch).state_dict()
+    assert (ours["encoder.conv_out.bias"][arch.latent_channels:] == -8.0).all()
+    # the inline frozen VAE keeps diffusers' own init and its mid-block attention by default
+    inline = FrozenVAE(VAEConfig(source="inline", block_out_channels=[8, 16], norm_num_groups=4, latent_channels=4))
+    assert inline.vae.config.mid_block_add_attention is True
+    assert not (inline.vae.encoder.conv_out.bias[4:] == -8.0).all()
+    with pytest.raises(ConfigError, match="norm_num_groups=3 must divide"):
+        FrozenVAE(VAEConfig(source="inline", block_out_channels=[8, 16], norm_num_groups=3))

@@ -19,7 +19,7 @@ import yaml
 
 # The builder (coercion, bounds, overrides, YAML) lives in config_build.py; these names stay
 # importable from here, where every caller has always found them.
-from .config_build import (BOUNDS, ConfigError, _at_least_1, _build, _decay, _deep_merge,
+from .config_build import (BOUNDS, MOVED, ConfigError, _at_least_1, _build, _decay, _deep_merge,
                            _fraction, _non_negative, _open_fraction, _positive, parse_overrides, read_yaml)
 
 
@@ -27,8 +27,8 @@ PoolType = typing.Literal["mean", "max"]  # model.pool, see models/encoder.py
 POOL_TYPES = typing.get_args(PoolType)
 AttentionKernel = typing.Literal["auto", "math", "default"]  # train.attention_kernel, see models/vit.py
 Precision = typing.Literal["auto", "bf16", "fp32"]  # train.precision, see train/precision.py
-LpipsNet = typing.Literal["alex", "vgg"]  # loss.lpips_net, see models/perceptual.py
-CaptionStyle = typing.Literal["rich", "simple", "compact", "minimal"]  # data.shapes_captions, see data/shapes.py
+LpipsNet = typing.Literal["alex", "vgg"]  # loss.lpips_net, see perceptual.py
+CaptionStyle = typing.Literal["rich", "simple", "compact", "minimal"]  # data.shapes.captions, see data/shapes.py
 LatentConvention = typing.Literal["scale", "shift_scale"]  # model.vae.convention, see models/vae.py
 TokenizerKind = typing.Literal["bpe", "words"]  # model.tokenizer, see data/tokenizer.py
 AdamWImpl = typing.Literal["auto", "fused", "foreach"]  # train.adamw, see train/optim.py
@@ -50,7 +50,27 @@ class TextTowerConfig(TowerConfig):
 
 
 @dataclass
-class VAEConfig:
+class VAEArchConfig:
+    """The shape of a diffusers ``AutoencoderKL`` (built by models/vae.py ``build_autoencoder``):
+    the keys of ``model.vae`` for ``source: inline``, and ``arch`` of ``ov3 train-vae``
+    (train/vae_config.py, with its own defaults). Downsampling is 2 ** (len(block_out_channels) - 1)."""
+
+    latent_channels: int = 16
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+    mid_block_attention: bool = True  # diffusers' default; costly at small sizes
+    # The encoder's log-variance bias at init (None: diffusers' init). diffusers starts near 0 (std
+    # 1 noise on the latents), which a decoder in training must first learn to ignore; near -8 the
+    # posterior starts almost deterministic. The frozen VAE reads only the posterior mean.
+    logvar_init: float | None = None
+
+
+@dataclass
+class VAEConfig(VAEArchConfig):
+    """``model.vae``: which frozen VAE and its latent normalisation; the architecture keys
+    (VAEArchConfig) are read for ``source: inline`` only (random init; tests, or benchmarks)."""
+
     # [P] FLUX.1-dev VAE (16 channels, 8x). Alias, hub id, local diffusers dir, or "inline".
     source: str = "flux-ov3"
     # [C] released OV3 code: latents = posterior.mean * scaling_factor, no shift ("scale").
@@ -58,11 +78,6 @@ class VAEConfig:
     convention: LatentConvention = "scale"
     scaling_factor: float | None = None  # None: take it from the VAE's own config
     shift_factor: float | None = None  # None: take it from the VAE's own config
-    # Architecture for source == "inline" (random init; tests, or a VAE trained in-project).
-    latent_channels: int = 16
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
-    layers_per_block: int = 1
-    norm_num_groups: int = 32
     # [?] ours: run the frozen VAE in channels-last memory format (measured with `ov3 bench`,
     # docs/performance.md); the latents and images it returns are the same either way
     channels_last: bool = False
@@ -98,6 +113,30 @@ class ModelConfig:
 
 
 @dataclass
+class ShapesConfig:
+    """Options of the embedded ``shapes`` data (``data.shapes``, see data/shapes.py). A spec's own
+    query overrides three of them for that spec: ``shapes?single=F&captions=C&single_size=S``."""
+
+    single_fraction: float = 0.5  # [?] share of single-object samples in `shapes`
+    # [?] ours, a curriculum: the first `single_switch` training samples of a run use this share of
+    # single objects instead (None: off). Singles first teach the shape words, the multi-object
+    # scenes after them bind words to objects (docs/experiments.md)
+    single_fraction_start: float | None = None
+    single_switch: int = 0
+    # [?] ours: the sizes single objects may take during those first samples (None: all three).
+    # [medium, large] lets shape be learnt first where it is visible (docs/experiments.md)
+    single_sizes_start: list[str] | None = None
+    # [?] data-layer addition: caption style, rich (varied) | simple | compact | minimal
+    captions: CaptionStyle = "rich"
+    # [?] `compact` captions only: share of single-object captions that also name the size
+    # ("small red star"); the rest stay the bare class name the zero-shot prompts use
+    single_size: float = 0.0
+    # [?] ours: keep every rendered training sample in memory (about 3 KB each at 32 px), so a run
+    # that repeats a small set (`shapes?n=10240`) renders each sample once per curriculum phase
+    memo: bool = False
+
+
+@dataclass
 class DataConfig:
     train: str = "shapes"  # data spec: shapes | wds:PATTERN | folder:DIR | fashion-mnist
     val: str = "shapes"
@@ -108,23 +147,8 @@ class DataConfig:
     min_crop_area: float = 0.4  # [C] OpenVision inception crop, min area 40 %
     color_jitter: float = 0.4  # [C] OpenVision colour jitter
     hflip: bool = True  # [?] captions with left/right words make flips wrong; shapes turns it off
-    shapes_single_fraction: float = 0.5  # [?] share of single-object samples in `shapes`
-    # [?] ours, a curriculum: the first `shapes_single_switch` training samples of a run use this
-    # share of single objects instead (None: off). Singles first teach the shape words, the
-    # multi-object scenes after them bind words to objects (docs/experiments.md, round 7)
-    shapes_single_fraction_start: float | None = None
-    shapes_single_switch: int = 0
-    # [?] ours: the sizes single objects may take during those first samples (None: all three).
-    # [medium, large] lets shape be learnt first where it is visible (docs/experiments.md, round 8)
-    shapes_single_sizes_start: list[str] | None = None
-    # [?] data-layer addition: `shapes` caption style, rich (varied) | simple | compact | minimal
-    shapes_captions: CaptionStyle = "rich"
-    # [?] `compact` captions only: share of single-object captions that also name the size
-    # ("small red star"); the rest stay the bare class name the zero-shot prompts use
-    shapes_single_size: float = 0.0
-    # [?] ours: keep every rendered `shapes` training sample in memory (about 3 KB each at 32 px), so
-    # a run that repeats a small set (`shapes?n=10240`) renders each sample once per curriculum phase
-    shapes_memo: bool = False
+    # options of the embedded `shapes` data (data/shapes.py)
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
     # [?] ours, MAR's idea [C]: a directory written by `ov3 data cache-latents`; training then reads
     # images + precomputed VAE latents from it instead of data.train (data/latent_cache.py)
     latent_cache: str | None = None
@@ -257,11 +281,11 @@ BOUNDS.update({
     "TextTowerConfig": dict(context_length=_at_least_1),
     "ModelConfig": dict(image_size=_at_least_1, patch_size=_at_least_1, embed_dim=_at_least_1,
                         vocab_size=_at_least_1, noise_tau=_non_negative, caption_keep_ratio=_open_fraction),
-    "VAEConfig": dict(latent_channels=_at_least_1, layers_per_block=_at_least_1, norm_num_groups=_at_least_1),
+    "VAEArchConfig": dict(latent_channels=_at_least_1, layers_per_block=_at_least_1, norm_num_groups=_at_least_1),
     "DataConfig": dict(resolution=_at_least_1, num_workers=_non_negative, shuffle_buffer=_at_least_1,
-                       min_crop_area=_open_fraction, color_jitter=_non_negative, shapes_single_fraction=_fraction,
-                       shapes_single_size=_fraction, shapes_single_fraction_start=_fraction,
-                       shapes_single_switch=_non_negative),
+                       min_crop_area=_open_fraction, color_jitter=_non_negative),
+    "ShapesConfig": dict(single_fraction=_fraction, single_size=_fraction, single_fraction_start=_fraction,
+                         single_switch=_non_negative),
     "StageConfig": dict(resolution=_at_least_1, steps=_at_least_1, epochs=_positive, batch_size=_at_least_1,
                         lr=_non_negative, lpips_weight=_non_negative, warmup_steps=_non_negative),
     "TrainConfig": dict(steps=_at_least_1, epochs=_positive, epoch_size=_at_least_1, batch_size=_at_least_1,
@@ -275,6 +299,24 @@ BOUNDS.update({
                        rec_subbatch=_non_negative),
     "EvalConfig": dict(num_samples=_at_least_1, batch_size=_at_least_1),
 })
+
+
+# The `shapes` options were flat `data.shapes_*` keys before they got their own section.
+SHAPES_FLAT_KEYS = {f"shapes_{k.name}": k.name for k in dataclasses.fields(ShapesConfig)}
+MOVED["DataConfig"] = {old: f"shapes.{new}" for old, new in SHAPES_FLAT_KEYS.items()}
+
+
+def _nest_flat_shapes_keys(values: dict) -> dict:
+    """A saved config (a model's or run's ``config.yaml``) written while the `shapes` options were
+    flat ``data.shapes_*`` keys, with them moved into ``data.shapes``: saved models and run
+    directories stay loadable. Configs a person writes get a one-line error instead (MOVED)."""
+    data = values.get("data")
+    if not isinstance(data, dict) or not any(k in SHAPES_FLAT_KEYS for k in data):
+        return values
+    data = dict(data)
+    nested = {SHAPES_FLAT_KEYS[k]: data.pop(k) for k in list(data) if k in SHAPES_FLAT_KEYS}
+    data["shapes"] = {**nested, **(data.get("shapes") or {})}
+    return {**values, "data": data}
 
 
 def resolve_config_path(name_or_yaml: str) -> Path:
@@ -334,4 +376,4 @@ def load_config_file(path: str | Path) -> Config:
     values = read_yaml(path)
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return config_from_dict(values)
+    return config_from_dict(_nest_flat_shapes_keys(values))

@@ -78,6 +78,9 @@ def _build(cls, values: dict, prefix: str = "", base=None):
     obj = base if base is not None else cls()
     for key, value in values.items():
         if key not in names:
+            moved = _moved_to(cls, key)
+            if moved:
+                raise ConfigError(f"config key '{prefix}{key}' is now '{prefix}{moved}'")
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else (
                 f"; valid keys: {', '.join(prefix + n for n in names)}")
@@ -122,6 +125,19 @@ _BOUND_TEXT = {_at_least_1: ">= 1", _positive: "> 0", _non_negative: ">= 0", _fr
 # module for its own tree and checked as YAML or key=value sets them, so an impossible value is one
 # line naming the key instead of a crash minutes later.
 BOUNDS: dict[str, dict] = {}
+
+
+# Keys that moved, by dataclass name: old key -> its new dotted path below the same section, so an
+# old name is one line naming the new one instead of a list of valid keys.
+MOVED: dict[str, dict[str, str]] = {}
+
+
+def _moved_to(cls, key: str) -> str | None:
+    for klass in cls.__mro__:
+        new = MOVED.get(klass.__name__, {}).get(key)
+        if new:
+            return new
+    return None
 
 
 def _check_bounds(cls, key: str, value, dotted: str) -> None:

@@ -13,6 +13,7 @@ tokens instead, and ``combine`` adds its loss with weight 1: it trains only its 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import nn
@@ -27,18 +28,35 @@ def _fp32(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
+def _process_group_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of the default torch.distributed process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class OpenVision3Loss(nn.Module):
-    def __init__(self, cfg: LossConfig | None = None, rank: int = 0, world_size: int = 1):
+    def __init__(self, cfg: LossConfig | None = None):
+        """The rank and world size of the contrastive gather are read from torch.distributed at
+        each call, so the model's own loss is right under DDP/FSDP."""
         super().__init__()
         self.cfg = cfg or LossConfig()
-        # Softmax CLIP loss over the global batch: features are gathered from all ranks, with
-        # gradients, when world_size > 1 (open_clip's own gather).
-        self.clip_loss = ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
-                                  rank=rank, world_size=world_size)
-        # LPIPS is built on first use with a weight > 0 (stage 2). It is kept out of the module
-        # tree on purpose: checkpoints do not carry it, and a parent's .train() cannot switch
-        # on its dropout.
+        # One open_clip ClipLoss per (rank, world size), made on first use; kept out of the module
+        # tree like LPIPS (it has no weights). LPIPS is built on first use with a weight > 0
+        # (stage 2): checkpoints do not carry it, and a parent's .train() cannot switch on its dropout.
+        object.__setattr__(self, "_clip_losses", {})
         object.__setattr__(self, "lpips", None)
+
+    @property
+    def clip_loss(self) -> ClipLoss:
+        """Softmax CLIP loss over the global batch: with world size > 1 the features are gathered
+        from every rank, with gradients (open_clip's own gather), and each rank scores its images
+        against every rank's captions."""
+        rank, world = _process_group_rank_and_size()
+        if (rank, world) not in self._clip_losses:
+            self._clip_losses[(rank, world)] = ClipLoss(local_loss=False, gather_with_grad=True,
+                                                        cache_labels=True, rank=rank, world_size=world)
+        return self._clip_losses[(rank, world)]
 
     @property
     def rec_enabled(self) -> bool:
@@ -60,7 +78,7 @@ class OpenVision3Loss(nn.Module):
 
     def _lpips(self, device: torch.device):
         if self.lpips is None:
-            from .models.perceptual import build_lpips
+            from .perceptual import build_lpips
 
             object.__setattr__(self, "lpips", build_lpips(self.cfg.lpips_net))
         if next(self.lpips.parameters()).device != device:

@@ -32,7 +32,7 @@ SMALL_MODEL = ["model.encoder.width=32", "model.encoder.layers=1", "model.encode
                "model.vae.norm_num_groups=4"]
 FAST = ["train.batch_size=8", "train.log_every=1", "train.eval_every=0", "train.warmup_steps=2",
         "data.resolution=16", "model.image_size=16", "model.tokenizer=words", f"model.words={WORDS}",
-        "data.shapes_captions=minimal", *SMALL_MODEL]
+        "data.shapes.captions=minimal", *SMALL_MODEL]
 SMALL_RUN = ["train.steps=4", "train.checkpoint_every=2", "train.keep_last=2"]
 VAE_FAST = ["data.resolution=32", "arch.block_out_channels=[8,16]", "arch.norm_num_groups=4",
             "arch.latent_channels=4", "batch_size=4", "eval_samples=8", "log_every=1", "warmup_steps=2",

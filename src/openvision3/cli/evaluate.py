@@ -58,7 +58,7 @@ def _run_eval(args):
 
     from ..eval import TASKS, EvalError, evaluate, parse_tasks
     from ..eval.report import format_summary, jsonable
-    from ..models.perceptual import LPIPS_NETS
+    from ..perceptual import LPIPS_NETS
     try:
         tasks = parse_tasks(args.tasks) if args.tasks is not None else None
     except EvalError as e:

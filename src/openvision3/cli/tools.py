@@ -22,12 +22,15 @@ def _add_demo(sub):
 
 
 def _run_demo(args):
-    from ..recipes.demo import DemoStopped, run_demo
+    from ..recipes import RecipeStopped
+    from ..recipes.demo import DemoRefused, run_demo
     try:
         results = run_demo(args.out, overrides=args.overrides, num_samples=args.num_samples, seed=args.seed,
                            train_vae=args.train_vae)
-    except DemoStopped as e:
+    except RecipeStopped as e:  # the same command resumes it: exit 3
         raise Stopped(str(e)) from None
+    except DemoRefused as e:  # another --out or a fix is needed first: exit 2
+        raise UserError(str(e)) from None
     if args.json:
         print_json(results)
 
@@ -100,7 +103,8 @@ def _add_ablate(sub):
 def _run_ablate_synergy(args):
     from ..eval import EvalError
     from ..eval.report import jsonable
-    from ..recipes.synergy import SynergyStopped, run_synergy
+    from ..recipes import RecipeStopped
+    from ..recipes.synergy import run_synergy
     from ..train.checkpoint import CheckpointError
     from ..train.run import TrainError
     try:
@@ -109,7 +113,7 @@ def _run_ablate_synergy(args):
                               progress=not args.no_progress)
     except (EvalError, CheckpointError, TrainError) as e:
         raise UserError(str(e)) from None
-    except SynergyStopped as e:  # a signal stopped an arm: exit 3, the same command resumes it
+    except RecipeStopped as e:  # a signal stopped an arm: exit 3, the same command resumes it
         raise Stopped(str(e)) from None
     print("verdicts: " + ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()), file=sys.stderr)
     if args.json:
@@ -134,13 +138,14 @@ def _run_export_hf(args):
     from pathlib import Path
 
     from ..interop.official import CheckpointError, check_source
-    from ..interop.transformers import export_hf, is_openvision3_dir
+    from ..interop.transformers import export_hf
+    from ..models.openvision3 import is_saved_model
     src = Path(args.model)
     try:
         check_source(args.model)  # a mistyped path fails here, not after a VAE or hub lookup
     except FileNotFoundError as e:
         raise UserError(f"cannot export: {e}") from None
-    if src.is_dir() and not is_openvision3_dir(src) and not any(src.glob("*.safetensors")) \
+    if src.is_dir() and not is_saved_model(src) and not any(src.glob("*.safetensors")) \
             and not any(src.glob("*.bin")):
         raise UserError(f"'{args.model}' is not an OpenVision 3 model: no config.yaml + model.safetensors "
                         "(save_pretrained) and no released-tower weights")

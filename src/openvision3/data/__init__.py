@@ -71,21 +71,21 @@ def open_source(spec: str, split: str = "train", cfg=None, kind: str | None = No
     scheme, rest, query = parse_spec(spec)
     if scheme == "shapes":
         from .shapes import ShapesSource
-        q = dict(query)
-        captions = q.pop("captions", cfg.shapes_captions)
+        q, opts = dict(query), cfg.shapes
+        captions = q.pop("captions", opts.captions)
         # the config's single_size belongs to compact captions; a spec asking for another style
         # (an evaluation set, say) simply drops it, while `single_size=` in that spec is an error
-        cfg_size = cfg.shapes_single_size if captions == "compact" else 0.0
+        cfg_size = opts.single_size if captions == "compact" else 0.0
         src = ShapesSource(split, kind=kind or q.pop("kind", "mixed"), n=_num(q, "n", int, None),
                            gen_seed=_num(q, "seed", int, 0),
-                           single_fraction=_num(q, "single", float, cfg.shapes_single_fraction),
+                           single_fraction=_num(q, "single", float, opts.single_fraction),
                            captions=captions, label=q.pop("label", "shape_color"),
                            single_size=_num(q, "single_size", float, cfg_size),
                            # the curriculum belongs to training: val/test keep the final share
-                           single_start=cfg.shapes_single_fraction_start if split == "train" else None,
-                           single_switch=cfg.shapes_single_switch,
-                           single_sizes_start=cfg.shapes_single_sizes_start if split == "train" else None,
-                           memo=cfg.shapes_memo and split == "train")
+                           single_start=opts.single_fraction_start if split == "train" else None,
+                           single_switch=opts.single_switch,
+                           single_sizes_start=opts.single_sizes_start if split == "train" else None,
+                           memo=opts.memo and split == "train")
     elif scheme == "fashion-mnist":
         from .fashion_mnist import FashionMnistSource
         q = dict(query)

@@ -25,7 +25,6 @@ sample and epoch, seeded like every other augmentation, so a resumed run sees th
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zlib
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fingerprint import weights_fingerprint
 from .errors import DataSpecError, SkipSample
 
 CACHE_FORMAT = 1
@@ -45,19 +45,11 @@ class LatentCacheMismatch(DataSpecError):
     """The cache was made with another VAE, convention, resolution or crop. One line."""
 
 
-def vae_fingerprint(vae) -> str:
-    """A short hash of the frozen VAE's weights: a path or hub id can change while the weights
-    stay (or the reverse), and an ``inline`` VAE is only defined by its random weights."""
-    h = hashlib.blake2b(digest_size=8)
-    for name, t in sorted(vae.vae.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def cache_key(vae, resolution: int, fingerprint: str | None = None) -> dict:
     """What a cache is valid for: the VAE (id + weights), convention and factors, resolution, crop."""
-    return {"vae": vae.source, "vae_fingerprint": fingerprint or vae_fingerprint(vae),
+    # the weights themselves: a path or hub id can change while they stay (or the reverse), and an
+    # ``inline`` VAE is only defined by its random weights
+    return {"vae": vae.source, "vae_fingerprint": fingerprint or weights_fingerprint(vae.vae.state_dict()),
             "convention": vae.convention, "scaling_factor": vae.scaling_factor,
             "shift_factor": vae.shift_factor, "resolution": int(resolution), "crop": CROP}
 
@@ -80,7 +72,7 @@ def check_cache(directory, vae, resolutions) -> dict:
                             f"(format {info.get('latent_cache')!r}, expected {CACHE_FORMAT})")
     made = info["key"]
     fields = ("vae_fingerprint", "convention", "scaling_factor", "shift_factor", "resolution", "crop")
-    fingerprint = vae_fingerprint(vae)
+    fingerprint = weights_fingerprint(vae.vae.state_dict())
     for res in sorted(set(int(r) for r in resolutions)):
         want = cache_key(vae, res, fingerprint)
         if any(made.get(f) != want[f] for f in fields):
@@ -247,5 +239,5 @@ def _identity(x):
     return x
 
 
-__all__ = ["cache_latents", "open_latent_cache", "check_cache", "cache_key", "vae_fingerprint",
+__all__ = ["cache_latents", "open_latent_cache", "check_cache", "cache_key",
            "LatentCacheMismatch", "LatentCacheSource"]

@@ -7,26 +7,26 @@ relations ("a small red star left of a large blue circle"), varied caption templ
 order. Splits ``train``/``val``/``test`` use disjoint random streams and keys.
 
 Selections (``open_data`` kwarg ``kind=`` or spec query ``shapes?kind=single``):
-  ``mixed``  (default) single-object with probability ``single`` (DataConfig.shapes_single_fraction),
+  ``mixed``  (default) single-object with probability ``single`` (data.shapes.single_fraction),
              otherwise 2-3 objects; single-object samples carry a label, others -1.
   ``single`` single-object only, class-balanced (label = index % num_classes): zero-shot.
   ``multi``  2-3 objects only: the fixed retrieval set (use ``split="test"``).
 Spec query options: ``n`` (samples in the split; default train 100000, val/test 2000),
 ``seed`` (generator seed, default 0: the data itself, not the shuffle), ``single`` (fraction),
 ``single_size`` (``compact`` only: the share of single-object captions that also name the size,
-"small red star"; DataConfig.shapes_single_size, default 0),
+"small red star"; data.shapes.single_size, default 0),
 ``captions`` = ``rich`` (default, varied) | ``simple`` ("a small red star on the left") |
 ``compact`` (one object: "red star"; several: "small red star left of large blue circle and
 medium green ring top", one fixed wording, at most 13 words) | ``minimal`` ("red star", "red star
 and blue circle": colour and shape words only), ``label`` = ``shape_color`` (64 classes,
 default) | ``shape`` | ``color``. Example: ``shapes?kind=single&captions=minimal``.
 
-A curriculum (DataConfig.shapes_single_fraction_start / shapes_single_switch, training split only):
+A curriculum (data.shapes.single_fraction_start / single_switch, training split only):
 the first ``single_switch`` samples the whole job draws use the start share of single objects,
 the rest ``single``. The share goes with each index through the stream, so it depends only on
 the position in the run, and a resumed run draws the same samples.
 
-The first phase may also limit the sizes single objects take (DataConfig.shapes_single_sizes_start,
+The first phase may also limit the sizes single objects take (data.shapes.single_sizes_start,
 e.g. medium and large only: shape is learnt on objects big enough to show it, then transfers).
 
 Backgrounds are numpy arrays at the target size; object masks are drawn with PIL at 2x (<= 160 px)
@@ -334,7 +334,7 @@ class ShapesSource(MapSource):
             self.templates = ["a {}.", "a picture of a {}.", "there is a {}."]
         self.augment = False  # see module docstring
         # rendered samples by (index, phase, resolution): ``load`` is a pure function of those, so a
-        # run that repeats a small set (n) renders each sample once (DataConfig.shapes_memo)
+        # run that repeats a small set (n) renders each sample once (data.shapes.memo)
         self._memo: dict | None = {} if memo else None
 
     def raw_stream(self, epoch, shuffle, seed, rank, world_size, part, num_parts):

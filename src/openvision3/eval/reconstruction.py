@@ -42,7 +42,7 @@ def eval_reconstruction(model, ds, num_samples: int, batch_size: int = 64, out_d
     from torchmetrics.functional.image import peak_signal_noise_ratio
     from torchmetrics.image import StructuralSimilarityIndexMeasure
 
-    from ..models.perceptual import build_lpips
+    from ..perceptual import build_lpips
     dev = device_of(model)
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(dev)
     lpips_models = {net: build_lpips(net).to(dev) for net in lpips_nets}

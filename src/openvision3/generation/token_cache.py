@@ -9,7 +9,7 @@ the two per sample and epoch. A cache lives in
         shard_00000.safetensors   tokens (n, N, D) [, tokens_flip], labels (n,)
         stats.safetensors         per-channel mean / std of the generated view (token_space.py)
 
-The encoder id is a hash of the encoder's weight files (the VAE's included), so two encoders never
+The encoder id is the fingerprint of the encoder's weights (the VAE's included, fingerprint.py), so two encoders never
 share a directory, and ``open_cache`` refuses a cache whose meta names another encoder or size.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..fingerprint import weights_fingerprint
 from .token_space import TokenSpace, TokenStats
 
 META, STATS = "meta.json", "stats.safetensors"
@@ -33,18 +34,11 @@ class CacheError(ValueError):
 
 
 def encoder_id(model_dir: str | Path) -> str:
-    """sha256 over the names and bytes of every .safetensors file under the model directory."""
-    root = Path(model_dir)
-    h = hashlib.sha256()
-    files = sorted(root.rglob("*.safetensors"))
-    if not files:
-        raise CacheError(f"'{model_dir}' holds no .safetensors weights to identify the encoder by")
-    for f in files:
-        h.update(str(f.relative_to(root)).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    """The weights fingerprint of every .safetensors file under the model directory (its VAE's too)."""
+    try:
+        return weights_fingerprint(model_dir)
+    except FileNotFoundError as e:
+        raise CacheError(f"{e} (the encoder of a token cache)") from None
 
 
 def cache_path(cache_dir: str | Path, enc_id: str, space: str, resolution: int, spec: str,

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..models.openvision3 import is_saved_model
 from ..models.vit import attention_kernels
 from ..train.distributed import barrier, seed_everything
 from ..train.optim import LRSchedule
@@ -41,7 +42,7 @@ def check_encoder(cfg: GenConfig) -> Path:
     d = Path(cfg.encoder).expanduser()
     if not d.is_dir():
         raise ConfigError(f"encoder directory '{cfg.encoder}' does not exist")
-    if not (d / "config.yaml").is_file() or not (d / "model.safetensors").is_file():
+    if not is_saved_model(d):
         raise ConfigError(f"'{cfg.encoder}' is not a saved OpenVision 3 model (config.yaml / model.safetensors missing)")
     size = load_config_file(d / "config.yaml").model.image_size
     if size != cfg.data.resolution:

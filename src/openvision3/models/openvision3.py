@@ -24,6 +24,15 @@ from .text import CaptionDecoder, TextEncoder
 from .vae import FrozenVAE
 
 WEIGHTS_NAME, CONFIG_NAME, VAE_DIRNAME = "model.safetensors", "config.yaml", "vae"
+
+
+def is_saved_model(directory) -> bool:
+    """Whether ``directory`` holds a model written by ``OpenVision3.save_pretrained`` (its weights
+    and its config; the VAE may be a hub id, so ``vae/`` is not required)."""
+    d = Path(directory)
+    return (d / WEIGHTS_NAME).is_file() and (d / CONFIG_NAME).is_file()
+
+
 # Submodules that are not trained and not part of the saved weights.
 _NOT_SAVED = ("vae.", "loss_fn.")
 

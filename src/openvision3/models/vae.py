@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ConfigError, LatentConvention, VAEConfig
+from ..config import ConfigError, LatentConvention, VAEArchConfig, VAEConfig
 
 # source alias -> (hub id, subfolder)
 VAE_ALIASES: dict[str, tuple[str, str | None]] = {
@@ -39,19 +39,33 @@ class VAELoadError(ConfigError):
     """The VAE named by ``vae.source`` cannot be loaded. One line meant for the user."""
 
 
-def _inline_vae(cfg: VAEConfig):
+def build_autoencoder(arch: VAEArchConfig, scaling_factor: float = 1.0, shift_factor: float | None = None):
+    """A randomly initialised ``AutoencoderKL`` of the shape ``arch`` (model.vae for
+    ``source: inline``, or ``ov3 train-vae``'s ``arch``)."""
     from diffusers import AutoencoderKL
 
-    n = len(cfg.block_out_channels)
-    return AutoencoderKL(
+    if any(c % arch.norm_num_groups for c in arch.block_out_channels):
+        raise ConfigError(f"norm_num_groups={arch.norm_num_groups} must divide every "
+                          f"block_out_channels {arch.block_out_channels}")
+    n = len(arch.block_out_channels)
+    vae = AutoencoderKL(
         in_channels=3, out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-        latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups,
-        # a random VAE has no calibrated factors: identity unless the config says otherwise
-        scaling_factor=1.0 if cfg.scaling_factor is None else cfg.scaling_factor,
-        shift_factor=cfg.shift_factor,
-    )
+        block_out_channels=tuple(arch.block_out_channels), layers_per_block=arch.layers_per_block,
+        latent_channels=arch.latent_channels, norm_num_groups=arch.norm_num_groups,
+        mid_block_add_attention=arch.mid_block_attention,
+        scaling_factor=scaling_factor, shift_factor=shift_factor)
+    if arch.logvar_init is not None:
+        with torch.no_grad():  # conv_out emits [mean; logvar]: start the log-variance at logvar_init
+            conv = vae.encoder.conv_out
+            conv.weight[arch.latent_channels:] = 0.0
+            conv.bias[arch.latent_channels:] = arch.logvar_init
+    return vae
+
+
+def _inline_vae(cfg: VAEConfig):
+    # a random VAE has no calibrated factors: identity unless the config says otherwise
+    return build_autoencoder(cfg, 1.0 if cfg.scaling_factor is None else cfg.scaling_factor, cfg.shift_factor)
 
 
 def load_autoencoder(source: str):

@@ -10,7 +10,8 @@ Phases (each timed, each reused when its output already exists, so a second run 
 
 The demo is defined by steps, never by wall time, so one seed gives the same figures on every
 machine up to floating-point noise. A training run that stops early (a signal, non-finite
-losses) raises ``DemoStopped``: nothing is evaluated, and the same call again resumes it.
+losses) raises ``RecipeStopped``: nothing is evaluated, and the same call again resumes it. A
+directory holding another seed's or recipe's run raises ``DemoRefused``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import shutil
 import time
 from pathlib import Path
 
+from . import RecipeStopped
+
 # The issue's floors on held-out data, reported beside what was reached (never lowered quietly).
 FLOORS = {("recon", "psnr"): 23.0, ("zeroshot", "top1"): 0.40, ("retrieval", "t2i_r5"): 0.95,
           ("retrieval", "i2t_r1"): 0.55}
@@ -26,8 +29,9 @@ FLOORS = {("recon", "psnr"): 23.0, ("zeroshot", "top1"): 0.40, ("retrieval", "t2
 SHIPPED_VAE = Path(__file__).resolve().parents[3] / "assets" / "demo_vae"
 
 
-class DemoStopped(Exception):
-    """A demo phase ended before its last step; the message says where and how to resume."""
+class DemoRefused(ValueError):
+    """The demo cannot go on as asked (the output directory holds another seed's or recipe's run,
+    the shipped VAE is missing): one line saying what to do instead; rerunning alone would not help."""
 
 
 def default_out(seed: int) -> str:
@@ -69,7 +73,7 @@ def _vae_phase(out: Path, train_vae_again: bool, vae_overrides) -> tuple[Path, d
     from ..train.vae_trainer import train_vae
     if not train_vae_again:
         if not (SHIPPED_VAE / "config.json").exists():
-            raise DemoStopped(f"the shipped demo VAE is missing ({SHIPPED_VAE}); "
+            raise DemoRefused(f"the shipped demo VAE is missing ({SHIPPED_VAE}); "
                               "run `ov3 demo --train-vae` to train it (about 5 min on 2 cores)")
         print(f"using the shipped demo VAE {SHIPPED_VAE} (--train-vae trains it again)")
         return SHIPPED_VAE, json.loads((SHIPPED_VAE / "results.json").read_text())
@@ -79,8 +83,8 @@ def _vae_phase(out: Path, train_vae_again: bool, vae_overrides) -> tuple[Path, d
         return vae_dir, json.loads((out / "vae" / "results.json").read_text())
     summary = train_vae(get_vae_config("vae_demo", list(vae_overrides or [])), out / "vae", resume="auto")
     if summary["status"] != "finished":
-        raise DemoStopped(f"the demo VAE was {summary['status']} at step {summary['step']}; "
-                          "run the same command again to resume it")
+        raise RecipeStopped(f"the demo VAE was {summary['status']} at step {summary['step']}; "
+                            "run the same command again to resume it")
     return vae_dir, summary
 
 
@@ -93,7 +97,7 @@ def _check_same_run(train_dir: Path, seed: int, vae_dir: Path) -> None:
     from ..config import load_config_file
     cfg = load_config_file(saved)
     if cfg.seed != seed or Path(cfg.model.vae.source).resolve() != vae_dir.resolve():
-        raise DemoStopped(f"{train_dir} holds a run with seed {cfg.seed} and VAE {cfg.model.vae.source}, "
+        raise DemoRefused(f"{train_dir} holds a run with seed {cfg.seed} and VAE {cfg.model.vae.source}, "
                           f"not seed {seed} with {vae_dir}; pass another --out or delete it")
 
 
@@ -104,30 +108,31 @@ def _check_same_recipe(train_dir: Path, cfg, ignore: tuple[str, ...] = ()) -> No
     allowed to differ (a resume may change the run's length)."""
     if not (train_dir / "config.yaml").exists():
         return
-    import yaml
-
-    from ..config import config_to_yaml
+    from ..config import config_to_dict, load_config_file
 
     def flat(d, prefix=""):
         for k, v in d.items():
             yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
-    old = dict(flat(yaml.safe_load((train_dir / "config.yaml").read_text())))
-    new = dict(flat(yaml.safe_load(config_to_yaml(cfg))))
+    # both sides through the current config tree, so a run saved with an older layout of the same
+    # keys (load_config_file reads it) compares by value, not by where a key used to live
+    old = dict(flat(config_to_dict(load_config_file(train_dir / "config.yaml"))))
+    new = dict(flat(config_to_dict(cfg)))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(ignore))
     if changed:
-        raise DemoStopped(f"{train_dir} holds a run of another recipe (it differs in "
+        raise DemoRefused(f"{train_dir} holds a run of another recipe (it differs in "
                           f"{', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}); "
                           "pass another --out or delete it")
 
 
 def _train_phase(out: Path, seed: int, vae_dir: Path, overrides) -> tuple[Path, dict]:
     from ..config import get_config
+    from ..models.openvision3 import is_saved_model
     from ..train.run import TrainError
     from ..train.trainer import train
     train_dir, model_dir = out / "train", out / "train" / "model"
     _check_same_run(train_dir, seed, vae_dir)
     cfg = get_config("demo", [f"model.vae.source={vae_dir.resolve()}", f"seed={seed}"] + list(overrides or []))
-    if (model_dir / "model.safetensors").exists():
+    if is_saved_model(model_dir):
         _check_same_recipe(train_dir, cfg)
         print(f"reusing {model_dir}")
         return model_dir, _precision_of(train_dir)
@@ -138,10 +143,10 @@ def _train_phase(out: Path, seed: int, vae_dir: Path, overrides) -> tuple[Path, 
     try:
         summary = train(cfg, train_dir, resume=resume, overwrite=resume is None)
     except TrainError as e:  # e.g. non-finite losses: the last good checkpoint is kept
-        raise DemoStopped(f"training failed: {e}") from None
+        raise RecipeStopped(f"training failed: {e}") from None
     if summary["status"] != "finished":
-        raise DemoStopped(f"training {summary['status']} at step {summary['step']} of {summary['total_steps']} "
-                          f"(checkpoint {summary['last_checkpoint']}); run the same command again to resume")
+        raise RecipeStopped(f"training {summary['status']} at step {summary['step']} of {summary['total_steps']} "
+                            f"(checkpoint {summary['last_checkpoint']}); run the same command again to resume")
     return model_dir, _precision_of(train_dir)
 
 
@@ -175,7 +180,7 @@ def run_demo(out_dir=None, overrides: list[str] | None = None, vae_overrides: li
     with _phase("3/4 evaluate on held-out data", timings):
         model = OpenVision3.from_pretrained(model_dir).eval()
         # held-out `test` split, captions in the style the model was trained on
-        spec = f"shapes?captions={model.cfg.data.shapes_captions}"
+        spec = f"shapes?captions={model.cfg.data.shapes.captions}"
         results = evaluate(model, spec, tasks=("recon", "zeroshot", "retrieval", "caption"),
                            num_samples=num_samples, out_dir=out, write_files=False)
 

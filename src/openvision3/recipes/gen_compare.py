@@ -23,6 +23,8 @@ import statistics
 import time
 from pathlib import Path
 
+from . import RecipeStopped
+
 ARMS = {"joint": ("tokens", "(a) joint OV3 tokens"), "und_only": ("tokens", "(b) understanding-only tokens"),
         "vae": ("vae", "(c) VAE latents")}
 PAPER = {"joint": "OV3 + RAE: gFID 1.89 / IS 289.2", "und_only": "CLIP + RAE: gFID 2.54 / IS 256.4",
@@ -30,28 +32,27 @@ PAPER = {"joint": "OV3 + RAE: gFID 1.89 / IS 289.2", "und_only": "CLIP + RAE: gF
 METRICS = ("judge_top1", "fd", "precision", "recall")
 
 
-class CompareStopped(Exception):
-    """A training run of the comparison was stopped by a signal; the same command resumes it."""
 
 
 def _finished(summary: dict, run_dir: Path) -> None:
     if summary["status"] != "finished":
-        raise CompareStopped(f"{run_dir}: {summary['status']} at step {summary['step']}; run the same command "
-                             "again to resume")
+        raise RecipeStopped(f"{run_dir}: {summary['status']} at step {summary['step']}; run the same command "
+                            "again to resume")
 
 
 def _train_und_encoder(cfg, joint_dir: Path, out: Path, progress: bool) -> Path:
     """Phase 1: understanding losses only; phase 2: the latent decoder on its frozen tokens."""
     from ..config import get_config
+    from ..models.openvision3 import is_saved_model
     from ..train.trainer import train
     cc = cfg.compare
     vae = joint_dir / "vae"  # the joint model's own VAE (save_pretrained keeps a local one there)
     base = [f"model.vae.source={vae.resolve()}"] if vae.is_dir() else []
     enc_dir, dec_dir = out / "und_encoder", out / "und_decoder"
-    if not (enc_dir / "model" / "model.safetensors").is_file():
+    if not is_saved_model(enc_dir / "model"):
         c1 = get_config(cc.encoder_config, base + list(cc.encoder_overrides) + ["loss.w_rec=0"])
         _finished(train(c1, enc_dir, resume="auto" if (enc_dir / "checkpoints").is_dir() else None), enc_dir)
-    if not (dec_dir / "model" / "model.safetensors").is_file():
+    if not is_saved_model(dec_dir / "model"):
         c2 = get_config(cc.encoder_config, base + list(cc.encoder_overrides) + [
             "loss.w_und=0", "loss.w_rec=1", f"train.init_from={(enc_dir / 'model').resolve()}",
             "train.freeze=[encoder.]", f"train.steps={cc.decoder_steps}", "train.stages=[]"])
@@ -156,4 +157,4 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
     return result
 
 
-__all__ = ["run_compare", "ARMS", "CompareStopped"]
+__all__ = ["run_compare", "ARMS"]

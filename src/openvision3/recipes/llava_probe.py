@@ -109,8 +109,8 @@ def load_tower(model_dir: str, features: str = "tokens"):
     tower written by ``ov3 export hf``. ``features="vae"``: the model's VAE latents alone (the floor)."""
     from ..interop import transformers as ov3hf
     path = Path(model_dir)
-    if ov3hf.is_openvision3_dir(path):
-        from ..models.openvision3 import OpenVision3
+    from ..models.openvision3 import OpenVision3, is_saved_model
+    if is_saved_model(path):
         model = OpenVision3.from_pretrained(path)
         if features == "vae":
             return ov3hf.vae_latent_model(model.vae, model.image_size, model.cfg.model.patch_size)

@@ -28,6 +28,8 @@ import math
 import time
 from pathlib import Path
 
+from . import RecipeStopped
+
 # Each arm is the base config plus these overrides; probe_detached trains a weight-0 branch on
 # detached tokens (losses.py), so every arm runs every branch and draws the same random numbers.
 ARMS: dict[str, list[str]] = {
@@ -50,8 +52,6 @@ HEADLINE = [("recon", "psnr", "PSNR dB"), ("recon", "ssim", "SSIM"), ("zeroshot"
             ("caption", "bleu4", "BLEU-4"), ("caption", "cider", "CIDEr"), ("probe", "top1", "probe top-1")]
 
 
-class SynergyStopped(Exception):
-    """An arm's training ended before its last step (a signal); the same command continues it."""
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -98,8 +98,8 @@ def eval_spec(cfg) -> str:
     from ..data import parse_spec
     spec = cfg.data.val
     scheme, _, query = parse_spec(spec)
-    if scheme == "shapes" and "captions" not in query and cfg.data.shapes_captions != "rich":
-        spec += ("&" if "?" in spec else "?") + f"captions={cfg.data.shapes_captions}"
+    if scheme == "shapes" and "captions" not in query and cfg.data.shapes.captions != "rich":
+        spec += ("&" if "?" in spec else "?") + f"captions={cfg.data.shapes.captions}"
     return spec
 
 
@@ -109,21 +109,21 @@ def run_arm(config: str, arm: str, seed: int, run_dir: Path, steps: int | None, 
     """Train (or reuse) one arm and evaluate it on held-out data; returns its per-step curves,
     validation losses, evaluation and timings."""
     from ..eval import evaluate
-    from ..models.openvision3 import OpenVision3
+    from ..models.openvision3 import OpenVision3, is_saved_model
     from ..train.trainer import train
 
     cfg = arm_config(config, arm, seed, steps, overrides)
     model_dir, eval_json = run_dir / "model", run_dir / "eval" / "eval.json"
     timings = {}
-    if (model_dir / "model.safetensors").exists():
+    if is_saved_model(model_dir):
         print(f"synergy: reusing {model_dir}", flush=True)
     else:
         t0 = time.perf_counter()
         resume = "auto" if (run_dir / "checkpoints").exists() else None
         r = train(cfg, run_dir, resume=resume, overwrite=resume is None)
         if r["status"] != "finished":
-            raise SynergyStopped(f"arm {arm}, seed {seed}: {r['status']} at step {r['step']}; "
-                                 "run the same command again to continue")
+            raise RecipeStopped(f"arm {arm}, seed {seed}: {r['status']} at step {r['step']}; "
+                                "run the same command again to continue")
         timings["train_s"] = round(time.perf_counter() - t0, 1)
     if eval_json.exists():
         results = json.loads(eval_json.read_text())

@@ -7,7 +7,7 @@ One function for both trainers, so ``auto`` means the same thing everywhere:
   extension on Arm) *and* torch/oneDNN are allowed to use those instructions. A bf16 matmul
   *runs* on every CPU, but without native support it is emulated: on an AVX2-only AMD EPYC
   (Zen 3) a small conv/matmul forward+backward under bf16 autocast was 16-20x slower than fp32,
-  while native bf16 was 2-4x faster (issue 22). So the decision reads the CPU's flags and the
+  while native bf16 was 2-4x faster. So the decision reads the CPU's flags and the
   kernel level torch dispatches to (``torch.backends.cpu.get_cpu_capability()``, which honours
   ``ATEN_CPU_CAPABILITY``) and the ISA cap ``ONEDNN_MAX_CPU_ISA`` (both are how a user pins the
   kernels; we read them, we do not invent settings of our own).

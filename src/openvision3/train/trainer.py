@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config, ConfigError, config_to_yaml
-from ..losses import OpenVision3Loss
 from ..models.openvision3 import OpenVision3
 from ..models.vit import attention_kernels
 from .distributed import all_reduce_mean, enable_grad_checkpointing, full_state_dict
@@ -131,8 +130,6 @@ class OpenVision3Task(Task):
                 raise ConfigError(f"train.freeze {t.freeze} matches no parameter name (e.g. 'encoder.')")
             for p in frozen:
                 p.requires_grad_(False)
-        # The loss gathers contrastive features across ranks, so it needs rank / world size.
-        model.loss_fn = OpenVision3Loss(cfg.loss, rank=info.rank, world_size=info.world_size)
         model.to(info.device)
         if t.grad_checkpointing:
             enable_grad_checkpointing(model)

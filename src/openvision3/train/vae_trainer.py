@@ -29,7 +29,8 @@ import yaml
 from ..config import ConfigError, DataConfig
 from ..eval.reconstruction import psnr_ssim
 from ..losses import autoencoder_losses, hinge_discriminator_loss, hinge_generator_loss
-from ..models.autoencoder import Autoencode, PatchDiscriminator, build_autoencoder
+from ..models.autoencoder import Autoencode, PatchDiscriminator
+from ..models.vae import build_autoencoder
 from .optim import LRSchedule
 from .run import Parts, Run, RunSettings, Task, run_task
 from .vae_config import VAETrainConfig
@@ -139,7 +140,7 @@ class AutoencoderTask(Task):
         self.lpips_net = self.disc = None
         others = {}
         if cfg.lpips_weight > 0:
-            from ..models.perceptual import build_lpips  # lazy: LPIPS weights only when asked for
+            from ..perceptual import build_lpips  # lazy: LPIPS weights only when asked for
             self.lpips_net = build_lpips(cfg.lpips_net).to(device)
         if cfg.gan_weight > 0:
             self.disc = PatchDiscriminator().to(device).train()
