@@ -17,8 +17,7 @@ from typing import Any
 
 import yaml
 
-# The builder (coercion, bounds, overrides, YAML) lives in config_build.py; these names stay
-# importable from here, where every caller has always found them.
+# The builder (coercion, bounds, overrides, YAML) is config_build.py's, shared with the other trees.
 from .config_build import (BOUNDS, MOVED, ConfigError, _at_least_1, _build, _decay, _deep_merge,
                            _fraction, _non_negative, _open_fraction, _positive, parse_overrides, read_yaml)
 
