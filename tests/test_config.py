@@ -116,7 +116,7 @@ def test_benchmark_reference_configs_load():
     """benchmarks/demo_cost.py times these old recipes against the current one."""
     from pathlib import Path
 
-    from openvision3.train.vae_trainer import get_vae_config
+    from openvision3.train.vae_config import get_vae_config
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
     for path in sorted(bench.glob("*.yaml")):
         (get_vae_config if path.name.startswith("vae_") else get_config)(str(path))
@@ -125,7 +125,7 @@ def test_benchmark_reference_configs_load():
 def test_a_flat_shapes_key_is_one_line_naming_its_new_place():
     with pytest.raises(ConfigError, match=r"^config key 'data.shapes_memo' is now 'data.shapes.memo'$"):
         get_config("demo", ["data.shapes_memo=true"])
-    from openvision3.train.vae_trainer import get_vae_config  # the VAE tree nests the same DataConfig
+    from openvision3.train.vae_config import get_vae_config  # the VAE tree nests the same DataConfig
     with pytest.raises(ConfigError, match="'data.shapes_captions' is now 'data.shapes.captions'"):
         get_vae_config("vae_demo", ["data.shapes_captions=compact"])
 

@@ -124,7 +124,7 @@ def test_guidance_scale_one_is_the_conditional_model_and_the_formula_holds():
 
 
 def test_fd_and_precision_recall_on_known_sets():
-    from openvision3.generation.metrics import frechet_distance, precision_recall
+    from openvision3.eval.sample_quality import frechet_distance, precision_recall
     g = torch.Generator().manual_seed(0)
     real, same = torch.randn(600, 4, generator=g), torch.randn(600, 4, generator=g)
     assert frechet_distance(real, same) < 0.1

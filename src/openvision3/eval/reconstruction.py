@@ -7,23 +7,7 @@ from pathlib import Path
 import torch
 
 from .common import device_of, iterate, to_unit
-
-RFID_SKIPPED = "skipped: no Inception weights (pass inception=PATH / --inception PATH)"
-
-
-def _rfid_metric(inception):
-    """(FrechetInceptionDistance or None, status string)."""
-    if not inception:
-        return None, RFID_SKIPPED
-    if not Path(inception).is_file():
-        return None, f"skipped: Inception weights '{inception}' not found"
-    try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(inception))
-    except (ImportError, ModuleNotFoundError, RuntimeError, OSError) as e:
-        return None, f"skipped: FID unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-    return fid, "ok"
-
+from .fid import fid_metric
 
 def psnr_ssim(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image PSNR (dB) and SSIM of reconstructions ``y`` against images ``x``, both in [-1, 1]
@@ -46,7 +30,7 @@ def eval_reconstruction(model, ds, num_samples: int, batch_size: int = 64, out_d
     dev = device_of(model)
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(dev)
     lpips_models = {net: build_lpips(net).to(dev) for net in lpips_nets}
-    fid, fid_status = _rfid_metric(inception)
+    fid, fid_status = fid_metric(inception)
     if fid is not None:
         fid = fid.to(dev)
     psnrs, lp = [], {net: [] for net in lpips_nets}

@@ -18,7 +18,7 @@ import torch
 
 from .generator import Generator
 from .judge import get_judge, load_labelled
-from .metrics import frechet_distance, gfid, precision_recall
+from ..eval.sample_quality import frechet_distance, gfid, precision_recall
 
 MAX_GRID_CLASSES, GRID_PER_CLASS = 16, 8
 

@@ -1,21 +1,21 @@
-"""Sample-quality numbers, each under the name it deserves.
+"""Sample quality of generated images (`ov3 gen eval`), each under the name it deserves.
 
 ``fd``         Fréchet distance between Gaussians fitted to real and generated *judge* features
                (the FID formula in another feature space: never call it FID).
 ``precision``  share of generated samples inside the real manifold, ``recall`` the share of real
                samples inside the generated one; manifolds are unions of k-NN balls (Kynkäänniemi
                et al. 2019, k = 3).
-``gfid``       torchmetrics' FrechetInceptionDistance, only when Inception weights are given (the
-               ADM protocol: 50 samples per class, 50k for ImageNet), else None with the reason.
+``gfid``       torchmetrics' FrechetInceptionDistance (fid.py), only when Inception weights are
+               given (the ADM protocol: 50 samples per class, 50k for ImageNet), else None with the
+               reason.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
-GFID_SKIPPED = "no Inception weights given (pass --inception PATH); gFID needs them"
+from .common import to_unit
+from .fid import fid_metric
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -57,19 +57,13 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
 
 def gfid(real_images: torch.Tensor, fake_images: torch.Tensor, inception: str | None) -> tuple[float | None, str]:
     """(gFID or None, status). Images in [-1, 1]."""
-    if not inception:
-        return None, GFID_SKIPPED
-    if not Path(inception).is_file():
-        return None, f"Inception weights '{inception}' not found"
-    try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(inception))
-    except (ImportError, ModuleNotFoundError, RuntimeError, OSError) as e:
-        return None, f"FID unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    fid, status = fid_metric(inception)
+    if fid is None:
+        return None, status
     for imgs, real in ((real_images, True), (fake_images, False)):
         for i in range(0, len(imgs), 64):
-            fid.update(((imgs[i:i + 64].float() + 1) / 2).clamp(0, 1), real=real)
+            fid.update(to_unit(imgs[i:i + 64]), real=real)
     return float(fid.compute()), "ok"
 
 
-__all__ = ["frechet_distance", "precision_recall", "gfid", "GFID_SKIPPED"]
+__all__ = ["frechet_distance", "precision_recall", "gfid"]
