@@ -122,11 +122,11 @@ def test_export_ships_the_package_file_and_names_it_in_auto_map(exported):
                                   "AutoModel": "modeling_openvision3.OpenVision3VisionModel"}
     shipped = (hf / "modeling_openvision3.py").read_bytes()
     assert shipped == Path(modeling_openvision3.__file__).read_bytes()  # a copy, never a second version
-    imported = {a.name.split(".")[0] for n in ast.walk(ast.parse(shipped)) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(ast.parse(shipped))
-                 if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+    nodes = list(ast.walk(ast.parse(shipped)))
+    imported = {a.name.split(".")[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.level == 0}
     assert imported <= {"__future__", "collections", "torch", "transformers", "diffusers"}, imported
-    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(ast.parse(shipped)))
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in nodes)  # no relative imports either
     assert json.loads((hf / "preprocessor_config.json").read_text())["image_processor_type"] == "CLIPImageProcessor"
 
 

@@ -219,8 +219,8 @@ def llava_processor(vision_config: OpenVision3VisionConfig, tokenizer,
                           image_token=image_token, num_additional_image_tokens=1)
 
 
-__all__ = ["OpenVision3VisionConfig", "OpenVision3VisionModel", "build_image_processor", "llava_config",
-           "check_feature_layer", "set_llava_trainable", "vision_model_from_openvision3",
+__all__ = ["OpenVision3VisionConfig", "OpenVision3VisionModel", "MODEL_TYPE", "build_image_processor",
+           "llava_config", "check_feature_layer", "set_llava_trainable", "vision_model_from_openvision3",
            "vision_model_from_official", "vision_model_from_parts", "vae_latent_model", "export_hf",
            "num_image_tokens", "is_openvision3_dir", "llava_processor", "llava_recipe", "LLAVA_FEATURE_LAYER",
            "LLAVA_SELECT_STRATEGY"]
