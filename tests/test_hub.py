@@ -8,6 +8,7 @@ import torch
 import yaml
 from huggingface_hub import HfApi, constants
 
+from openvision3 import hub_access
 from openvision3.cli import main
 from openvision3.interop.hub import push_model
 from openvision3.models.openvision3 import OpenVision3
@@ -36,8 +37,9 @@ def test_save_pretrained_writes_a_model_card(saved):
     assert "OpenVision3.from_pretrained" in (d / "README.md").read_text()
 
 
-def test_push_uploads_the_folder_with_a_refreshed_card(saved, capsys):
+def test_push_uploads_the_folder_with_a_refreshed_card(saved, capsys, monkeypatch):
     _, d = saved
+    monkeypatch.setattr(hub_access, "hub_unreachable_reason", lambda: None)  # the Hub calls are mocked
     (d / "eval").mkdir()
     (d / "eval" / "eval.json").write_text(json.dumps({"zeroshot": {"top1": 0.43}, "recon": {"psnr": 25.04},
                                                       "meta": {"data": "shapes"}}))

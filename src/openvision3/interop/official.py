@@ -70,8 +70,8 @@ def _find_files(source: str) -> tuple[Path, dict]:
     """Resolve a hub id, a hub-layout directory, or a single weights file -> (weights, config)."""
     path = Path(source)
     if not check_source(source):
-        from huggingface_hub import snapshot_download  # online only
-        path = Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+        from ..hub_access import snapshot  # from the cache offline
+        path = snapshot(str(source), allow_patterns=["*.json", "*.safetensors", "*.bin"])
     if path.is_file():
         return path, {}
     weights = next((path / f for f in WEIGHT_FILES if (path / f).exists()), None)

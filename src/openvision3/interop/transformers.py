@@ -5,6 +5,11 @@
     tower.save_pretrained("ov3_hf"); tower = AutoModel.from_pretrained("ov3_hf")
     llava = LlavaForConditionalGeneration(llava_config(tower.config, LlamaConfig(...)))
 
+The tower's config and model classes are defined in ``modeling_openvision3.py``, the self-contained
+file that ``save_pretrained`` copies beside the weights (``auto_map`` in ``config.json``), so an
+exported tower also loads where openvision3 is not installed (``trust_remote_code=True``). This
+module builds towers from our models and holds the LLaVA pieces.
+
 Pixels go in (``pixel_values`` in [-1, 1], made by :func:`build_image_processor`); the frozen VAE
 sits inside the model, as in ``OpenVision3.encode_image``, and its weights travel in the same
 ``model.safetensors``. The output is CLIPVisionModel's: ``last_hidden_state`` (B, 1 + N, D) and,
@@ -22,114 +27,16 @@ import copy
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModel, CLIPImageProcessor, LlavaConfig, PreTrainedConfig,
-                          PreTrainedModel)
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers import CLIPImageProcessor, LlavaConfig
 
 from ..config import ConfigError, TowerConfig, VAEConfig
 from ..models.encoder import UnifiedEncoder
 from ..models.vae import FrozenVAE
+# the tower's classes live in the file that travels with exported weights; importing it registers them
+from .modeling_openvision3 import MODEL_TYPE, OpenVision3VisionConfig, OpenVision3VisionModel
 
-MODEL_TYPE = "openvision3_vision"
 # LLaVA-1.5's reading of the tower [P: LLaVA-1.5 (Liu et al. 2023), transformers' LlavaConfig defaults]
 LLAVA_FEATURE_LAYER, LLAVA_SELECT_STRATEGY = -2, "default"
-
-
-class OpenVision3VisionConfig(PreTrainedConfig):
-    """Architecture of the tower and of its frozen VAE (the diffusers ``AutoencoderKL`` config)."""
-
-    model_type = MODEL_TYPE
-    base_config_key = "vision_config"
-
-    hidden_size: int = 768  # [P] B/2 width
-    num_hidden_layers: int = 12  # [P]
-    num_attention_heads: int = 12  # [P]
-    mlp_ratio: float = 4.0  # [P] MLP 3072
-    projection_dim: int = 512  # contrastive embedding (pooler_output)
-    pool: str = "mean"  # [C] released towers average; "max" is the CPU demo's option
-    image_size: int = 256  # [P] stage-2 resolution
-    # pixels per token along a side (VAE factor x latent patch): 16 for FLUX + patch 2 [P].
-    # LlavaProcessor counts image tokens with it, so it is called patch_size as in CLIP's config.
-    patch_size: int = 16
-    latent_patch_size: int = 2  # [P] ViT patch over VAE latents
-    num_channels: int = 3
-    latent_channels: int = 16  # [P] FLUX VAE
-    vae_config: dict | None = None  # diffusers AutoencoderKL config (None: diffusers' defaults)
-    vae_source: str = "flux-ov3"  # where the VAE came from (recorded, not loaded: weights travel here)
-    vae_convention: str = "scale"  # [C] posterior mean x scaling_factor, no shift
-    vae_scaling_factor: float = 0.3611  # [C] FLUX
-    vae_shift_factor: float = 0.1159  # [C] FLUX (used by the "shift_scale" convention only)
-
-    def validate_architecture(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                             f"{self.num_attention_heads}")
-        if self.vae_convention not in ("scale", "shift_scale"):
-            raise ValueError(f"vae_convention must be scale or shift_scale, got {self.vae_convention!r}")
-
-
-def _autoencoder_from_config(vae_config: dict | None):
-    from diffusers import AutoencoderKL
-    cfg = {k: v for k, v in (vae_config or {}).items() if not k.startswith("_")}
-    return AutoencoderKL.from_config(cfg)
-
-
-class OpenVision3VisionModel(PreTrainedModel):
-    """Pixels in [-1, 1] -> frozen VAE -> unified encoder; CLIPVisionModel-shaped outputs."""
-
-    config_class = OpenVision3VisionConfig
-    config: OpenVision3VisionConfig
-    main_input_name = "pixel_values"
-    base_model_prefix = "openvision3"
-    input_modalities = ("image",)
-    _no_split_modules = ["ResidualAttentionBlock"]
-    _supports_sdpa = True  # torch SDPA inside nn.MultiheadAttention, whatever LLaVA asks for
-    _keep_in_fp32_modules = ["vae"]  # DESIGN: the VAE runs in fp32
-
-    def __init__(self, config: OpenVision3VisionConfig):
-        super().__init__(config)
-        vae_cfg = VAEConfig(source=config.vae_source, convention=config.vae_convention,
-                            scaling_factor=config.vae_scaling_factor, shift_factor=config.vae_shift_factor)
-        self.vae = FrozenVAE(vae_cfg, autoencoder=_autoencoder_from_config(config.vae_config))
-        tower = TowerConfig(width=config.hidden_size, layers=config.num_hidden_layers,
-                            heads=config.num_attention_heads, mlp_ratio=config.mlp_ratio)
-        self.encoder = UnifiedEncoder(config.latent_channels, tower, config.latent_patch_size,
-                                      config.projection_dim, config.pool)
-        self.post_init()
-
-    def _init_weights(self, module):
-        # The constructors initialise every part (CLIP init for the tower [C]); a checkpoint then
-        # replaces all of it, the frozen VAE included. transformers' generic init would only undo that.
-        pass
-
-    def get_input_embeddings(self):
-        return self.encoder.conv1
-
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states=None, output_attentions=None,
-                return_dict=None, **kwargs) -> BaseModelOutputWithPooling:
-        """``output_hidden_states``: a bool, or (as LLaVA passes it) the index or indices of the
-        layers it will read; any index asks for all of them. ``output_attentions`` is not supported
-        (nn.MultiheadAttention through SDPA does not return weights) and gives None."""
-        if isinstance(output_hidden_states, bool) or output_hidden_states is None:
-            want_hidden = bool(output_hidden_states if output_hidden_states is not None
-                               else self.config.output_hidden_states)
-        else:  # an int or a list of layer indices (transformers' select_hidden_states)
-            want_hidden = True
-        if self.vae.vae.dtype != torch.float32:  # e.g. after model.to(bfloat16): the VAE stays fp32
-            self.vae.float()
-        latents = self.vae.encode(pixel_values.float())
-        x = self.encoder.embed(latents.to(self.encoder.conv1.weight.dtype))
-        hidden = [x]
-        for block in self.encoder.transformer.resblocks:
-            x = block(x)
-            hidden.append(x)
-        out = BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=self.encoder.pool(x[:, 1:]),
-                                         hidden_states=tuple(hidden) if want_hidden else None)
-        return out if return_dict is not False else out.to_tuple()
-
-
-AutoConfig.register(MODEL_TYPE, OpenVision3VisionConfig, exist_ok=True)
-AutoModel.register(OpenVision3VisionConfig, OpenVision3VisionModel, exist_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,11 +80,12 @@ def vision_model_from_official(source: str, vae: str = "flux-ov3", image_size: i
                                    load_official_encoder(source), image_size)
 
 
-def vae_latent_model(vae: FrozenVAE, image_size: int, latent_patch_size: int = 2) -> OpenVision3VisionModel:
-    """The floor of the comparison: the VAE latents alone as tokens. A tower with no blocks whose
-    patch embedding is the identity space-to-depth (each token = one latent_patch x latent_patch
-    patch of latents, C x p x p values) and whose class slot is zero; the fixed positions are added
-    as for every tower. Its only hidden state is read with ``vision_feature_layer=-1``."""
+def vae_latent_model(vae, image_size: int, latent_patch_size: int = 2) -> OpenVision3VisionModel:
+    """The floor of the comparison: the VAE latents alone as tokens (``vae``: a FrozenVAE, or the
+    ``.vae`` of a loaded tower). A tower with no blocks whose patch embedding is the identity
+    space-to-depth (each token = one latent_patch x latent_patch patch of latents, C x p x p values)
+    and whose class slot is zero; the fixed positions are added as for every tower. Its only hidden
+    state is read with ``vision_feature_layer=-1``."""
     width = vae.latent_channels * latent_patch_size ** 2
     enc = UnifiedEncoder(vae.latent_channels, TowerConfig(width=width, layers=0, heads=1), latent_patch_size,
                          embed_dim=width)
@@ -257,9 +165,10 @@ def is_openvision3_dir(path) -> bool:
 
 
 def export_hf(source: str, out_dir, vae: str = "flux-ov3", image_size: int | None = None) -> dict:
-    """Write ``source`` as a transformers vision tower (``save_pretrained`` + the image processor's
-    ``preprocessor_config.json`` + a model card). ``source``: a saved OpenVision3 directory, or a
-    released OV3 tower (hub id, directory or weights file) together with ``vae``."""
+    """Write ``source`` as a transformers vision tower: ``save_pretrained`` (weights, ``config.json``
+    with ``auto_map``, ``modeling_openvision3.py``) + the image processor's ``preprocessor_config.json``
+    + a model card. ``source``: a saved OpenVision3 directory, or a released OV3 tower (hub id,
+    directory or weights file) together with ``vae``."""
     from ..models.card import write_card
     if is_openvision3_dir(source):
         from ..models.openvision3 import OpenVision3
@@ -310,8 +219,8 @@ def llava_processor(vision_config: OpenVision3VisionConfig, tokenizer,
                           image_token=image_token, num_additional_image_tokens=1)
 
 
-__all__ = ["OpenVision3VisionConfig", "OpenVision3VisionModel", "build_image_processor", "llava_config",
-           "check_feature_layer", "set_llava_trainable", "vision_model_from_openvision3",
+__all__ = ["OpenVision3VisionConfig", "OpenVision3VisionModel", "MODEL_TYPE", "build_image_processor",
+           "llava_config", "check_feature_layer", "set_llava_trainable", "vision_model_from_openvision3",
            "vision_model_from_official", "vision_model_from_parts", "vae_latent_model", "export_hf",
            "num_image_tokens", "is_openvision3_dir", "llava_processor", "llava_recipe", "LLAVA_FEATURE_LAYER",
            "LLAVA_SELECT_STRATEGY"]

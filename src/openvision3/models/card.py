@@ -97,13 +97,15 @@ def build_card(kind: str, info: dict, results: dict, license: str = "apache-2.0"
         arch = (f"{cfg.get('hidden_size')} wide x {cfg.get('num_hidden_layers')} layers, "
                 f"{cfg.get('patch_size')} px per token, {cfg.get('image_size')} px input; the frozen VAE "
                 "is inside the checkpoint")
-        load = ["```python", "import openvision3.interop.transformers  # registers the Auto classes",
-                "from transformers import AutoImageProcessor, AutoModel",
-                "tower = AutoModel.from_pretrained(\"PATH_OR_HUB_ID\")",
+        load = ["```python", "from transformers import AutoImageProcessor, AutoModel",
+                "# the modeling file travels with the weights: torch, transformers and diffusers suffice",
+                "tower = AutoModel.from_pretrained(\"PATH_OR_HUB_ID\", trust_remote_code=True)",
                 "processor = AutoImageProcessor.from_pretrained(\"PATH_OR_HUB_ID\")",
                 "out = tower(**processor(images, return_tensors=\"pt\"), output_hidden_states=True)",
                 "# out.hidden_states[i]: (B, 1 + N, D), class slot first; LLaVA-1.5 reads [-2][:, 1:]", "```",
-                "", "Under a language model: `LlavaForConditionalGeneration` with this tower as "
+                "", "With openvision3 installed, `import openvision3.interop.transformers` registers the "
+                "same classes and `trust_remote_code` is not needed.", "",
+                "Under a language model: `LlavaForConditionalGeneration` with this tower as "
                 "`vision_config` (`openvision3.interop.transformers.llava_config`), "
                 "`vision_feature_layer=-2`, `vision_feature_select_strategy=\"default\"`; see docs/llava.md."]
     rows = _eval_results(results, name)

@@ -199,8 +199,8 @@ class OpenVision3(nn.Module):
         if not directory.exists():
             if str(dir_or_hub_id).count("/") != 1:
                 raise FileNotFoundError(f"model directory '{dir_or_hub_id}' does not exist")
-            from huggingface_hub import snapshot_download  # online only; local paths always work
-            directory = Path(snapshot_download(str(dir_or_hub_id)))
+            from ..hub_access import snapshot  # local paths always work; hub ids from the cache offline
+            directory = snapshot(str(dir_or_hub_id))
         weights, config = directory / WEIGHTS_NAME, directory / CONFIG_NAME
         for f in (config, weights):
             if not f.exists():

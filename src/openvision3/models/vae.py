@@ -71,7 +71,8 @@ def _inline_vae(cfg: VAEConfig):
 def load_autoencoder(source: str):
     """AutoencoderKL from an alias, a local diffusers directory, or a hub id (``owner/name[/subfolder]``).
 
-    Hub ids are looked up in the local HF cache first; the network is only tried after that.
+    Hub ids are looked up in the local HF cache first; the network is only tried after that, and
+    only when the Hub answers (``hub_access``).
     """
     from diffusers import AutoencoderKL
 
@@ -89,18 +90,24 @@ def load_autoencoder(source: str):
     if len(repo.split("/")) != 2:
         raise VAELoadError(f"cannot load VAE '{source}': not an alias ({', '.join(VAE_ALIASES)}, inline), "
                            "a local diffusers directory, or a hub id owner/name")
+    from ..hub_access import cached_snapshot, hub_unreachable_reason, snapshot
+
+    # diffusers is only ever given a local directory: its own hub path retries for half a minute
+    # without a network (and passes huggingface_hub a deprecated argument)
     kwargs = {"subfolder": subfolder} if subfolder else {}
     kwargs["low_cpu_mem_usage"] = False  # avoids diffusers' accelerate nag; the VAE is small
-    try:
-        return AutoencoderKL.from_pretrained(repo, local_files_only=True, **kwargs)
-    except Exception:
-        pass
-    from huggingface_hub import constants
-
-    reason = "HF_HUB_OFFLINE is set"
-    if not constants.HF_HUB_OFFLINE:
+    cached = cached_snapshot(repo)
+    if cached is not None:
         try:
-            return AutoencoderKL.from_pretrained(repo, **kwargs)
+            return AutoencoderKL.from_pretrained(str(cached), **kwargs)
+        except Exception:  # an incomplete snapshot: download what is missing below
+            pass
+    reason = hub_unreachable_reason()
+    if reason is None:
+        prefix = f"{subfolder}/" if subfolder else ""
+        try:
+            directory = snapshot(repo, allow_patterns=[f"{prefix}config.json", f"{prefix}*.safetensors"])
+            return AutoencoderKL.from_pretrained(str(directory), **kwargs)
         except Exception as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
     raise VAELoadError(
