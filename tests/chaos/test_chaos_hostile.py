@@ -60,16 +60,16 @@ def test_vae_checkpoint_pickle_that_runs_code_is_refused(tmp_path, marker, capsy
 
 
 def test_official_pt_checkpoint_that_runs_code_is_refused(tmp_path, marker):
-    from openvision3.interop.official import CheckpointError, load_official_encoder
+    from openvision3.interop.official import OfficialWeightsError, load_official_encoder
     for name in ("tower.pt", "pytorch_model.bin"):
         path = tmp_path / name
         torch.save({"state_dict": {"conv1.weight": torch.zeros(1), "x": CodeRunningPickle(marker)}}, path)
-        with pytest.raises(CheckpointError, match="refused: .*nothing in it was run") as e:
+        with pytest.raises(OfficialWeightsError, match="refused: .*nothing in it was run") as e:
             load_official_encoder(str(path))
         assert "\n" not in str(e.value)
     (tmp_path / "hub").mkdir()  # a hub-layout directory holding the same file
     (tmp_path / "pytorch_model.bin").rename(tmp_path / "hub" / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(OfficialWeightsError, match="refused"):
         load_official_encoder(str(tmp_path / "hub"))
 
 

@@ -39,7 +39,7 @@ class Explorer:
     def __init__(self, parts: Parts, generator=None, gallery_spec: str | None = None, gallery_size: int = 500):
         self.parts, self.generator, self.gallery_size = parts, generator, gallery_size
         m = parts.model
-        self.default_gallery = gallery_spec or (f"shapes?captions={m.cfg.data.shapes_captions}" if m else "shapes")
+        self.default_gallery = gallery_spec or (f"shapes?captions={m.cfg.data.shapes.captions}" if m else "shapes")
         self._galleries: dict[str, Gallery] = {}
         self._lock = threading.Lock()  # one encoding per gallery, even when two queries arrive at once
         self._lpips = None
@@ -106,7 +106,7 @@ class Explorer:
 
     def _lpips_net(self):
         if self._lpips is None:
-            from ..models.perceptual import build_lpips
+            from ..perceptual import build_lpips
             self._lpips = build_lpips("alex").to(self.parts.device)
         return self._lpips
 

@@ -22,10 +22,11 @@ class ServeError(ValueError):
 class Parts:
     source: str
     kind: str  # "openvision3" | "vision tower"
-    vae: torch.nn.Module  # FrozenVAE
-    encoder: torch.nn.Module  # UnifiedEncoder
+    vae: torch.nn.Module  # FrozenVAE (a whole model) or the tower's own VAE: has .encode, .downsample
+    encoder: torch.nn.Module  # UnifiedEncoder, or the tower's ViT over latents (conv1, proj, width)
     image_size: int
     model: torch.nn.Module | None = None  # the whole OpenVision3 when there is one
+    tower: torch.nn.Module | None = None  # the transformers tower when that is what was loaded
 
     @property
     def downsample(self) -> int:
@@ -44,6 +45,8 @@ class Parts:
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, R, R) in [-1, 1] -> unified tokens (B, N, D)."""
+        if self.tower is not None:  # the tower's last hidden state without its class slot is z_u
+            return self.tower(pixel_values=images.to(self.device)).last_hidden_state[:, 1:]
         return self.encoder(self.vae.encode(images.to(self.device)))
 
     def describe(self) -> str:
@@ -68,8 +71,8 @@ def load_parts(source: str, vae: str = "flux-ov3", device: str | None = None) ->
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = Path(source)
     try:
-        if (path / "config.yaml").is_file() and (path / "model.safetensors").is_file():
-            from ..models.openvision3 import OpenVision3
+        from ..models.openvision3 import OpenVision3, is_saved_model
+        if is_saved_model(path):
             model = OpenVision3.from_pretrained(path).to(dev).eval()
             return Parts(str(source), "openvision3", model.vae, model.encoder, model.image_size, model)
         from ..interop import transformers as hf  # registers the Auto classes
@@ -83,7 +86,7 @@ def load_parts(source: str, vae: str = "flux-ov3", device: str | None = None) ->
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ServeError(f"cannot load model '{source}': {first}") from None
     tower = tower.to(dev).eval()
-    return Parts(str(source), "vision tower", tower.vae, tower.encoder, tower.config.image_size)
+    return Parts(str(source), "vision tower", tower.vae, tower.encoder, tower.config.image_size, tower=tower)
 
 
 def load_generator(run: str, device=None):

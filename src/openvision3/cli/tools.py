@@ -137,7 +137,7 @@ def _add_export(sub):
 def _run_export_hf(args):
     from pathlib import Path
 
-    from ..interop.official import CheckpointError, check_source
+    from ..interop.official import OfficialWeightsError, check_source
     from ..interop.transformers import export_hf
     from ..models.openvision3 import is_saved_model
     src = Path(args.model)
@@ -151,7 +151,7 @@ def _run_export_hf(args):
                         "(save_pretrained) and no released-tower weights")
     try:
         r = export_hf(args.model, args.out, vae=args.vae, image_size=args.image_size)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+    except (OfficialWeightsError, ValueError, FileNotFoundError) as e:
         raise UserError(f"cannot export '{args.model}': {str(e).splitlines()[0]}") from None
     print(f"wrote a transformers vision tower ({r['hidden_size']} wide, {r['layers']} layers, {r['image_size']} px, "
           f"{r['image_tokens']} image tokens) to {r['out']}; load it with AutoModel.from_pretrained("

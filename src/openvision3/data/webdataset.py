@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tarfile
 import warnings
 from pathlib import Path
 

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from ..config import ConfigError, load_config_file
+from ..models.openvision3 import is_saved_model
 
 # never uploaded: training state and scratch files a run directory may hold
 IGNORE_PATTERNS = ["checkpoints/*", "*.tmp", "*.lock", "tensorboard/*", "__pycache__/*"]
@@ -27,7 +28,7 @@ class HubError(ConfigError):
 def model_kind(directory) -> str:
     """"openvision3" or "transformers" for a model directory; HubError otherwise."""
     d = Path(directory)
-    if (d / "config.yaml").is_file() and (d / "model.safetensors").is_file():
+    if is_saved_model(d):
         return "openvision3"
     cfg = d / "config.json"
     if cfg.is_file() and (d / "model.safetensors").is_file():

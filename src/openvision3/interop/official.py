@@ -26,7 +26,7 @@ CONFIG_FILES = ("open_clip_config.json", "config.json")
 _IGNORED = ("positional_embedding",)  # fixed sin-cos table: recomputed for any grid, checked on load
 
 
-class CheckpointError(ValueError):
+class OfficialWeightsError(ValueError):
     """A weights file that is not a released OV3 vision tower (one clear line)."""
 
 
@@ -40,15 +40,15 @@ def _read_weights(path: Path) -> dict:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
-            raise CheckpointError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:120]})") from None
+            raise OfficialWeightsError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:120]})") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        raise CheckpointError(f"{path}: refused: it pickles Python objects that are not tensors or plain data"
+        raise OfficialWeightsError(f"{path}: refused: it pickles Python objects that are not tensors or plain data"
                               f"{f' ({found.group(1)})' if found else ''}, which could run code when loaded; "
                               f"nothing in it was run") from None
     except (RuntimeError, EOFError, OSError) as e:  # truncated / not a torch file
         if isinstance(e, FileNotFoundError):
             raise
-        raise CheckpointError(f"{path}: not a readable weights file ({type(e).__name__})") from None
+        raise OfficialWeightsError(f"{path}: not a readable weights file ({type(e).__name__})") from None
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
@@ -98,11 +98,11 @@ def infer_architecture(state: dict, config: dict | None = None) -> dict:
     """Architecture from tensor shapes; heads = width / head_width (64 unless the config says)."""
     for key in ("conv1.weight", "class_embedding", "proj", "ln_post.weight"):
         if key not in state:
-            raise CheckpointError(f"not an OV3 vision tower: key '{key}' is missing")
+            raise OfficialWeightsError(f"not an OV3 vision tower: key '{key}' is missing")
     width, in_channels, patch, _ = state["conv1.weight"].shape
     layers = len({int(m.group(1)) for k in state if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))})
     if layers == 0:
-        raise CheckpointError("not an OV3 vision tower: no transformer.resblocks.* keys")
+        raise OfficialWeightsError("not an OV3 vision tower: no transformer.resblocks.* keys")
     vcfg = _vision_cfg(config or {})
     heads = vcfg.get("heads") or width // vcfg.get("head_width", 64)
     mlp = state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
@@ -119,12 +119,12 @@ def encoder_from_state_dict(state: dict, config: dict | None = None) -> UnifiedE
         grid = int(round((pos.shape[0] - 1) ** 0.5))
         expected = sincos_2d(arch["tower"].width, grid, grid, cls_token=True)
         if pos.shape != expected.shape or (pos.float() - expected).abs().max() > 1e-4:
-            raise CheckpointError("positional_embedding is not the fixed 2-D sin-cos table this encoder "
+            raise OfficialWeightsError("positional_embedding is not the fixed 2-D sin-cos table this encoder "
                                   "recomputes; a learned-position tower is not supported")
     expected_keys = set(enc.state_dict())
     missing, unexpected = sorted(expected_keys - set(state)), sorted(set(state) - expected_keys)
     if missing or unexpected:
-        raise CheckpointError(f"weights do not match an OV3 vision tower: missing {missing[:4]}, "
+        raise OfficialWeightsError(f"weights do not match an OV3 vision tower: missing {missing[:4]}, "
                               f"unexpected {unexpected[:4]}")
     enc.load_state_dict({k: v.float() for k, v in state.items()})
     return enc.eval()

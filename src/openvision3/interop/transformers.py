@@ -159,19 +159,14 @@ def set_llava_trainable(model, stage: int) -> list[str]:
 # export
 
 
-def is_openvision3_dir(path) -> bool:
-    path = Path(path)
-    return (path / "config.yaml").is_file() and (path / "model.safetensors").is_file()
-
-
 def export_hf(source: str, out_dir, vae: str = "flux-ov3", image_size: int | None = None) -> dict:
     """Write ``source`` as a transformers vision tower: ``save_pretrained`` (weights, ``config.json``
     with ``auto_map``, ``modeling_openvision3.py``) + the image processor's ``preprocessor_config.json``
     + a model card. ``source``: a saved OpenVision3 directory, or a released OV3 tower (hub id,
     directory or weights file) together with ``vae``."""
     from ..models.card import write_card
-    if is_openvision3_dir(source):
-        from ..models.openvision3 import OpenVision3
+    from ..models.openvision3 import OpenVision3, is_saved_model
+    if is_saved_model(source):
         tower = vision_model_from_openvision3(OpenVision3.from_pretrained(source))
         origin = "openvision3"
         if image_size:
@@ -222,5 +217,5 @@ def llava_processor(vision_config: OpenVision3VisionConfig, tokenizer,
 __all__ = ["OpenVision3VisionConfig", "OpenVision3VisionModel", "MODEL_TYPE", "build_image_processor",
            "llava_config", "check_feature_layer", "set_llava_trainable", "vision_model_from_openvision3",
            "vision_model_from_official", "vision_model_from_parts", "vae_latent_model", "export_hf",
-           "num_image_tokens", "is_openvision3_dir", "llava_processor", "llava_recipe", "LLAVA_FEATURE_LAYER",
+           "num_image_tokens", "llava_processor", "llava_recipe", "LLAVA_FEATURE_LAYER",
            "LLAVA_SELECT_STRATEGY"]

@@ -82,7 +82,7 @@ def _figure(summary: dict, path: Path) -> None:
 
 
 def _table(summary: dict, seeds: list[int]) -> str:
-    rows = [f"| token space | judge_top1 | fd | precision | recall | train s | paper (ImageNet 256) |",
+    rows = ["| token space | judge_top1 | fd | precision | recall | train s | paper (ImageNet 256) |",
             "|---|---:|---:|---:|---:|---:|---|"]
     for arm, s in summary.items():
         cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in METRICS]
