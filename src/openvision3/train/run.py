@@ -274,7 +274,7 @@ class _Engine:
         precision = choose_precision(s.precision, info.device)
         if info.is_main:
             print(precision.describe(), flush=True)
-        self.run_state = run = Run(self.out, info, s, precision)
+        run = Run(self.out, info, s, precision)
         self.parts = parts = self.task.build(run)  # a bad data spec or model fails here, before any file
         if info.is_main:
             (self.out / "config.yaml").write_text(self.config_yaml)
