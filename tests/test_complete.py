@@ -160,8 +160,9 @@ def test_reconstruct_caption_encode_on_the_completed_model(heads_run, capsys):
 def test_export_hf_tower_output_equals_the_released_towers(heads_run, tower):
     from transformers import AutoModel
 
-    import openvision3.interop.transformers  # noqa: F401  (registers the Auto classes)
+    from openvision3.interop import transformers as registers_auto_classes
     from openvision3.models.openvision3 import OpenVision3
+    assert registers_auto_classes.MODEL_TYPE
     out = heads_run[1] / "hf"
     assert cli.main(["export", "hf", "--model", str(heads_run[0] / "model"), "--out", str(out)]) == 0
     hf = AutoModel.from_pretrained(out).eval()
@@ -184,7 +185,8 @@ def test_gen_train_on_the_completed_models_tokens(heads_run, capsys):
                    "dit.head_depth=1", "dit.head_heads=2", "train.batch_size=8", "train.steps=2",
                    "train.checkpoint_every=0", "train.log_every=1"])
     assert rc == 0
-    assert _last_json(capsys)["status"] == "finished" and (tmp / "gen" / "generator" / "generator.safetensors").is_file()
+    assert _last_json(capsys)["status"] == "finished"
+    assert (tmp / "gen" / "generator" / "generator.safetensors").is_file()
 
 
 # ------------------------------------------------------------------------------------ the other paths

@@ -75,10 +75,11 @@ def _run_train(args):
     from ..data import DataSpecError
     from ..train.checkpoint import CheckpointError
     from ..train.run import TrainError
-    from ..train.trainer import train
     cfg = get_config(args.config, args.overrides)
     if cfg.train.init_encoder:  # heads for a given tower (recipes/complete.py)
         from ..recipes.complete import train_heads as train
+    else:
+        from ..train.trainer import train
     out = args.out or str(Path("runs") / Path(args.config).stem)
     try:
         summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite)

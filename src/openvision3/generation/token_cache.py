@@ -265,4 +265,5 @@ class TokenBatches:
         self.epoch, self.cursor = int(epoch), 0
 
 
-__all__ = ["CacheError", "encoder_id", "weights_id", "cache_path", "build_cache", "open_cache", "TokenCache", "TokenBatches"]
+__all__ = ["CacheError", "encoder_id", "weights_id", "cache_path", "build_cache", "open_cache", "TokenCache",
+           "TokenBatches"]
