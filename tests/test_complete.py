@@ -256,3 +256,19 @@ def test_mismatches_are_one_line_before_training(tower, tmp_path, capsys, extra,
     line = _one_line(capsys, _train_argv(tmp_path, f"train.init_encoder={tower[0]}", *extra))
     assert message in line, line
     assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("name, tower, width, size, text_width", [
+    ("complete_b2_256", "UCSC-VLAA/openvision3-vit-base-patch2-32", 768, 256, 512),
+    ("complete_b2_224", "UCSC-VLAA/openvision3-vit-base-patch2-28", 768, 224, 512),
+    ("complete_l2_256", "UCSC-VLAA/openvision3-vit-large-patch2-32", 1024, 256, 768),
+])
+def test_the_configs_for_the_released_towers(name, tower, width, size, text_width):
+    from openvision3.config import get_config
+    cfg = get_config(name)
+    assert cfg.train.init_encoder == tower and cfg.train.freeze == ["encoder."] and cfg.data.train.startswith("wds:")
+    assert cfg.model.encoder.width == width and cfg.model.image_size == cfg.data.resolution == size
+    assert (cfg.model.vae.source, cfg.model.vae.convention) == ("flux-ov3", "scale")
+    assert (cfg.model.decoder.width, cfg.model.decoder.layers) == (768, 12)  # a B decoder [S]
+    assert cfg.model.text.width == cfg.model.caption.width == text_width  # OpenVision's text towers [C]
+    assert (cfg.model.text.context_length, cfg.model.caption.context_length) == (80, 128)
