@@ -1,4 +1,4 @@
-"""The run engine's rules, the same for every training loop (train/run.py), each checked on all five:
+"""The run engine's rules, the same for every training loop (train/run.py), each checked on every loop:
 `ov3 train` (also with train.init_encoder: heads on a frozen tower's cached tokens, recipes/complete.py),
 `ov3 train-vae`, `ov3 gen train`, the LLaVA probe's stages and the judge.
 
