@@ -1,5 +1,6 @@
-"""The run engine's rules, the same for every training loop (train/run.py), each checked on all five:
-`ov3 train`, `ov3 train-vae`, `ov3 gen train`, the LLaVA probe's stages and the judge.
+"""The run engine's rules, the same for every training loop (train/run.py), each checked on every loop:
+`ov3 train` (also with train.init_encoder: heads on a frozen tower's cached tokens, recipes/complete.py),
+`ov3 train-vae`, `ov3 gen train`, the LLaVA probe's stages and the judge.
 
 - a non-empty run directory is refused (without --resume / --overwrite);
 - SIGTERM and a first Ctrl-C (SIGINT) finish the step, checkpoint it and stop (exit 3 on the
@@ -50,6 +51,23 @@ def _ov3(tmp_path):
     def run(out, resume=None, overwrite=False, extra=()):
         return train(get_config(TINY, over + list(extra)), out, resume=resume, overwrite=overwrite, progress=False)
     return Loop("train", OpenVision3Task, run, lambda out: ["train", "--config", TINY, "--out", str(out), *over],
+                lambda out: [out], "train.max_bad_steps=2")
+
+
+def _heads(tmp_path, tower):
+    """`ov3 train` with train.init_encoder: fresh heads on the cached tokens of a frozen tower."""
+    from test_complete import RUN
+
+    from openvision3.config import get_config
+    from openvision3.recipes.complete import CompleteTask, train_heads
+    over = [*RUN, f"train.steps={STEPS}", "train.checkpoint_every=0", f"train.init_encoder={tower}",
+            "train.freeze=[encoder.]", f"train.token_cache={tmp_path / 'cache'}"]
+    TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+
+    def run(out, resume=None, overwrite=False, extra=()):
+        return train_heads(get_config(TINY, over + list(extra)), out, resume=resume, overwrite=overwrite,
+                           progress=False)
+    return Loop("train heads", CompleteTask, run, lambda out: ["train", "--config", TINY, "--out", str(out), *over],
                 lambda out: [out], "train.max_bad_steps=2")
 
 
@@ -152,14 +170,24 @@ def _probe(tmp_path, model_dir):
                 lambda out: [Path(out) / "llava_probe_runs" / f"stage{k}" for k in range(3)], "max_bad=2")
 
 
-LOOPS = ["train", "train-vae", "gen train", "probe", "judge"]
+@pytest.fixture(scope="module")
+def tower_dir(tmp_path_factory):
+    from test_complete import write_hub_tower
+    d = tmp_path_factory.mktemp("hub") / "tower"
+    write_hub_tower(d)
+    return d
+
+
+LOOPS = ["train", "train heads", "train-vae", "gen train", "probe", "judge"]
 
 
 @pytest.fixture
-def loop(request, tmp_path, encoder_dir):
+def loop(request, tmp_path, encoder_dir, tower_dir):
     name = request.param
     if name == "train":
         return _ov3(tmp_path)
+    if name == "train heads":
+        return _heads(tmp_path, tower_dir)
     if name == "train-vae":
         return _vae(tmp_path)
     if name == "gen train":
@@ -232,7 +260,7 @@ def test_signal_checkpoints_the_step_and_resume_reproduces_the_losses(loop, tmp_
     assert got == expected  # exactly, step by step
 
 
-@pytest.mark.parametrize("loop", ["train", "train-vae", "gen train", "probe"], indirect=True)
+@pytest.mark.parametrize("loop", ["train", "train heads", "train-vae", "gen train", "probe"], indirect=True)
 def test_signal_on_the_command_line_exits_3_with_one_line(loop, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     _inject(monkeypatch, loop, 4 if loop.name == "probe" else 2, _signal(signal.SIGINT))

@@ -205,6 +205,17 @@ class TrainConfig:
     # [?] ours: parameter-name prefixes kept frozen (e.g. [encoder.] to train a latent decoder on an
     # encoder's frozen tokens, as `ov3 gen compare` does for the understanding-only encoder)
     freeze: list[str] = field(default_factory=list)
+    # [?] ours: the vision tower the encoder starts from: a released OV3 tower (hub id, directory or
+    # open_clip weights file; interop/official.py) or a saved model directory (its encoder only).
+    # Its shape is taken, and checked against model.* and the data, before training (recipes/complete.py)
+    init_encoder: str | None = None
+    # recorded by the run from init_encoder, for the model card: "released" | "openvision3"
+    init_encoder_kind: str | None = None
+    # [?] ours: with init_encoder and the encoder's token-producing weights frozen, its tokens (and
+    # their flips) are computed once into this directory and the heads train on them
+    # (generation/token_cache.py); null: the frozen encoder runs forward (no backward) every step
+    token_cache: str | None = "runs/token_cache"
+    token_cache_samples: int = 0  # samples of data.train the cache holds; 0: all (a finite data set)
     stages: list[StageConfig] = field(default_factory=list)
 
 
@@ -291,7 +302,8 @@ BOUNDS.update({
                         lr=_non_negative, min_lr_ratio=_fraction, warmup_steps=_non_negative,
                         weight_decay=_non_negative, grad_clip=_non_negative, ema_decay=_decay,
                         latent_memo=_non_negative,
-                        grad_accum_steps=_at_least_1, keep_last=_non_negative, max_bad_steps=_at_least_1),
+                        grad_accum_steps=_at_least_1, keep_last=_non_negative, max_bad_steps=_at_least_1,
+                        token_cache_samples=_non_negative),
     "LossConfig": dict(w_rec=_non_negative, w_und=_non_negative, beta_latent=_non_negative,
                        lpips_weight=_non_negative, alpha_contrastive=_non_negative, caption_weight=_non_negative,
                        pixel_subbatch=_non_negative, caption_subbatch=_non_negative,

@@ -75,8 +75,11 @@ def _run_train(args):
     from ..data import DataSpecError
     from ..train.checkpoint import CheckpointError
     from ..train.run import TrainError
-    from ..train.trainer import train
     cfg = get_config(args.config, args.overrides)
+    if cfg.train.init_encoder:  # heads for a given tower (recipes/complete.py)
+        from ..recipes.complete import train_heads as train
+    else:
+        from ..train.trainer import train
     out = args.out or str(Path("runs") / Path(args.config).stem)
     try:
         summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
@@ -86,5 +89,8 @@ def _run_train(args):
         print_json(summary)
     if summary["status"] != "finished":  # exit 3, so a requeue script can tell a stop from the end
         raise Stopped(_stopped_line(summary))
+    if summary.get("token_cache"):
+        print(f"trained on the tokens of {summary['token_cache_samples']} samples cached in {summary['token_cache']}",
+              file=sys.stderr)
     print(f"{summary['status']} at step {summary['step']}/{summary['total_steps']}; run in {summary['out_dir']}",
           file=sys.stderr)

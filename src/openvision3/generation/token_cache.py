@@ -7,7 +7,13 @@ the two per sample and epoch. A cache lives in
     CACHE_DIR/<encoder id>_<space>_<resolution>px_<data hash>/
         meta.json                 encoder id, space, resolution, data spec, counts, skipped, shards
         shard_00000.safetensors   tokens (n, N, D) [, tokens_flip], labels (n,)
+                                  [, images (n, 3, H, W) uint8, latents [, latents_flip]]
+        [shard_00000.captions.json]
         stats.safetensors         per-channel mean / std of the generated view (token_space.py)
+
+The bracketed parts are what heads trained on a frozen encoder need (recipes/complete.py): the
+captions (any data, labelled or not), and with ``pixels`` the image and its VAE latents, the
+targets of the reconstruction losses.
 
 The encoder id is the fingerprint of the encoder's weights (the VAE's included, fingerprint.py), so two encoders never
 share a directory, and ``open_cache`` refuses a cache whose meta names another encoder or size.
@@ -42,23 +48,37 @@ def encoder_id(model_dir: str | Path) -> str:
 
 
 def cache_path(cache_dir: str | Path, enc_id: str, space: str, resolution: int, spec: str,
-               max_samples: int, hflip: bool) -> Path:
-    data = hashlib.sha256(f"{spec}|{max_samples}|{hflip}".encode()).hexdigest()[:8]
+               max_samples: int, hflip: bool, variant: str = "") -> Path:
+    """``variant``: anything else the contents depend on (the heads' cache: its fields and data options)."""
+    data = hashlib.sha256(f"{spec}|{max_samples}|{hflip}{'|' + variant if variant else ''}".encode()).hexdigest()[:8]
     return Path(cache_dir) / f"{enc_id}_{space}_{resolution}px_{data}"
+
+
+def weights_id(*modules) -> str:
+    """sha256 over the names and values of the modules' tensors: an encoder that is no directory of
+    files (a released tower loaded from a .bin) gets an id the way ``encoder_id`` gives one."""
+    h = hashlib.sha256()
+    for i, module in enumerate(modules):
+        for name, t in sorted(module.state_dict().items()):
+            h.update(f"{i}.{name}".encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @torch.no_grad()
 def build_cache(space: TokenSpace, path: Path, *, enc_id: str, spec: str, data_cfg, max_samples: int = 0,
                 hflip: bool = True, shard_size: int = 4096, batch_size: int = 64, progress: bool = True,
-                dtype: torch.dtype = torch.float16) -> Path:
-    """Encode the labelled training split of ``spec`` into ``path`` (written to a temp dir, renamed)."""
+                dtype: torch.dtype = torch.float16, captions: bool = False, pixels: bool = False) -> Path:
+    """Encode the labelled training split of ``spec`` into ``path`` (written to a temp dir, renamed).
+    ``captions``: keep every sample (labelled or not) with its caption; ``pixels``: also store the
+    image (uint8) and its VAE latents (and the flip's), for reconstruction losses."""
     import shutil
 
     from tqdm.auto import tqdm
 
     from ..data import make_loader, open_data
     ds = open_data(spec, split="train", resolution=space.resolution, train=False, cfg=data_cfg, infinite=False)
-    if not ds.class_names:
+    if not captions and not ds.class_names:
         raise CacheError(f"data spec '{spec}' has no class labels; class-conditional generation needs "
                          f"labelled data (shapes?kind=single, fashion-mnist, imagefolder:DIR)")
     total = min(max_samples or ds.num_samples or 0, ds.num_samples or max_samples) or None
@@ -66,38 +86,55 @@ def build_cache(space: TokenSpace, path: Path, *, enc_id: str, spec: str, data_c
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     skipped, unlabelled = Counter(), 0
-    buf: dict = {"tokens": [], "tokens_flip": [], "labels": []}
+    buf: dict = {"tokens": [], "tokens_flip": [], "labels": [], "images": [], "latents": [], "latents_flip": [],
+                 "captions": []}
     shards, count, stat_chunks = [], 0, []
 
     def flush():
         if not buf["labels"]:
             return
         name = f"shard_{len(shards):05d}.safetensors"
-        out = {"tokens": torch.cat(buf["tokens"]), "labels": torch.cat(buf["labels"])}
-        if hflip:
-            out["tokens_flip"] = torch.cat(buf["tokens_flip"])
+        out = {k: torch.cat(v) for k, v in buf.items() if v and k != "captions"}
         save_file(out, str(tmp / name))
         shards.append({"file": name, "n": int(out["labels"].shape[0])})
+        if captions:
+            (tmp / name.replace(".safetensors", ".captions.json")).write_text(json.dumps(buf["captions"]))
         for k in buf:
             buf[k].clear()
+
+    def encode(images):
+        if not pixels:
+            return space.encode(images).to(dtype).cpu(), None
+        raw, latents = space.encode_with_latents(images)
+        return raw.to(dtype).cpu(), latents.to(dtype).cpu()
 
     bar = tqdm(total=total, desc="cache tokens", disable=not progress, dynamic_ncols=True)
     for batch in make_loader(ds, batch_size):
         skipped.update(batch["skipped"])
         keep = batch["label"] >= 0
         unlabelled += int((~keep).sum())
+        if captions:
+            keep = torch.ones_like(keep)
         if not keep.any():
             continue
         images, labels = batch["image"][keep], batch["label"][keep]
+        texts = [c for c, k in zip(batch["caption"], keep.tolist()) if k]
         if total is not None:
-            images, labels = images[: total - count], labels[: total - count]
-        raw = space.encode(images).to(dtype).cpu()
+            images, labels, texts = images[: total - count], labels[: total - count], texts[: total - count]
+        raw, latents = encode(images)
         buf["tokens"].append(raw)
         stat_chunks.append(space.decoder_view(raw))
         if hflip:
-            raw_f = space.encode(images.flip(-1)).to(dtype).cpu()
+            raw_f, latents_f = encode(images.flip(-1))
             buf["tokens_flip"].append(raw_f)
             stat_chunks.append(space.decoder_view(raw_f))
+        if pixels:  # the image exactly as encoded (the eval transform of uint8 pixels: lossless)
+            buf["images"].append(((images.clamp(-1, 1) * 0.5 + 0.5) * 255).round().to(torch.uint8))
+            buf["latents"].append(latents)
+            if hflip:
+                buf["latents_flip"].append(latents_f)
+        if captions:
+            buf["captions"].extend(texts)
         buf["labels"].append(labels.long())
         count += len(labels)
         bar.update(len(labels))
@@ -109,13 +146,15 @@ def build_cache(space: TokenSpace, path: Path, *, enc_id: str, spec: str, data_c
     bar.close()
     if count == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CacheError(f"data spec '{spec}' yielded no labelled training images (skipped: {dict(skipped)})")
+        raise CacheError(f"data spec '{spec}' yielded no {'' if captions else 'labelled '}training images "
+                         f"(skipped: {dict(skipped)})")
     stats = TokenStats.from_tokens(stat_chunks)
     save_file(stats.state_dict(), str(tmp / STATS))
     meta = {"encoder_id": enc_id, "space": space.kind, "resolution": space.resolution, "spec": spec,
-            "num_samples": count, "num_classes": len(ds.class_names), "class_names": list(ds.class_names),
+            "num_samples": count, "num_classes": len(ds.class_names or []), "class_names": list(ds.class_names or []),
             "grid": list(space.grid), "token_dim": space.token_dim, "hflip": hflip, "dtype": str(dtype),
-            "skipped": dict(skipped), "unlabelled": unlabelled, "shards": shards}
+            "captions": captions, "pixels": pixels, "skipped": dict(skipped), "unlabelled": unlabelled,
+            "shards": shards}
     (tmp / META).write_text(json.dumps(meta, indent=1))
     if path.exists():
         shutil.rmtree(path)
@@ -124,11 +163,14 @@ def build_cache(space: TokenSpace, path: Path, *, enc_id: str, spec: str, data_c
 
 
 class TokenCache:
-    """A cache read into memory: ``tokens`` (M, N, D), ``tokens_flip`` or None, ``labels`` (M,)."""
+    """A cache read into memory: ``tokens`` (M, N, D), ``tokens_flip`` or None, ``labels`` (M,);
+    ``extras`` the other stored tensors by name (images, latents, latents_flip), ``captions`` or None."""
 
-    def __init__(self, path: Path, meta: dict, tokens, tokens_flip, labels, stats: TokenStats):
+    def __init__(self, path: Path, meta: dict, tokens, tokens_flip, labels, stats: TokenStats,
+                 extras: dict | None = None, captions: list | None = None):
         self.path, self.meta = path, meta
         self.tokens, self.tokens_flip, self.labels, self.stats = tokens, tokens_flip, labels, stats
+        self.extras, self.captions = extras or {}, captions
 
     @property
     def num_classes(self) -> int:
@@ -153,12 +195,16 @@ def open_cache(path: str | Path, enc_id: str, resolution: int, space: str) -> To
     try:
         parts = [load_file(str(path / s["file"])) for s in meta["shards"]]
         stats = TokenStats.from_state_dict(load_file(str(path / STATS)))
+        captions = ([c for s in meta["shards"]
+                     for c in json.loads((path / s["file"].replace(".safetensors", ".captions.json")).read_text())]
+                    if meta.get("captions") else None)
     except Exception as e:  # truncated or corrupt shard files raise many exception types
         raise CacheError(f"token cache '{path}' is damaged ({type(e).__name__}); delete it to rebuild") from None
     tokens = torch.cat([p["tokens"] for p in parts])
     flips = torch.cat([p["tokens_flip"] for p in parts]) if meta.get("hflip") else None
     labels = torch.cat([p["labels"] for p in parts])
-    return TokenCache(path, meta, tokens, flips, labels, stats)
+    extras = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("tokens", "tokens_flip", "labels")}
+    return TokenCache(path, meta, tokens, flips, labels, stats, extras, captions)
 
 
 class TokenBatches:
@@ -184,16 +230,20 @@ class TokenBatches:
         flip = rng.random(len(self.cache)) < 0.5 if self.cache.tokens_flip is not None else None
         return order, flip
 
-    def next(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_indices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next batch's sample indices and which of them take the flipped copy (None: no flips)."""
         order, flip = self._order(self.epoch)
         if self.cursor + self.batch_size > len(order):  # drop the epoch's remainder
             self.epoch, self.cursor = self.epoch + 1, 0
             order, flip = self._order(self.epoch)
         idx = torch.from_numpy(order[self.cursor:self.cursor + self.batch_size])
         self.cursor += self.batch_size
+        return idx, (torch.from_numpy(flip[idx.numpy()]) if flip is not None else None)
+
+    def next(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, use = self.next_indices()
         raw = self.cache.tokens[idx]
-        if flip is not None:
-            use = torch.from_numpy(flip[idx.numpy()])
+        if use is not None:
             raw = torch.where(use[:, None, None], self.cache.tokens_flip[idx], raw)
         x = self.cache.stats.normalize(self.space.decoder_view(raw))
         return x.to(device), self.cache.labels[idx].to(device)
@@ -209,4 +259,5 @@ class TokenBatches:
         self.epoch, self.cursor = int(epoch), 0
 
 
-__all__ = ["CacheError", "encoder_id", "cache_path", "build_cache", "open_cache", "TokenCache", "TokenBatches"]
+__all__ = ["CacheError", "encoder_id", "weights_id", "cache_path", "build_cache", "open_cache", "TokenCache",
+           "TokenBatches"]

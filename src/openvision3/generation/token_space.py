@@ -88,6 +88,14 @@ class TokenSpace:
             return self.model.encode_image(images)
         return self.patchify(self.model.vae.encode(images))
 
+    @torch.no_grad()
+    def encode_with_latents(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> (unified tokens z_u, the VAE latents they were computed from); ``tokens`` kind only."""
+        if self.kind != "tokens":
+            raise ValueError("encode_with_latents needs the tokens space")
+        latents = self.model.vae.encode(images.to(self.device))
+        return self.model.encoder(latents), latents
+
     def decoder_view(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw tokens -> what is generated: LN(z_u) (what the latent decoder reads) or the latents."""
         return F.layer_norm(raw.float(), raw.shape[-1:]) if self.kind == "tokens" else raw.float()

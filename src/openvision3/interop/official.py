@@ -136,6 +136,16 @@ def load_official_encoder(source: str) -> UnifiedEncoder:
     return encoder_from_state_dict(_read_weights(weights), config)
 
 
+def load_official_tower(source: str) -> tuple[UnifiedEncoder, int | None]:
+    """``load_official_encoder`` plus the tower's native token grid side, read from its saved
+    position table (16 for the 256 px towers, 14 for 224 px; None when the file has no table)."""
+    weights, config = _find_files(str(source))
+    state = _read_weights(weights)
+    pos = _strip_prefix(dict(state)).get("positional_embedding")
+    grid = int(round((pos.shape[0] - 1) ** 0.5)) if pos is not None else None
+    return encoder_from_state_dict(state, config), grid
+
+
 def export_official_state_dict(encoder: UnifiedEncoder, grid: int, prefix: str = "") -> dict:
     """Our encoder in the released layout (with its ``positional_embedding`` for a ``grid`` x ``grid``
     token grid, e.g. 16 at 256 px), loadable by open_clip's VisionTransformer."""

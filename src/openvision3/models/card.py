@@ -70,6 +70,26 @@ def _vae_lines(vae: dict) -> list[str]:
             f"- latent channels: {vae.get('latent_channels')}"]
 
 
+def _provenance_lines(cfg: dict) -> list[str]:
+    """Which parts came from where, for a model whose encoder started from ``train.init_encoder``."""
+    t = cfg.get("train", {})
+    source, freeze = t.get("init_encoder"), t.get("freeze") or []
+    if not source:
+        return []
+    origin = (f"the released OpenVision 3 vision tower `{source}` (weights by UCSC-VLAA)"
+              if t.get("init_encoder_kind") == "released" else f"the OpenVision 3 model `{source}`")
+    frozen = any("encoder.".startswith(f) for f in freeze)
+    part = [f for f in freeze if f.startswith("encoder.") and not "encoder.".startswith(f)]
+    state = ("frozen: its weights are those of the source, bit for bit" if frozen else
+             f"fine-tuned here, except the frozen {', '.join(part)}" if part else "fine-tuned here")
+    heads = [name for prefix, name in (("decoder.", "latent decoder"), ("text_encoder.", "text encoder"),
+                                       ("caption_decoder.", "caption decoder"), ("logit_scale", "logit scale"))
+             if not any(prefix.startswith(f) for f in freeze)]
+    return ["## Where the parts come from", "",
+            f"- encoder (the unified ViT and its pooled read-out `ln_post`, `proj`): from {origin}; {state}",
+            f"- trained here: {', '.join(heads) or 'nothing'}", "- the VAE: frozen, not trained by anyone here", ""]
+
+
 def build_card(kind: str, info: dict, results: dict, license: str = "apache-2.0"):
     """A ``huggingface_hub.ModelCard``. ``kind``: "openvision3" (a whole saved model; ``info`` holds
     ``config``, the nested Config dict) or "transformers" (the vision tower; ``info["config"]`` is its
@@ -121,6 +141,8 @@ def build_card(kind: str, info: dict, results: dict, license: str = "apache-2.0"
             f"Architecture: {arch}.", "", "## The VAE it needs", "",
             "The encoder reads normalised VAE latents, not pixels; use the same VAE and convention:", "",
             *_vae_lines(vae), "", "## How to load", "", *load, ""]
+    if kind == "openvision3":
+        body += _provenance_lines(cfg)
     if info.get("origin") == "released":
         body += [f"Converted from the released tower `{info.get('source')}` (weights by UCSC-VLAA).", ""]
     if rows:

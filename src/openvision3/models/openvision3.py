@@ -101,7 +101,7 @@ class OpenVision3(nn.Module):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, images: torch.Tensor, tokens=None, lpips_weight: float | None = None,
-                latents: torch.Tensor | None = None) -> dict:
+                latents: torch.Tensor | None = None, unified: torch.Tensor | None = None) -> dict:
         """Every loss term and the total ``loss``. ``tokens``: ids (B, T) or captions (list of str).
         A branch whose weight is 0 is not computed at all, unless ``loss.probe_detached``: then it
         runs on detached unified tokens, so it trains its own parameters and never the encoder."""
@@ -109,7 +109,9 @@ class OpenVision3(nn.Module):
         # ``latents``: the VAE latents of ``images`` when already known (a latent cache, MAR's
         # idea: data/latent_cache.py); the VAE encoder is then skipped.
         latents = self.vae.encode(images) if latents is None else latents.float()
-        z_u = self.encoder(latents)
+        # ``unified``: the tokens of a frozen encoder, computed once (a token cache, recipes/complete.py);
+        # the encoder is then skipped, so it must be the one that made them, and frozen.
+        z_u = self.encoder(latents) if unified is None else unified.float()
         terms: dict = {}
         if lf.rec_enabled or lf.rec_probed:
             m = lc.rec_subbatch if 0 < lc.rec_subbatch < images.shape[0] else images.shape[0]

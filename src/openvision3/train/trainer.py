@@ -244,6 +244,9 @@ def train(cfg: Config, out_dir, resume: str | None = None, overwrite: bool = Fal
     ``eval_fn(model, step) -> dict``: an extra evaluation, run on every rank where validation
     runs; its numbers are logged beside ``val_*``.
     """
+    if cfg.train.init_encoder:  # its checks, weights and token cache: recipes/complete.py
+        raise ConfigError("train.init_encoder is trained by openvision3.recipes.complete.train_heads "
+                          "(ov3 train calls it)")
     task = OpenVision3Task(cfg, eval_fn)
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's; the stages must split over it
     return run_task(task, task.settings(world_size), out_dir, config_yaml=config_to_yaml(cfg), resume=resume,
