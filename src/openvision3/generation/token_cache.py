@@ -15,8 +15,8 @@ The bracketed parts are what heads trained on a frozen encoder need (recipes/com
 captions (any data, labelled or not), and with ``pixels`` the image and its VAE latents, the
 targets of the reconstruction losses.
 
-The encoder id is the fingerprint of the encoder's weights (the VAE's included, fingerprint.py), so two encoders never
-share a directory, and ``open_cache`` refuses a cache whose meta names another encoder or size.
+The encoder id is the fingerprint of the encoder's weights (the VAE's included, fingerprint.py),
+so two encoders never share a directory, and ``open_cache`` refuses a cache whose meta names another encoder or size.
 """
 from __future__ import annotations
 
