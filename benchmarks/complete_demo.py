@@ -50,7 +50,7 @@ BATCH = 128  # configs/demo.yaml's train.batch_size
 def joint_overrides(seed: int, steps: int | None) -> list[str]:
     over = [f"seed={seed}"]
     if steps:  # the curriculum switches at half the run's samples (configs/demo.yaml)
-        over += [f"train.steps={steps}", f"data.shapes_single_switch={steps * BATCH // 2}"]
+        over += [f"train.steps={steps}", f"data.shapes.single_switch={steps * BATCH // 2}"]
     return over
 
 
@@ -58,8 +58,8 @@ def heads_overrides(seed: int, steps: int | None, joint_model: Path, cache: Path
     """As many distinct samples as the joint run draws (at most its 2 x 10,240), half of each phase."""
     n = min(2 * 10240, (steps or 376) * BATCH)
     return [f"seed={seed}", f"train.init_encoder={joint_model}", "train.freeze=[encoder.]",
-            f"train.token_cache={cache}", f"data.train=shapes?n={n}", f"data.shapes_single_switch={n // 2}",
-            "train.latent_memo=0", "data.shapes_memo=false", *([f"train.steps={steps}"] if steps else [])]
+            f"train.token_cache={cache}", f"data.train=shapes?n={n}", f"data.shapes.single_switch={n // 2}",
+            "train.latent_memo=0", "data.shapes.memo=false", *([f"train.steps={steps}"] if steps else [])]
 
 
 def _model(run_dir: Path, cfg, fn) -> Path:
@@ -73,7 +73,7 @@ def _model(run_dir: Path, cfg, fn) -> Path:
 
 def _evaluate(model_dir: Path, num_samples: int) -> dict:
     model = OpenVision3.from_pretrained(model_dir).eval()
-    spec = f"shapes?captions={model.cfg.data.shapes_captions}"
+    spec = f"shapes?captions={model.cfg.data.shapes.captions}"
     r = evaluate(model, spec, tasks=("recon", "zeroshot", "retrieval", "caption"), num_samples=num_samples,
                  out_dir=model_dir.parent / "eval", progress=False)
     return {f"{task}.{key}": r[task][key] for task, key, _ in METRICS}

@@ -24,7 +24,7 @@ WORDS = ("[and, red, orange, yellow, green, cyan, blue, purple, pink, circle, sq
 # a 16 px run over a 2x, 16-channel inline VAE given the released latent convention (scale 0.3611)
 # so the checks on the convention pass; heads 32 wide, as the tower
 RUN = ["model.image_size=16", "data.resolution=16", "data.train=shapes?n=32", "data.hflip=true",
-       "data.shapes_captions=minimal", "model.tokenizer=words", f"model.words={WORDS}",
+       "data.shapes.captions=minimal", "model.tokenizer=words", f"model.words={WORDS}",
        "model.vae.latent_channels=16", "model.vae.block_out_channels=[8,16]", "model.vae.norm_num_groups=4",
        "model.vae.scaling_factor=0.3611", "model.encoder.width=32",
        "model.decoder.width=32", "model.decoder.layers=1", "model.decoder.heads=2",

@@ -260,6 +260,20 @@ def test_signal_checkpoints_the_step_and_resume_reproduces_the_losses(loop, tmp_
     assert got == expected  # exactly, step by step
 
 
+def test_a_stop_between_two_metrics_rows_logs_the_same_rows_after_resume(tmp_path, monkeypatch):
+    """A row averages the losses since the previous one; a stop between two rows keeps the steps
+    already taken in the checkpoint, so the resumed run's next row is the uninterrupted one's."""
+    loop = _ov3(tmp_path)
+    every = ["train.log_every=3"]
+    loop.train(tmp_path / "ref", extra=every)
+    with monkeypatch.context() as m:
+        _inject(m, loop, 2, _signal(signal.SIGTERM))  # step 2: between the rows of steps 0 and 3
+        assert loop.train(tmp_path / "run", extra=every)["step"] == 2
+    loop.train(tmp_path / "run", resume="auto", extra=every)
+    assert _losses(loop, tmp_path / "run") == {(str(tmp_path / "run"), k[1]): v
+                                               for k, v in _losses(loop, tmp_path / "ref").items()}
+
+
 @pytest.mark.parametrize("loop", ["train", "train heads", "train-vae", "gen train", "probe"], indirect=True)
 def test_signal_on_the_command_line_exits_3_with_one_line(loop, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"

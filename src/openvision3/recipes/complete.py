@@ -50,7 +50,7 @@ RELEASED_CONVENTION, RELEASED_SCALE = "scale", 0.3611
 _READOUT = ("ln_post.", "proj")
 # data options that do not change what the cache holds (it is made with the evaluation transform)
 _NOT_IN_CACHE = ("val", "num_workers", "shuffle_buffer", "augment", "min_crop_area", "color_jitter",
-                 "latent_cache", "shapes_memo")
+                 "latent_cache")
 
 
 @dataclass
@@ -67,10 +67,10 @@ class EncoderSource:
 # ------------------------------------------------------------------------------------ the source
 def load_source(source: str) -> EncoderSource:
     """The tower behind ``train.init_encoder``; every way it can be wrong is one ConfigError line."""
-    from ..interop.official import CheckpointError, check_source, load_official_tower
-    from ..interop.transformers import is_openvision3_dir
+    from ..interop.official import OfficialWeightsError, check_source, load_official_tower
+    from ..models.openvision3 import is_saved_model
     what = f"train.init_encoder '{source}'"
-    if is_openvision3_dir(source):
+    if is_saved_model(source):
         from ..models.openvision3 import OpenVision3
         try:
             model = OpenVision3.from_pretrained(source)
@@ -84,7 +84,7 @@ def load_source(source: str) -> EncoderSource:
         raise ConfigError(f"{what}: {e}") from None
     try:
         encoder, grid = load_official_tower(source)
-    except CheckpointError as e:
+    except OfficialWeightsError as e:
         raise ConfigError(f"{what}: {e}") from None
     except Exception as e:  # safetensors / hub / network errors come in many types
         if local:
@@ -224,6 +224,7 @@ class CompleteTask(OpenVision3Task):
         try:
             enc_id = weights_id(model.encoder, model.vae.vae)
             data = {k: v for k, v in config_to_dict(cfg.data).items() if k not in _NOT_IN_CACHE}
+            data["shapes"] = {k: v for k, v in data["shapes"].items() if k != "memo"}  # a memo changes no sample
             path = cache_path(cfg.train.token_cache, enc_id, "tokens", resolution, cfg.data.train,
                               cfg.train.token_cache_samples, cfg.data.hflip,
                               variant="heads|" + json.dumps(data, sort_keys=True))

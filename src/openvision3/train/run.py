@@ -259,6 +259,7 @@ class _Engine:
         self.task, self.s, self.out, self.info = task, settings, out, info
         self.config_yaml, self.show_progress = config_yaml, progress
         self.step, self.bad_steps, self.bad_in_row = 0, 0, 0
+        self.window: list[dict] = []  # the losses of the steps since the last metrics row
         self.last_good: str | None = None
 
     # --------------------------------------------------------------------- set-up
@@ -304,7 +305,7 @@ class _Engine:
         if info.is_main and self.show_progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=s.steps, initial=self.step, desc=task.name, dynamic_ncols=True)
-        window, last, evaluated, status = [], {}, {}, "finished"
+        last, evaluated, status = {}, {}, "finished"
         t_last, wait, seen, first_row = time.perf_counter(), 0.0, 0, True
         if info.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(info.device)
@@ -321,13 +322,14 @@ class _Engine:
                 self.step = step = step + 1
                 seen += _batch_size(batch) * info.world_size
                 last = values
-                window.append(values)
+                self.window.append(values)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{values['loss']:.4f}")
 
                 if _due(step, s.log_every) or step == s.steps:
                     dt = time.perf_counter() - t_last
+                    window = self.window
                     row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                     row.update(lr=parts.optimizer.param_groups[0]["lr"], samples_per_s=seen / dt,
                                data_wait_frac=wait / dt, bad_steps=self.bad_steps,
@@ -338,7 +340,7 @@ class _Engine:
                         row.update(precision.as_row())
                         first_row = False
                     self.logger.log(step, row)
-                    window, t_last, wait, seen = [], time.perf_counter(), 0.0, 0
+                    self.window, t_last, wait, seen = [], time.perf_counter(), 0.0, 0
 
                 if _due(step, s.eval_every) or step == s.steps:
                     evaluated = task.evaluate(step) or {}
@@ -407,6 +409,7 @@ class _Engine:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
         parts, info = self.parts, self.info
         trainer_state = {"step": at_step, "bad_steps": self.bad_steps, "world_size": info.world_size,
+                         "log_window": self.window,  # a resumed run's next row averages the same steps
                          "rng": gather_objects(ckpt_lib.rng_state()), "data": gather_objects(parts.data.state_dict()),
                          "others": {name: opt.state_dict() for name, (_, opt) in parts.others.items()},
                          **self.task.state_dict()}
@@ -443,6 +446,7 @@ class _Engine:
             module.load_state_dict(ckpt["others"][name])
             opt.load_state_dict(st["others"][name])
         self.step, self.bad_steps = int(st["step"]), int(st["bad_steps"])
+        self.window = list(st.get("log_window", []))
         self.task.load_state_dict(st)
         if st["world_size"] == info.world_size:
             ckpt_lib.set_rng_state(st["rng"][info.rank])
