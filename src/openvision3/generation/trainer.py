@@ -119,6 +119,7 @@ def _train(cfg: GenConfig, out: Path, resume, overwrite, progress, info) -> dict
     with torch.random.fork_rng(devices=[]):  # the same initial weights whatever happened before
         torch.manual_seed(cfg.seed)
         dit = DiTDH(space.token_dim, space.grid, cache.num_classes, cfg.dit).to(info.device)
+    dit.grad_checkpointing = t.grad_checkpointing
     shift = flow_shift(cfg, space.grid[0] * space.grid[1], space.token_dim)
     precision = choose_precision(t.precision, info.device)
     amp_dtype = precision.dtype

@@ -90,14 +90,17 @@ def gather_objects(obj) -> list:
 
 
 def transformers(model: nn.Module) -> list[nn.Module]:
-    """The open_clip Transformer towers inside the model (encoder, decoder, text, caption)."""
-    from open_clip.transformer import Transformer
+    """The transformer towers inside the model (encoder, decoder, text, caption)."""
+    from ..models.transformer import Transformer
     return [m for m in model.modules() if isinstance(m, Transformer)]
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
-    for t in transformers(model):
-        t.grad_checkpointing = True  # open_clip recomputes each resblock in backward
+    """Recompute every transformer block in backward, on its forward's path (models/transformer.py):
+    the four towers of an OpenVision 3 model, the body and head of a DiT-DH."""
+    for m in model.modules():
+        if hasattr(m, "grad_checkpointing"):
+            m.grad_checkpointing = True
 
 
 def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype=None,
