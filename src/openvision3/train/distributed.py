@@ -115,6 +115,11 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype
         return model
     if fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        # Every rank built its own (differently seeded) model; DDP starts all from rank 0's weights
+        # and buffers, and FSDP2 would shard each rank's own, a mix of inits: broadcast first.
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(t, src=0)
         mp = MixedPrecisionPolicy(param_dtype=mixed_dtype, reduce_dtype=torch.float32) if mixed_dtype else (
             MixedPrecisionPolicy())
         for t in transformers(model):
