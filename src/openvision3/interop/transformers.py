@@ -83,7 +83,7 @@ class OpenVision3VisionModel(PreTrainedModel):
     base_model_prefix = "openvision3"
     input_modalities = ("image",)
     _no_split_modules = ["ResidualAttentionBlock"]
-    _supports_sdpa = True  # torch SDPA inside nn.MultiheadAttention, whatever LLaVA asks for
+    _supports_sdpa = True  # torch SDPA inside the blocks (models/transformer.py), whatever LLaVA asks for
     _keep_in_fp32_modules = ["vae"]  # DESIGN: the VAE runs in fp32
 
     def __init__(self, config: OpenVision3VisionConfig):
@@ -109,7 +109,7 @@ class OpenVision3VisionModel(PreTrainedModel):
                 return_dict=None, **kwargs) -> BaseModelOutputWithPooling:
         """``output_hidden_states``: a bool, or (as LLaVA passes it) the index or indices of the
         layers it will read; any index asks for all of them. ``output_attentions`` is not supported
-        (nn.MultiheadAttention through SDPA does not return weights) and gives None."""
+        (the blocks call SDPA, which does not return weights) and gives None."""
         if isinstance(output_hidden_states, bool) or output_hidden_states is None:
             want_hidden = bool(output_hidden_states if output_hidden_states is not None
                                else self.config.output_hidden_states)
