@@ -2,13 +2,14 @@
 the largest batches, a compiled bf16 train, FSDP2, kill -9 and resume, eval and reconstruct.
 
     python benchmarks/gpu_check.py --out runs/gpu_check            # one GPU, <= ~6 min
-    python benchmarks/gpu_check.py --out /tmp/smoke --cpu-smoke    # seconds-scale rehearsal (the test suite)
+    python benchmarks/gpu_check.py --out /tmp/smoke --cpu-smoke    # the CPU rehearsal (tests/test_gpu_check.py)
 
 Every check runs the real `ov3` commands (subprocesses, `--json` last line) or the bench library,
 records what it found and goes on when one fails; the end writes OUT/gpu_check.json and
 OUT/gpu_check.md. Hub weights are never fetched: the VAE is an untrained inline VAE of the FLUX
 VAE's exact shape (weights do not change the cost). `--cpu-smoke` runs the same sequence with
-the tiny config on CPU (fp32, no compile, gloo for FSDP2) so that the script cannot rot.
+the tiny config on CPU (fp32, no compile, gloo for FSDP2), each check cut to the fewest steps
+that still run its path, so that the test suite runs it and the script cannot rot.
 """
 from __future__ import annotations
 
@@ -38,13 +39,13 @@ class Plan:
             self.naive = "naive:train.precision=fp32,train.adamw=foreach"
             self.optimized = "optimized:train.precision=auto,train.adamw=fused,cached"
             self.batch_search = [("nano", 16, False), ("nano", 16, True)]
-            self.batch_start, self.batch_limit = 2, 8
+            self.batch_start, self.batch_limit = 2, 4
             self.train_config = str(ROOT / "configs" / "tiny.yaml")
-            self.train = ["train.steps=4", "train.batch_size=8", "train.checkpoint_every=2", "train.log_every=1",
+            self.train = ["train.steps=3", "train.batch_size=4", "train.checkpoint_every=1", "train.log_every=1",
                           "train.eval_every=0", "train.warmup_steps=1", "data.resolution=16", "model.image_size=16",
                           "train.precision=fp32", "data.val=shapes?n=8"]
-            self.kill_after_step = 2
-            self.eval_samples = 16
+            self.kill_after_step = 1
+            self.eval_samples = 8
             self.timeouts = {"bench": 900, "train": 900, "eval": 900}  # generous: shared CPUs
         else:
             self.bench = [["--preset", "b2", "--resolution", str(r), "--batch", "64", "--precision", "bf16"]
@@ -99,7 +100,11 @@ def check_bench(plan: Plan, out: Path) -> dict:
                                                    "step_flops", "achieved_tflops", "mfu", "peak_mem_gb",
                                                    "encoder_vs_timm", "cache_speedup", "cache_bound",
                                                    "pixel_subbatch_speedup")}
-            r["summary"]["shares"] = {k: round(c["share_of_step"], 3) for k, c in b["components"].items()}
+            r["summary"]["shares"] = {k: round(c["share_of_step"], 3) for k, c in b["components"].items()
+                                      if "part_of" not in c}
+            r["summary"]["shares"]["other"] = round(b["other_share"], 3)
+            r["summary"]["shares_normalised"] = b["shares_normalised"]
+            r["summary"]["activation_memory_gib"] = b.get("activation_memory", {}).get("per_image_gib")
             r.pop("result")
         res[f"{'x'.join(extra[extra.index('--resolution') + 1:extra.index('--resolution') + 2])}px_{i}"] = r
     return res

@@ -24,6 +24,17 @@ def test_tiny_bench_reports_every_component_ratio_and_figure(tmp_path, capsys):
             assert c["fwd_flops"] > 0, name
         if name not in ("optimizer", "vae_encode"):  # the frozen encoder has no backward
             assert c["fwd_bwd_flops"] > c["fwd_flops"], name
+    # shares of the measured step: the top-level parts and "other" add up to 1
+    top = [c["share_of_step"] for c in r["components"].values() if "part_of" not in c]
+    assert abs(sum(top) + r["other_share"] - 1) < 1e-9 and all(0 < s <= 1 for s in top)
+    assert r["other_share"] == 0 if r["shares_normalised"] else r["other_share"] >= 0
+    lo, hi = r["encoder_vs_timm_spread"]
+    assert lo <= r["encoder_vs_timm"] <= hi and len(r["encoder_vs_timm_rounds"]) >= 5
+    # activation memory: counted per image, less with gradient checkpointing, the VAE decoder unchanged
+    for row in r["activation_memory"]["per_image_gib"].values():
+        plain, ckpt = row["plain"], row["grad_checkpointing"]
+        assert 0 < ckpt["towers_and_losses"] < plain["towers_and_losses"]
+        assert ckpt["vae_decoder"] == plain["vae_decoder"] > 0
     for f in ("bench.json", "bench.md", "bench.png"):
         assert (tmp_path / f).stat().st_size > 0
 

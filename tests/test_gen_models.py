@@ -58,6 +58,22 @@ def test_gradients_reach_every_parameter():
     assert not missing, missing
 
 
+def test_grad_checkpointing_gives_the_same_loss_and_gradients():
+    # label dropout and the flow's noise and times are random: the same seed draws them once
+    cfg = get_gen_config(None, []).flow
+    x, y = torch.randn(6, 4, 8), torch.arange(6) % 5
+    runs = []
+    for checkpointing in (False, True):
+        model = _small_dit().train()
+        model.grad_checkpointing = checkpointing
+        torch.manual_seed(1)
+        loss = flow_loss(model, x, y, cfg, shift=1.5)
+        loss.backward()
+        runs.append((loss.detach(), [p.grad for p in model.parameters()]))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
 def test_label_dropout_rate_and_none_in_eval():
     model = _small_dit(dropout=0.1)
     y = torch.zeros(20000, dtype=torch.long)

@@ -140,3 +140,51 @@ def test_attention_kernel_auto_uses_the_math_kernel_on_cpu_and_default_does_not(
     with pytest.raises(ValueError, match="attention kernel"):
         _attention_ops("fast")
     assert torch.get_autocast_dtype("cpu") == before  # a bad choice leaves no autocast state behind
+
+
+def test_our_block_is_open_clips_layout_and_init_and_trains_the_same():
+    from open_clip.transformer import Transformer as OpenClipTransformer
+
+    from openvision3.models.transformer import Transformer
+    torch.manual_seed(0)
+    ref = OpenClipTransformer(64, 2, 4, 4.0, batch_first=True)
+    torch.manual_seed(0)
+    ours = Transformer(64, 2, 4, 4.0)
+    a, b = ref.state_dict(), ours.state_dict()
+    assert list(a) == list(b)  # the released towers' names, in order
+    assert all(torch.equal(a[k], b[k]) for k in a)  # a seed builds the same weights
+    for p in ref.parameters():  # non-trivial biases and norms too
+        torch.nn.init.normal_(p, std=0.1)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 17, 64, requires_grad=True)
+    mask = torch.full((17, 17), float("-inf")).triu_(1)
+    for m in (None, mask):
+        y_ref, y = ref(x, attn_mask=m), ours(x, attn_mask=m)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)  # training path: fp32 rounding only
+        g_ref, = torch.autograd.grad(y_ref.square().sum(), x)
+        g, = torch.autograd.grad(y.square().sum(), x)
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+    ours.eval(), ref.eval()
+    with torch.no_grad():  # inference: the same fused kernel as nn.MultiheadAttention, bit for bit
+        assert torch.equal(ours(x), ref(x))
+
+
+@pytest.mark.parametrize("kernel", ["math", "default"])
+def test_checkpointing_recomputes_on_the_forwards_kernel(kernel):
+    from openvision3.models.transformer import Transformer
+    from openvision3.models.vit import attention_kernels
+    torch.manual_seed(0)
+    plain = Transformer(64, 2, 4)
+    ckpt = Transformer(64, 2, 4)
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.grad_checkpointing = True
+    x = torch.randn(2, 9, 64)
+    mask = torch.full((9, 9), float("-inf")).triu_(1)
+    grads = []
+    for t in (plain, ckpt):
+        with attention_kernels(x.device, kernel):  # left before backward, as in the trainer
+            y = t(x, attn_mask=mask)
+        y.square().mean().backward()
+        grads.append([p.grad for p in t.parameters()])
+    for g_plain, g_ckpt in zip(*grads):
+        assert torch.equal(g_plain, g_ckpt)

@@ -38,5 +38,6 @@ class BenchOptions:
     repeats: int | None = None
     tiny: bool = False
     ratios: bool = True
+    memory: bool = True  # CPU: count a B/2 step's activation memory (bench/memory.py)
     out: str | None = None
     progress: bool = True

@@ -16,7 +16,10 @@ def format_bench(r: dict) -> str:
         label = f"  {k} (inside {c['part_of']})" if "part_of" in c else k
         lines.append(f"| {label} | {c['fwd_s']:.4f} | {c['fwd_bwd_s']:.4f} | {100 * c['share_of_step']:.1f} % | "
                      f"{c['fwd_bwd_flops'] / 1e9:.2f} |")
-    lines.append(f"| other (step - sum) | | {r['other_s']:.4f} | {100 * r['other_s'] / r['step_s']:.1f} % | |")
+    lines.append(f"| other (step - sum) | | {r['other_s']:.4f} | {100 * r['other_share']:.1f} % | |")
+    if r["shares_normalised"]:
+        lines.append(f"\nThe parts, each timed on its own, add up to {r['parts_over_step']:.2f}x the measured step: "
+                     "their shares are normalised by their sum (other: 0).")
     lines += ["", f"step {r['step_s']:.4f} s, {r['images_per_s']:.1f} images/s, {r['step_flops'] / 1e9:.1f} GFLOP/step "
               f"({r['achieved_tflops'] * 1e3:.1f} GFLOP/s achieved), peak memory {r['peak_mem_gb']:.2f} GB "
               f"({r['peak_mem_kind']})",
@@ -25,14 +28,23 @@ def format_bench(r: dict) -> str:
     if "bf16" in r:
         lines.append(f"bf16: {r['bf16']}")
     if "encoder_vs_timm" in r:
+        lo, hi = r["encoder_vs_timm_spread"]
         lines.append(f"encoder_vs_timm {r['encoder_vs_timm']:.2f} (ours {r['encoder_s']:.4f} s, timm "
-                     f"{r['timm_s']:.4f} s fwd+bwd)")
+                     f"{r['timm_s']:.4f} s fwd+bwd, medians; rounds' own ratios {lo:.2f}-{hi:.2f} over "
+                     f"{len(r['encoder_vs_timm_rounds'])} rounds)")
         lines.append(f"cache_speedup {r['cache_speedup']:.2f} beside cache_bound {r['cache_bound']:.2f} "
                      f"({100 * r['cache_fraction_of_bound']:.0f} % of the bound)")
         lines.append(f"pixel_subbatch_speedup {r['pixel_subbatch_speedup']:.2f} (pixel terms on "
                      f"{r['pixel_subbatch']} of {r['batch']}, cached latents; FLOP bound {r['pixel_subbatch_bound']:.2f})")
         lines.append(f"cache_and_pixel_subbatch_speedup {r['cache_and_pixel_subbatch_speedup']:.2f} (plain step / "
                      f"cached + pixel quarter; FLOP bound {r['cache_and_pixel_subbatch_bound']:.2f})")
+    if "activation_memory" in r:
+        m = r["activation_memory"]
+        lines.append(f"activation memory per image ({m['model']}, {m['precision']}, counted by {m['method']}):")
+        for res, row in m["per_image_gib"].items():
+            lines.append(f"  {res} px: {row['plain']['total']:.3f} GiB, with grad checkpointing "
+                         f"{row['grad_checkpointing']['total']:.3f} GiB (of which the VAE decoder "
+                         f"{row['plain']['vae_decoder']:.3f} GiB either way)")
     lines.append(f"bench took {r['bench_seconds']:.0f} s")
     return "\n".join(lines)
 

@@ -24,7 +24,8 @@ def run_bench(opts: BenchOptions) -> dict:
     repeats = opts.repeats or (1 if opts.tiny else DEFAULTS.get(device.type, DEFAULTS["cpu"])["repeats"])
     amp, prec_name, bf16 = _precision(cfg.train.precision, device)
     t_start = time.perf_counter()
-    bar = _Progress(opts.progress, 5 if opts.ratios else 3)
+    memory = opts.memory and device.type == "cpu"
+    bar = _Progress(opts.progress, (5 if opts.ratios else 3) + memory)
     runner = StepRunner(cfg, device, amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -48,8 +49,9 @@ def run_bench(opts: BenchOptions) -> dict:
     runner.opt.zero_grad(set_to_none=True)
     top = [k for k in rows if k not in SUBCOMPONENTS]
     total = sum(rows[k]["fwd_bwd_s"] for k in top)
-    for r in rows.values():
-        r["share_of_step"] = r["fwd_bwd_s"] / step_s
+    shares = step_shares({k: r["fwd_bwd_s"] for k, r in rows.items()}, top, step_s)
+    for k, r in rows.items():
+        r["share_of_step"] = shares["components"][k]
     other = step_s - total
 
     name, peak = gpu_bf16_peak(device)
@@ -65,6 +67,8 @@ def run_bench(opts: BenchOptions) -> dict:
         "achieved_tflops": step_flops / step_s / 1e12, **mem,
         "mfu": (step_flops / step_s / peak) if peak else None, "mfu_peak_tflops": peak / 1e12 if peak else None,
         "components": rows, "components_sum_s": total, "other_s": other,
+        "other_share": shares["other"], "shares_normalised": shares["normalised"],
+        "parts_over_step": total / step_s,
     }
     if device.type == "cuda" and peak is None:
         result["mfu_note"] = f"{name}: not in the known-GPU table"
@@ -80,11 +84,28 @@ def run_bench(opts: BenchOptions) -> dict:
                                           "cache_and_pixel_subbatch_bound", "pixel_subbatch")})
         result["ratio_steps_s"], result["ratio_steps_flops"] = vr["step_s"], vr["step_flops"]
         result["cache_fraction_of_bound"] = result["cache_speedup"] / result["cache_bound"]
+    if memory:
+        from .memory import activation_memory
+        bar.next("activation memory")
+        result["activation_memory"] = activation_memory(tiny=opts.tiny)
     bar.close()
     result["bench_seconds"] = time.perf_counter() - t_start
     if opts.out:
         write_report(result, opts.out)
     return result
+
+
+def step_shares(seconds: dict, top: list, step_s: float) -> dict:
+    """Shares of the measured step that add up to 1 with ``other``. The parts are timed one at a
+    time, the step as a whole: when the parts add up to no more than the step, a part's share is
+    its time / the step and ``other`` the rest; when they add up to more (separate timing, noise),
+    the shares are normalised by the parts' sum instead (``normalised``) and ``other`` is 0.
+    Sub-components (not in ``top``) get the same scale as their parent, inside its share."""
+    total = sum(seconds[k] for k in top)
+    normalised = total > step_s
+    scale = 1.0 / (total if normalised else step_s)
+    return {"components": {k: v * scale for k, v in seconds.items()},
+            "other": 0.0 if normalised else (step_s - total) / step_s, "normalised": normalised}
 
 
 class _Progress:

@@ -198,9 +198,11 @@ def encoder_vs_timm(runner: StepRunner, repeats: int) -> dict:
             z = ref.forward_features(lat)
         z.float().mean().backward()
 
-    med, rounds = alternating_median_seconds({"ours": ours, "timm": timm_vit}, max(3, repeats), runner.device)
+    med, rounds = alternating_median_seconds({"ours": ours, "timm": timm_vit}, max(5, repeats), runner.device)
     enc.zero_grad(set_to_none=True)
+    per_round = sorted(t / o for t, o in zip(rounds["timm"], rounds["ours"]))  # each round's own ratio
     return {"encoder_vs_timm": med["timm"] / med["ours"], "encoder_s": med["ours"], "timm_s": med["timm"],
+            "encoder_vs_timm_rounds": per_round, "encoder_vs_timm_spread": [per_round[0], per_round[-1]],
             "encoder_params": sum(p.numel() for p in enc.parameters()),
             "timm_params": sum(p.numel() for p in ref.parameters())}
 

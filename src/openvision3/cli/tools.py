@@ -50,6 +50,7 @@ def _add_bench(sub):
                    help="autocast (default auto: bf16 where the device runs it natively)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="timing rounds (median; default 3 CPU, 5 CUDA)")
     p.add_argument("--no-ratios", action="store_true", help="skip encoder_vs_timm and the cache/pixel ratios")
+    p.add_argument("--no-memory", action="store_true", help="on CPU: skip counting a B/2 step's activation memory")
     p.add_argument("--compare", action="append", default=None, metavar="NAME:key=value,...",
                    help="instead: whole-step time of config variants in alternating rounds (give it 2+ times)")
     p.add_argument("--cached", action="store_true", help="with --compare: steps on cached latents")
@@ -65,7 +66,8 @@ def _run_bench(args):
     from ..bench import BenchError, BenchOptions, compare_steps, format_bench, format_compare, run_bench
     opts = BenchOptions(config=args.config, preset=args.preset, overrides=args.overrides,
                         resolution=args.resolution, batch=args.batch, device=args.device, precision=args.precision,
-                        repeats=args.repeats, tiny=args.tiny, ratios=not args.no_ratios, out=args.out,
+                        repeats=args.repeats, tiny=args.tiny, ratios=not args.no_ratios,
+                        memory=not args.no_memory, out=args.out,
                         progress=not args.no_progress)
     try:
         if args.compare:

@@ -86,6 +86,7 @@ class GenTrainConfig:
     grad_clip: float = 1.0  # [C]
     ema_decay: float = 0.9995  # [C]
     precision: Precision = "auto"
+    grad_checkpointing: bool = False  # [?] ours: recompute each DiT-DH block in backward (less memory)
     checkpoint_every: int = 500
     keep_last: int = 2
     log_every: int = 10

@@ -26,6 +26,7 @@ from torch import nn
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 
+from ..models.transformer import checkpointed
 from ..models.vit import sincos_2d
 from .config import DiTConfig
 
@@ -110,6 +111,7 @@ class DiTDH(nn.Module):
     def __init__(self, token_dim: int, grid: tuple[int, int], num_classes: int, cfg: DiTConfig):
         super().__init__()
         self.token_dim, self.grid, self.num_classes = token_dim, tuple(grid), num_classes
+        self.grad_checkpointing = False  # recompute each block in backward (train.grad_checkpointing)
         w = cfg.width
         self.x_embed = nn.Linear(token_dim, w)  # patch 1 on the token grid
         self.t_embed = TimestepEmbedder(w)
@@ -154,14 +156,19 @@ class DiTDH(nn.Module):
         c = t_emb + self.y_embed(y)
         s = self.x_embed(x) + sincos_2d(self.x_embed.out_features, *self.grid, device=x.device, dtype=x.dtype)
         for block in self.body:
-            s = block(s, c)
+            s = self._block(block, s, c)
         if not self.has_head:
             return self.final(s, c)
         s = self.s_proj(nn.functional.silu(s + t_emb[:, None]))  # [C] RAE: per-token head condition
         h = self.head_x_embed(x)
         for block in self.head:
-            h = block(h, s)
+            h = self._block(block, h, s)
         return self.final(h, s)
+
+    def _block(self, block: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpointed(block, x, c)
+        return block(x, c)
 
 
 def count_parameters(model: nn.Module) -> dict:

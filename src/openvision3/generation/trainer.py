@@ -98,6 +98,7 @@ class GeneratorTask(Task):
         with torch.random.fork_rng(devices=[]):  # the same initial weights whatever happened before
             torch.manual_seed(cfg.seed)
             self.dit = dit = DiTDH(space.token_dim, space.grid, cache.num_classes, cfg.dit).to(info.device)
+        dit.grad_checkpointing = t.grad_checkpointing
         self.shift = flow_shift(cfg, space.grid[0] * space.grid[1], space.token_dim)
         optimizer = torch.optim.AdamW(dit.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
                                       fused=info.device.type == "cuda")

@@ -1,6 +1,7 @@
 """Text side: a CLIP text encoder (contrastive) and a caption decoder, both reading unified tokens.
 
-TextEncoder is open_clip's TextTransformer (causal, pooled at the end-of-text token) [P][C].
+TextEncoder is open_clip's TextTransformer (causal, pooled at the end-of-text token) [P][C], its
+blocks swapped for ours (same names and weights: models/transformer.py).
 CaptionDecoder is a decoder over [projected image tokens; caption tokens] as in OpenVision 2 [C],
 with a prefix mask (image tokens see each other, caption tokens see all image tokens and the
 caption so far) [?], loss on caption tokens only, and an optional random subset of image tokens
@@ -16,6 +17,7 @@ from open_clip.transformer import TextTransformer
 from torch import nn
 
 from ..config import TextTowerConfig
+from .transformer import replacing
 from .vit import LayerNorm, build_transformer, clip_init_
 
 
@@ -26,6 +28,7 @@ class TextEncoder(nn.Module):
         self.model = TextTransformer(context_length=tower.context_length, vocab_size=vocab_size,
                                      width=tower.width, heads=tower.heads, layers=tower.layers,
                                      mlp_ratio=tower.mlp_ratio, output_dim=embed_dim, pool_type="argmax")
+        self.model.transformer = replacing(self.model.transformer)
         self.model.init_parameters()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""Shared transformer parts: open_clip's pre-norm Transformer, fixed 2-D sin-cos positions, CLIP init.
+"""Shared transformer parts: the towers' Transformer, fixed 2-D sin-cos positions, CLIP init.
 
-We build every tower on ``open_clip.transformer.Transformer`` (ResidualAttentionBlock with
-``nn.MultiheadAttention``, torch SDPA underneath): its parameter names are exactly those of the
-released OV3 vision towers [C], so importing and exporting them needs no renaming.
+Every tower is a ``models.transformer.Transformer``: open_clip's parameter names, which are
+exactly those of the released OV3 vision towers [C], so importing and exporting them needs no
+renaming, with attention called through SDPA directly.
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import math
 from functools import lru_cache
 
 import torch
-from open_clip.transformer import LayerNorm, Transformer
 from torch import nn
 
 from ..config import TowerConfig
+from .transformer import LayerNorm, Transformer
 
 
 def attention_kernels(device: torch.device, choice: str = "auto"):
@@ -33,7 +33,7 @@ def attention_kernels(device: torch.device, choice: str = "auto"):
 def build_transformer(tower: TowerConfig) -> Transformer:
     if tower.width % tower.heads:
         raise ValueError(f"tower width {tower.width} is not divisible by heads {tower.heads}")
-    return Transformer(tower.width, tower.layers, tower.heads, tower.mlp_ratio, batch_first=True)
+    return Transformer(tower.width, tower.layers, tower.heads, tower.mlp_ratio)
 
 
 def clip_init_(transformer: Transformer) -> None:

@@ -90,14 +90,17 @@ def gather_objects(obj) -> list:
 
 
 def transformers(model: nn.Module) -> list[nn.Module]:
-    """The open_clip Transformer towers inside the model (encoder, decoder, text, caption)."""
-    from open_clip.transformer import Transformer
+    """The transformer towers inside the model (encoder, decoder, text, caption)."""
+    from ..models.transformer import Transformer
     return [m for m in model.modules() if isinstance(m, Transformer)]
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
-    for t in transformers(model):
-        t.grad_checkpointing = True  # open_clip recomputes each resblock in backward
+    """Recompute every transformer block in backward, on its forward's path (models/transformer.py):
+    the four towers of an OpenVision 3 model, the body and head of a DiT-DH."""
+    for m in model.modules():
+        if hasattr(m, "grad_checkpointing"):
+            m.grad_checkpointing = True
 
 
 def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype=None,
@@ -112,6 +115,11 @@ def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype
         return model
     if fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        # Every rank built its own (differently seeded) model; DDP starts all from rank 0's weights
+        # and buffers, and FSDP2 would shard each rank's own, a mix of inits: broadcast first.
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(t, src=0)
         mp = MixedPrecisionPolicy(param_dtype=mixed_dtype, reduce_dtype=torch.float32) if mixed_dtype else (
             MixedPrecisionPolicy())
         for t in transformers(model):
