@@ -124,7 +124,8 @@ def check_batch_search(plan: Plan) -> dict:
     """The largest batch (doubling) whose training step fits, per (preset, px, grad checkpointing)."""
     import torch
 
-    from openvision3.bench import BenchOptions, StepRunner, build_config
+    from openvision3.bench.options import BenchOptions
+    from openvision3.bench.step import StepRunner, build_config
     device = torch.device(plan.device)
     out = {}
     for preset, res, ckpt in plan.batch_search:

@@ -3,7 +3,8 @@ assertions: speed lives in docs/performance.md)."""
 import json
 
 from openvision3 import cli
-from openvision3.bench import COMPONENTS, finite_numbers
+from openvision3.bench.options import COMPONENTS
+from openvision3.bench.report import finite_numbers
 
 
 def test_tiny_bench_reports_every_component_ratio_and_figure(tmp_path, capsys):

@@ -23,12 +23,10 @@ alternating rounds (the speed switches, attention kernels, tokenizers: benchmark
 """
 from __future__ import annotations
 
-from .options import COMPONENTS, DEFAULTS, FLUX_VAE, SUBCOMPONENTS, TINY, BenchError, BenchOptions
-from .timing import (GPU_BF16_PEAK_TFLOPS, _device, _machine, _peak_memory, _precision, _sync,
-                     alternating_median_seconds, count_flops, gpu_bf16_peak)
-from .step import StepRunner, _fixed_batch, build_config, encoder_vs_timm, vae_ratios
-from .report import finite_numbers, format_bench, format_compare, write_report
-from .run import _Progress, compare_steps, parse_variant, run_bench
+from .options import FLUX_VAE, BenchError, BenchOptions
+from .report import format_bench, format_compare, write_report
+from .run import compare_steps, run_bench
+from .timing import GPU_BF16_PEAK_TFLOPS, alternating_median_seconds, count_flops
 
 __all__ = ["BenchOptions", "BenchError", "run_bench", "compare_steps", "format_bench", "format_compare",
            "write_report", "alternating_median_seconds", "count_flops", "FLUX_VAE", "GPU_BF16_PEAK_TFLOPS"]
