@@ -144,7 +144,7 @@ class JudgeTask(Task):
         self.batches = _LabelledBatches(x, y, j.batch_size, cfg.seed + 12345, run.device)
         self.net = JudgeNet(len(self.names), j.width).to(run.device).train()
         self.run = run
-        opt = torch.optim.AdamW(self.net.parameters(), lr=j.lr, weight_decay=5e-4)
+        opt = lambda: torch.optim.AdamW(self.net.parameters(), lr=j.lr, weight_decay=5e-4)  # noqa: E731
         return Parts(self.net, opt, self.batches)
 
     def lr(self, step: int) -> float:

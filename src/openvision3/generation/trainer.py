@@ -100,8 +100,9 @@ class GeneratorTask(Task):
             self.dit = dit = DiTDH(space.token_dim, space.grid, cache.num_classes, cfg.dit).to(info.device)
         dit.grad_checkpointing = t.grad_checkpointing
         self.shift = flow_shift(cfg, space.grid[0] * space.grid[1], space.token_dim)
-        optimizer = torch.optim.AdamW(dit.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
-                                      fused=info.device.type == "cuda")
+        optimizer = lambda: torch.optim.AdamW(  # noqa: E731
+            dit.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
+            fused=info.device.type == "cuda")
         self.batches = TokenBatches(cache, space, t.batch_size // info.world_size, cfg.seed, info.rank,
                                     info.world_size)
         self.t_start = time.perf_counter()

@@ -200,7 +200,8 @@ class ProbeStageTask(Task):
     def build(self, run: Run) -> Parts:
         self.run = run
         params = [p for p in self.llava.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr_peak, weight_decay=self.pcfg.weight_decay, betas=(0.9, 0.999))
+        opt = lambda: torch.optim.AdamW(params, lr=self.lr_peak, weight_decay=self.pcfg.weight_decay,  # noqa: E731
+                                        betas=(0.9, 0.999))
         self.llava.train()
         self.llava.model.vision_tower.eval()  # frozen [P]
         keys = {k for k in self.llava.state_dict() if not k.startswith("model.vision_tower.")}

@@ -38,6 +38,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -88,7 +89,9 @@ class RunSettings:
 class Parts:
     """What a task builds (``Task.build``); the engine wraps, checkpoints and restores it."""
     model: nn.Module  # what ``losses`` trains; the engine wraps it (``Run.model``) for DDP/FSDP
-    optimizer: torch.optim.Optimizer  # its LR follows ``Task.lr``; skipped on non-finite steps
+    # () -> the optimizer over the parameter groups, called after wrapping (FSDP2 replaces the
+    # parameters with sharded ones); its LR follows ``Task.lr``, its step is skipped on non-finite steps
+    make_optimizer: Callable[[], torch.optim.Optimizer]
     data: object  # per-rank position: ``state_dict()`` / ``load_state_dict()`` (+ ``set_epoch(n)``)
     weight_keys: set | None = None  # the model's state-dict keys a checkpoint holds (None: all)
     extra_weights: dict = field(default_factory=dict)  # tensors saved beside them (e.g. token stats)
@@ -283,6 +286,7 @@ class _Engine:
         run.ema = self.ema = build_ema(parts.model, s.ema_decay)
         wrapped = wrap_model(parts.model, info, fsdp=s.fsdp, find_unused=s.find_unused)
         run.model = torch.compile(wrapped) if s.compile else wrapped
+        self.optimizer = parts.make_optimizer()
         self.params = [p for p in parts.model.parameters() if p.requires_grad]  # clipped and guarded
         if ckpt is not None:
             self._restore(ckpt)
@@ -299,7 +303,7 @@ class _Engine:
 
     # --------------------------------------------------------------------- the loop
     def _loop(self, run: Run, precision) -> dict:
-        s, task, parts, info = self.s, self.task, self.parts, self.info
+        s, task, info = self.s, self.task, self.info
         stop = StopRequest()
         bar = None
         if info.is_main and self.show_progress:
@@ -312,7 +316,7 @@ class _Engine:
         try:
             while self.step < s.steps:
                 step = self.step
-                set_lr(parts.optimizer, task.lr(step))
+                set_lr(self.optimizer, task.lr(step))
                 t0 = time.perf_counter()
                 with torch.random.fork_rng(devices=[]):  # data loading (e.g. a new DataLoader iterator's
                     batch = task.batch(step)            # seed) must not shift the model's RNG on resume
@@ -331,7 +335,7 @@ class _Engine:
                     dt = time.perf_counter() - t_last
                     window = self.window
                     row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                    row.update(lr=parts.optimizer.param_groups[0]["lr"], samples_per_s=seen / dt,
+                    row.update(lr=self.optimizer.param_groups[0]["lr"], samples_per_s=seen / dt,
                                data_wait_frac=wait / dt, bad_steps=self.bad_steps,
                                peak_mem_gb=(torch.cuda.max_memory_allocated(info.device) / 2**30
                                             if info.device.type == "cuda" else None),
@@ -387,7 +391,7 @@ class _Engine:
         values = dict(zip(keys, reduced[:-1].tolist()))
         values["grad_norm"] = float(reduced[-1])
         if math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"]):
-            parts.optimizer.step()
+            self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(parts.model, step=step)
             self.bad_in_row = 0
@@ -397,7 +401,7 @@ class _Engine:
             if self.bad_in_row >= s.max_bad_steps:
                 raise TrainError(f"{self.bad_in_row} non-finite steps in a row (last at step {step + 1}); "
                                  f"lower the learning rate; last good checkpoint: {self.last_good or 'none'}")
-        parts.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         return values
 
     # --------------------------------------------------------------------- checkpoints
@@ -414,7 +418,7 @@ class _Engine:
                          "others": {name: opt.state_dict() for name, (_, opt) in parts.others.items()},
                          **self.task.state_dict()}
         reshard_fsdp(parts.model)  # a no_grad forward (validation) leaves FSDP2 roots unsharded
-        opt_state = get_optimizer_state_dict(parts.model, parts.optimizer,
+        opt_state = get_optimizer_state_dict(parts.model, self.optimizer,
                                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         model_state = {**self._model_state(parts.model), **parts.extra_weights}
         ema_state = self._model_state(self.ema.module) if self.ema is not None else None
@@ -433,7 +437,7 @@ class _Engine:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
         parts, info = self.parts, self.info
         load_full_state_dict(parts.model, ckpt["model"])
-        set_optimizer_state_dict(parts.model, parts.optimizer, ckpt["optimizer"],
+        set_optimizer_state_dict(parts.model, self.optimizer, ckpt["optimizer"],
                                  options=StateDictOptions(full_state_dict=True))
         if self.ema is not None:
             if ckpt["ema"] is None:

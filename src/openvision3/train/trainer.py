@@ -134,7 +134,7 @@ class OpenVision3Task(Task):
         if t.grad_checkpointing:
             enable_grad_checkpointing(model)
         self.model = model
-        optimizer = build_optimizer(model, t, self.stages[0].lr, info.device)
+        optimizer = lambda: build_optimizer(model, t, self.stages[0].lr, info.device)  # noqa: E731
 
         # Data: one resumable stream for the whole run; stages only change resolution and batch.
         if cfg.data.latent_cache:  # images + precomputed latents; refused if made with another VAE/size

@@ -135,8 +135,8 @@ class AutoencoderTask(Task):
         self.val_images = _open_images(cfg.data.val, cfg.val_split, cfg.eval_samples, res, cfg.data)
         self.loader = iter(make_loader(ds, cfg.batch_size, num_workers=cfg.data.num_workers))
         self.vae = build_autoencoder(cfg.arch).to(device).train()
-        opt = torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                                weight_decay=cfg.weight_decay)
+        opt = lambda: torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),  # noqa: E731
+                                        weight_decay=cfg.weight_decay)
         self.lpips_net = self.disc = None
         others = {}
         if cfg.lpips_weight > 0:
