@@ -152,11 +152,11 @@ def test_a_stop_exits_3_and_a_refusal_exits_2_with_one_line(tmp_path, capsys, mo
     """Stopped (the same command resumes it) and refused (another --out or a fix first) are
     different errors with different exit codes."""
     from openvision3.cli import main
-    from openvision3.recipes import RecipeStopped
+    from openvision3.train.run import RunStopped
     from openvision3.recipes import demo
 
     def fail(*a, **k):
-        raise (RecipeStopped("training stopped by SIGTERM at step 3; run the same command again")
+        raise (RunStopped("training stopped by SIGTERM at step 3; run the same command again")
                if error == "stopped" else DemoRefused("runs/x holds a run with seed 1; pass another --out"))
     monkeypatch.setattr(demo, "run_demo", fail)
     assert main(["demo", "--out", str(tmp_path / "out")]) == code

@@ -8,7 +8,7 @@ import torch
 from openvision3.cli import main
 from openvision3.config import get_config
 from openvision3.models.openvision3 import OpenVision3
-from openvision3.recipes import RecipeStopped
+from openvision3.train.run import RunStopped
 from openvision3.recipes.synergy import ARMS, verdicts
 
 from conftest import TINY_OVERRIDES
@@ -161,7 +161,7 @@ def test_a_signal_stopped_recipe_exits_3_with_one_line(tmp_path, capsys, monkeyp
     mod = importlib.import_module(module)
 
     def stopped(*a, **k):
-        raise RecipeStopped("arm joint, seed 0: stopped by SIGTERM at step 3; run the same command again")
+        raise RunStopped("arm joint, seed 0: stopped by SIGTERM at step 3; run the same command again")
     monkeypatch.setattr(mod, func, stopped)
     assert main([*command, "--out", str(tmp_path / "out")]) == 3
     err = capsys.readouterr().err.strip()
@@ -171,5 +171,5 @@ def test_a_signal_stopped_recipe_exits_3_with_one_line(tmp_path, capsys, monkeyp
 def test_compare_refuses_to_go_on_after_a_stopped_run(tmp_path):
     from openvision3.recipes.gen_compare import _finished
     _finished({"status": "finished", "step": 4}, tmp_path)
-    with pytest.raises(RecipeStopped, match="stopped by SIGUSR1 at step 2; run the same command again"):
+    with pytest.raises(RunStopped, match="stopped by SIGUSR1 at step 2; run the same command again"):
         _finished({"status": "stopped by SIGUSR1", "step": 2}, tmp_path)

@@ -132,14 +132,14 @@ def _run_gen_eval(args):
 
 
 def _run_gen_compare(args):
-    from ..recipes import RecipeStopped
+    from ..train.run import RunStopped
     from ..recipes.gen_compare import run_compare
     overrides = list(args.overrides) + ([f"encoder={args.encoder}"] if args.encoder else [])
     try:
         r = run_compare(args.config, args.out, overrides=overrides, progress=not args.no_progress)
     except _gen_errors() as e:
         raise UserError(str(e)) from None
-    except RecipeStopped as e:  # a signal stopped a run: exit 3, the same command resumes it
+    except RunStopped as e:  # a signal stopped a run: exit 3, the same command resumes it
         raise Stopped(str(e)) from None
     print(r["table"])
     if args.json:

@@ -22,12 +22,12 @@ def _add_demo(sub):
 
 
 def _run_demo(args):
-    from ..recipes import RecipeStopped
+    from ..train.run import RunStopped
     from ..recipes.demo import DemoRefused, run_demo
     try:
         results = run_demo(args.out, overrides=args.overrides, num_samples=args.num_samples, seed=args.seed,
                            train_vae=args.train_vae)
-    except RecipeStopped as e:  # the same command resumes it: exit 3
+    except RunStopped as e:  # the same command resumes it: exit 3
         raise Stopped(str(e)) from None
     except DemoRefused as e:  # another --out or a fix is needed first: exit 2
         raise UserError(str(e)) from None
@@ -105,7 +105,7 @@ def _add_ablate(sub):
 def _run_ablate_synergy(args):
     from ..eval import EvalError
     from ..eval.report import jsonable
-    from ..recipes import RecipeStopped
+    from ..train.run import RunStopped
     from ..recipes.synergy import run_synergy
     from ..train.checkpoint import CheckpointError
     from ..train.run import TrainError
@@ -115,7 +115,7 @@ def _run_ablate_synergy(args):
                               progress=not args.no_progress)
     except (EvalError, CheckpointError, TrainError) as e:
         raise UserError(str(e)) from None
-    except RecipeStopped as e:  # a signal stopped an arm: exit 3, the same command resumes it
+    except RunStopped as e:  # a signal stopped an arm: exit 3, the same command resumes it
         raise Stopped(str(e)) from None
     print("verdicts: " + ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()), file=sys.stderr)
     if args.json:

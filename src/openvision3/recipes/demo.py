@@ -10,7 +10,7 @@ Phases (each timed, each reused when its output already exists, so a second run 
 
 The demo is defined by steps, never by wall time, so one seed gives the same figures on every
 machine up to floating-point noise. A training run that stops early (a signal, non-finite
-losses) raises ``RecipeStopped``: nothing is evaluated, and the same call again resumes it. A
+losses) raises ``RunStopped``: nothing is evaluated, and the same call again resumes it. A
 directory holding another seed's or recipe's run raises ``DemoRefused``.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import RecipeStopped
+from ..train.run import RunStopped
 
 # The issue's floors on held-out data, reported beside what was reached (never lowered quietly).
 FLOORS = {("recon", "psnr"): 23.0, ("zeroshot", "top1"): 0.40, ("retrieval", "t2i_r5"): 0.95,
@@ -83,7 +83,7 @@ def _vae_phase(out: Path, train_vae_again: bool, vae_overrides) -> tuple[Path, d
         return vae_dir, json.loads((out / "vae" / "results.json").read_text())
     summary = train_vae(get_vae_config("vae_demo", list(vae_overrides or [])), out / "vae", resume="auto")
     if summary["status"] != "finished":
-        raise RecipeStopped(f"the demo VAE was {summary['status']} at step {summary['step']}; "
+        raise RunStopped(f"the demo VAE was {summary['status']} at step {summary['step']}; "
                             "run the same command again to resume it")
     return vae_dir, summary
 
@@ -143,9 +143,9 @@ def _train_phase(out: Path, seed: int, vae_dir: Path, overrides) -> tuple[Path, 
     try:
         summary = train(cfg, train_dir, resume=resume, overwrite=resume is None)
     except TrainError as e:  # e.g. non-finite losses: the last good checkpoint is kept
-        raise RecipeStopped(f"training failed: {e}") from None
+        raise RunStopped(f"training failed: {e}") from None
     if summary["status"] != "finished":
-        raise RecipeStopped(f"training {summary['status']} at step {summary['step']} of {summary['total_steps']} "
+        raise RunStopped(f"training {summary['status']} at step {summary['step']} of {summary['total_steps']} "
                             f"(checkpoint {summary['last_checkpoint']}); run the same command again to resume")
     return model_dir, _precision_of(train_dir)
 

@@ -23,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-from . import RecipeStopped
+from ..train.run import RunStopped
 
 ARMS = {"joint": ("tokens", "(a) joint OV3 tokens"), "und_only": ("tokens", "(b) understanding-only tokens"),
         "vae": ("vae", "(c) VAE latents")}
@@ -36,7 +36,7 @@ METRICS = ("judge_top1", "fd", "precision", "recall")
 
 def _finished(summary: dict, run_dir: Path) -> None:
     if summary["status"] != "finished":
-        raise RecipeStopped(f"{run_dir}: {summary['status']} at step {summary['step']}; run the same command "
+        raise RunStopped(f"{run_dir}: {summary['status']} at step {summary['step']}; run the same command "
                             "again to resume")
 
 

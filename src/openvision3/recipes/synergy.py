@@ -28,7 +28,7 @@ import math
 import time
 from pathlib import Path
 
-from . import RecipeStopped
+from ..train.run import RunStopped
 
 # Each arm is the base config plus these overrides; probe_detached trains a weight-0 branch on
 # detached tokens (losses.py), so every arm runs every branch and draws the same random numbers.
@@ -122,7 +122,7 @@ def run_arm(config: str, arm: str, seed: int, run_dir: Path, steps: int | None, 
         resume = "auto" if (run_dir / "checkpoints").exists() else None
         r = train(cfg, run_dir, resume=resume, overwrite=resume is None)
         if r["status"] != "finished":
-            raise RecipeStopped(f"arm {arm}, seed {seed}: {r['status']} at step {r['step']}; "
+            raise RunStopped(f"arm {arm}, seed {seed}: {r['status']} at step {r['step']}; "
                                 "run the same command again to continue")
         timings["train_s"] = round(time.perf_counter() - t0, 1)
     if eval_json.exists():
