@@ -30,3 +30,13 @@ def batch():
     tokens[:, 1:6] = torch.randint(1, 1000, (4, 5), generator=g)
     tokens[:, 6] = 49407  # end of text
     return images, tokens
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    """A saved tiny OpenVision 3 model (seed 0): the frozen encoder of the generation and judge tests."""
+    from openvision3.models.openvision3 import OpenVision3
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("enc") / "model"
+    OpenVision3(get_config(None, list(TINY_OVERRIDES))).save_pretrained(d)
+    return d

@@ -14,8 +14,7 @@ from openvision3 import cli
 from openvision3.generation.config import get_gen_config
 from openvision3.generation.token_cache import CacheError, encoder_id, open_cache
 from openvision3.generation.token_space import TokenSpace
-from openvision3.generation.trainer import prepare_cache, train_generator
-from openvision3.models.openvision3 import OpenVision3
+from openvision3.generation.trainer import prepare_cache
 from openvision3.train.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,16 +29,6 @@ def gen_overrides(tmp_path, encoder, *more):
             "train.ema_decay=0.9", "train.checkpoint_every=2", "train.log_every=1", "train.precision=fp32",
             "flow.steps=2", "judge.steps=4", "judge.width=4", "judge.max_train=32", "eval.real_samples=16",
             "eval.samples_per_class=2", "eval.cfg_scales=[1.0, 2.0]", "eval.batch_size=8", *more]
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    from openvision3.config import get_config
-    from conftest import TINY_OVERRIDES
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("enc") / "model"
-    OpenVision3(get_config(None, list(TINY_OVERRIDES))).save_pretrained(d)
-    return d
 
 
 def losses(run):

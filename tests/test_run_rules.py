@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
 
 from openvision3 import cli
 from openvision3.train.logging import read_metrics
@@ -88,18 +87,6 @@ def _vae(tmp_path):
     return Loop("train-vae", AutoencoderTask, run,
                 lambda out: ["train-vae", "--config", str(yaml), "--out", str(out), *VAE_TINY],
                 lambda out: [out], "max_bad_steps=2")
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    from conftest import TINY_OVERRIDES
-
-    from openvision3.config import get_config
-    from openvision3.models.openvision3 import OpenVision3
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("enc") / "model"
-    OpenVision3(get_config(None, list(TINY_OVERRIDES))).save_pretrained(d)
-    return d
 
 
 def _gen_overrides(tmp_path, encoder):
@@ -198,7 +185,8 @@ def loop(request, tmp_path, encoder_dir, tower_dir):
 
 
 def _losses(loop, out) -> dict:
-    return {(str(run), r["step"]): r["loss"] for run in loop.runs(out) for r in read_metrics(Path(run) / "metrics.jsonl")
+    return {(str(run), r["step"]): r["loss"] for run in loop.runs(out)
+            for r in read_metrics(Path(run) / "metrics.jsonl")
             if "loss" in r}
 
 

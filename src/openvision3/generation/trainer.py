@@ -23,7 +23,7 @@ import torch
 from ..config import ConfigError
 from ..models.openvision3 import is_saved_model
 from ..models.vit import attention_kernels
-from ..train.distributed import barrier, seed_everything
+from ..train.distributed import barrier, launched_world_size, seed_everything
 from ..train.optim import LRSchedule
 from ..train.run import Parts, Run, RunSettings, Task, run_task
 from .config import GenConfig, gen_config_to_yaml
@@ -145,8 +145,7 @@ def train_generator(cfg: GenConfig, out_dir, resume: str | None = None, overwrit
     cfg.encoder = str(check_encoder(cfg))  # before anything is written
     from ..data import open_source
     open_source(cfg.data.train, "train", cfg.data)  # a bad data spec stops here, before the run directory
-    import os
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    world_size = launched_world_size()
     if cfg.train.batch_size % world_size:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the world size {world_size}")
     task = GeneratorTask(cfg, progress)

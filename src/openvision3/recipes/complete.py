@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +39,7 @@ from ..generation.token_cache import (CacheError, TokenBatches, build_cache, cac
 from ..generation.token_space import TokenSpace
 from ..models.encoder import UnifiedEncoder
 from ..models.vit import attention_kernels
-from ..train.distributed import barrier, seed_everything
+from ..train.distributed import barrier, launched_world_size, seed_everything
 from ..train.run import Parts, Run, run_task
 from ..train.trainer import OpenVision3Task, _warn_unknown_words
 
@@ -281,7 +280,7 @@ def train_heads(cfg: Config, out_dir, resume: str | None = None, overwrite: bool
     source = load_source(cfg.train.init_encoder)
     cfg = apply_source(cfg, source)
     task = CompleteTask(cfg, source, eval_fn, progress)
-    world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's; the stages must split over it
+    world_size = launched_world_size()
     return run_task(task, task.settings(world_size), out_dir, config_yaml=config_to_yaml(cfg), resume=resume,
                     overwrite=overwrite, progress=progress)
 

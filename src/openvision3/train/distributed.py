@@ -45,6 +45,12 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun launched (1 for a plain call), known before the group is joined:
+    a config's batches must split over them before anything is built."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ import torch
 from ..config import Config, ConfigError, config_to_yaml
 from ..models.openvision3 import OpenVision3
 from ..models.vit import attention_kernels
-from .distributed import all_reduce_mean, enable_grad_checkpointing, full_state_dict
+from .distributed import all_reduce_mean, enable_grad_checkpointing, full_state_dict, launched_world_size
 from .latent_memo import LatentMemo
 from .optim import LRSchedule, build_optimizer, scaled_lr
 from .run import Parts, Run, RunSettings, Task, TrainError, run_task
@@ -248,7 +247,7 @@ def train(cfg: Config, out_dir, resume: str | None = None, overwrite: bool = Fal
         raise ConfigError("train.init_encoder is trained by openvision3.recipes.complete.train_heads "
                           "(ov3 train calls it)")
     task = OpenVision3Task(cfg, eval_fn)
-    world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's; the stages must split over it
+    world_size = launched_world_size()
     return run_task(task, task.settings(world_size), out_dir, config_yaml=config_to_yaml(cfg), resume=resume,
                     overwrite=overwrite, progress=progress)
 

@@ -121,7 +121,8 @@ class AutoencoderTask(Task):
     def settings(self) -> RunSettings:
         c = self.cfg
         return RunSettings(steps=c.steps, seed=c.seed, precision=c.precision, grad_clip=c.grad_clip,
-                           max_bad_steps=c.max_bad_steps, log_every=c.log_every, eval_every=c.eval_every, checkpoint_every=c.checkpoint_every,
+                           max_bad_steps=c.max_bad_steps, log_every=c.log_every, eval_every=c.eval_every,
+                           checkpoint_every=c.checkpoint_every,
                            keep_last=max(1, c.keep_last), device=self.device, find_unused=False)
 
     def build(self, run: Run) -> Parts:
