@@ -1,22 +1,16 @@
-"""Every data source behind one spec string.
+"""Every data source behind one spec string (docs/data.md lists the specs and their options).
 
-Specs: ``shapes[?k=v&...]`` (embedded, procedural; see ``data/shapes.py`` for options),
-``wds:PATTERN`` (webdataset tars), ``folder:DIR`` (images + captions), ``fashion-mnist[:DIR]``,
-``imagefolder:DIR`` (one sub-folder per class, ImageNet's train layout; see ``data/imagefolder.py``).
-
-    from openvision3.data import open_data, make_loader, DataSpecError, Tokenizer
     ds = open_data("shapes", split="train", resolution=128, train=True, cfg=DataConfig(), seed=0,
                    rank=0, world_size=1, infinite=None)       # infinite defaults to ``train``
-    loader = make_loader(ds, batch_size=64, num_workers=2)
-    for batch in loader: ...   # {"image": (B,3,R,R) in [-1,1], "caption": [str], "label": (B,),
-                               #  "key": [str], "skipped": Counter since the previous batch}
+    for batch in make_loader(ds, batch_size=64, num_workers=2): ...
+        # {"image": (B,3,R,R) in [-1,1], "caption": [str], "label": (B,), "key": [str],
+        #  "skipped": Counter since the previous batch}
     ckpt["data"] = ds.state_dict(); ...; ds.load_state_dict(ckpt["data"])   # exact resume
 
-Evaluation selections of ``shapes``: ``open_data("shapes", split="test", train=False,
-kind="single")`` (labelled, 64 shape x colour classes, class-balanced) for zero-shot and
-``kind="multi"`` (2-3 objects) for retrieval. ``ds.class_names`` / ``ds.templates`` feed
-zero-shot; ``ds.num_samples`` is the size of the whole split (None for wds without info.json).
-``resolution=None`` yields PIL images (used by pack/inspect). Position guarantees: ``stream.py``.
+``open_data(..., kind="single" | "multi")`` selects the ``shapes`` evaluation sets (zero-shot,
+retrieval); ``ds.class_names`` / ``ds.templates`` feed zero-shot; ``ds.num_samples`` is the size
+of the whole split (None for wds without info.json). ``resolution=None`` yields PIL images (used
+by pack/inspect). Position guarantees: ``stream.py``.
 """
 from __future__ import annotations
 
@@ -69,9 +63,10 @@ def open_source(spec: str, split: str = "train", cfg=None, kind: str | None = No
     from ..config import DataConfig
     cfg = cfg or DataConfig()
     scheme, rest, query = parse_spec(spec)
+    q = dict(query)  # each option a source takes is popped; what is left is unknown
     if scheme == "shapes":
         from .shapes import ShapesSource
-        q, opts = dict(query), cfg.shapes
+        opts = cfg.shapes
         captions = q.pop("captions", opts.captions)
         # the config's single_size belongs to compact captions; a spec asking for another style
         # (an evaluation set, say) simply drops it, while `single_size=` in that spec is an error
@@ -88,19 +83,15 @@ def open_source(spec: str, split: str = "train", cfg=None, kind: str | None = No
                            memo=opts.memo and split == "train")
     elif scheme == "fashion-mnist":
         from .fashion_mnist import FashionMnistSource
-        q = dict(query)
         src = FashionMnistSource(split, rest or None)
     elif scheme == "imagefolder":
         from .imagefolder import ImageFolderSource
-        q = dict(query)
         src = ImageFolderSource(rest, split)
     elif scheme == "folder":
         from .folder import FolderSource
-        q = dict(query)
         src = FolderSource(rest)
     else:
         from .webdataset import WdsSource
-        q = {}
         src = WdsSource(rest, shuffle_buffer=cfg.shuffle_buffer)
     if q:
         raise DataSpecError(f"{scheme}: unknown option(s) {', '.join(sorted(q))}")
@@ -121,7 +112,6 @@ def open_data(spec: str, split: str = "train", resolution: int | None = 128, tra
                          infinite=train if infinite is None else infinite)
 
 
-def make_loader(ds: StreamDataset, batch_size: int, num_workers: int = 0, drop_last: bool = False,
-                pin_memory: bool = False) -> Loader:
+def make_loader(ds: StreamDataset, batch_size: int, num_workers: int = 0) -> Loader:
     """Batches with ``skipped`` counts; consuming a batch advances ``ds.state_dict()``."""
-    return Loader(ds, batch_size, num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory)
+    return Loader(ds, batch_size, num_workers=num_workers)

@@ -1,6 +1,8 @@
 """Errors and skip bookkeeping shared by every data source."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class DataSpecError(ValueError):
     """A bad data spec (unknown scheme, missing directory, nothing matched). One line for the user."""
@@ -14,19 +16,13 @@ class SkipSample(Exception):
         self.reason = reason
 
 
+@dataclass(slots=True, eq=False)
 class Skip:
     """A marker a raw stream yields for something unreadable that is not a sample (e.g. a broken tar).
 
     It carries no stream position: the dataset counts it and moves on.
     """
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-    def __repr__(self):
-        return f"Skip({self.reason!r})"
+    reason: str
 
 
 # Reasons used across sources (keep the vocabulary small so reports are readable).

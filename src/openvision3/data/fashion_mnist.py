@@ -8,6 +8,7 @@ index, so deterministic); labels index ``CLASS_NAMES``.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import zlib
 from pathlib import Path
@@ -24,7 +25,6 @@ CLASS_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shi
 TEMPLATES = ["a photo of a {}.", "a black and white photo of a {}.", "a low resolution photo of a {}.",
              "a photo of the {}, a type of clothing.", "a centered photo of a {}.", "a {}."]
 VAL_SIZE = 5000
-_CACHE: dict = {}
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -52,20 +52,18 @@ def _find(root: Path, stem: str) -> Path:
                         f"or pass fashion-mnist:DIR")
 
 
+@functools.cache  # read once per process (an error is not kept: the next call reads again)
 def load_arrays(root: str | None, official_split: str):
     root = Path(root or DEFAULT_DIR).expanduser()
-    key = (str(root), official_split)
-    if key not in _CACHE:
-        stem = "train" if official_split == "train" else "t10k"
-        images = _read_idx(_find(root, f"{stem}-images-idx3-ubyte"))
-        labels = _read_idx(_find(root, f"{stem}-labels-idx1-ubyte")).astype(np.int64)
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataSpecError(f"fashion-mnist: {root}: {stem} images {images.shape} and labels "
-                                f"{labels.shape} do not match")
-        if labels.size and not 0 <= labels.min() <= labels.max() < len(CLASS_NAMES):
-            raise DataSpecError(f"fashion-mnist: {root}: {stem} labels outside 0..{len(CLASS_NAMES) - 1}")
-        _CACHE[key] = (images, labels)
-    return _CACHE[key]
+    stem = "train" if official_split == "train" else "t10k"
+    images = _read_idx(_find(root, f"{stem}-images-idx3-ubyte"))
+    labels = _read_idx(_find(root, f"{stem}-labels-idx1-ubyte")).astype(np.int64)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataSpecError(f"fashion-mnist: {root}: {stem} images {images.shape} and labels "
+                            f"{labels.shape} do not match")
+    if labels.size and not 0 <= labels.min() <= labels.max() < len(CLASS_NAMES):
+        raise DataSpecError(f"fashion-mnist: {root}: {stem} labels outside 0..{len(CLASS_NAMES) - 1}")
+    return images, labels
 
 
 class FashionMnistSource(MapSource):

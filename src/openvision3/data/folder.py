@@ -1,6 +1,5 @@
 """``folder:DIR``: images under DIR (recursive) with captions.
 
-Images: jpg/jpeg/png/webp/bmp/gif (first frame; RGBA composited on white).
 Caption: the first non-empty line of the same-name ``.txt`` (``a/b.jpg`` -> ``a/b.txt``), else the
 ``caption`` of a ``captions.jsonl`` line ``{"file": "a/b.jpg", "caption": ...}`` at the root.
 Unreadable images and missing/empty/non-UTF-8 captions are skipped and counted by reason.
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from . import errors as E
 from .errors import DataSpecError
-from .imageio import IMAGE_EXTS, decode_caption, decode_image, first_line
+from .imageio import IMAGE_EXTS, decode_caption, decode_image, first_line, image_files
 from .mapsource import MapSource
 
 
@@ -25,8 +24,7 @@ class FolderSource(MapSource):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataSpecError(f"folder:{root}: no such directory")
-        self.files = sorted(p for p in self.root.rglob("*")
-                            if p.suffix.lower().lstrip(".") in IMAGE_EXTS and p.is_file())
+        self.files = image_files(self.root)
         if not self.files:
             raise DataSpecError(f"folder:{root}: no image files ({', '.join(IMAGE_EXTS)}) found")
         self.num_samples = len(self.files)  # candidates; unreadable ones are skipped when read

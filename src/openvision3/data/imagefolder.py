@@ -4,8 +4,7 @@
 
 Classes are the sub-folder names in sorted order (torchvision's ``ImageFolder`` order, so class ids
 agree with it); a label is the index of its folder, the caption is "a photo of a <class>." (the
-class name with "_" read as a space). Images: jpg/jpeg/png/webp/bmp/gif; unreadable ones (empty,
-truncated, not an image) are skipped and counted by reason, as in every source.
+class name with "_" read as a space). Unreadable images are skipped and counted, as in every source.
 Splits: when DIR holds exactly the folders ``train`` and ``val`` (and optionally ``test``), each
 split reads its own folder (``imagefolder:/data/imagenet`` with ``train/`` and ``val/``); otherwise
 the whole of DIR serves every split (use separate folders for train and val).
@@ -16,14 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import DataSpecError
-from .imageio import IMAGE_EXTS, decode_image
+from .imageio import IMAGE_EXTS, decode_image, image_files
 from .mapsource import MapSource
 
 SPLIT_DIRS = {"train", "val", "test"}
-
-
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTS)
 
 
 class ImageFolderSource(MapSource):
@@ -43,7 +38,7 @@ class ImageFolderSource(MapSource):
                                 f"found {len(classes)} in {base}")
         files, labels = [], []
         for i, name in enumerate(classes):
-            found = _images_under(base / name)
+            found = image_files(base / name)
             files += found
             labels += [i] * len(found)
         if not files:

@@ -5,6 +5,7 @@ import io
 import json
 import struct
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -14,6 +15,11 @@ from . import errors as E
 # Truncated files must fail loudly so they are counted, never silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
+
+
+def image_files(root: Path) -> list[Path]:
+    """Every image file under ``root`` (recursive), sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTS)
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -34,7 +34,9 @@ import numpy as np
 import torch
 
 from ..fingerprint import weights_fingerprint
+from . import errors as E
 from .errors import DataSpecError, SkipSample
+from .webdataset import WdsSource
 
 CACHE_FORMAT = 1
 CROP = "resize_short_side+center_crop"  # the only crop a cache is made with (the eval transform)
@@ -88,23 +90,20 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] tensors made by the eval transform from uint8 -> the exact uint8 pixels (B,H,W,3)."""
-    return ((images.clamp(-1, 1) * 0.5 + 0.5) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def cache_latents(spec: str, vae_source: str, resolution: int, out, convention: str = "scale",
                   shard_size: int = 1000, split: str = "train", batch_size: int = 16,
                   limit: int | None = None, device: str | None = None, cfg=None, kind: str | None = None,
                   vae=None, progress: bool = True) -> dict:
     """Encode ``spec`` once with the VAE ``vae_source`` (or a given FrozenVAE ``vae``) at
     ``resolution`` and write the cache to ``out``; returns a summary."""
-    import webdataset
     from PIL import Image
+    from tqdm.auto import tqdm
 
     from ..config import VAEConfig
     from ..models.vae import FrozenVAE
     from . import make_loader, open_data
+    from .pack import write_shards
+    from .transforms import to_uint8
     if shard_size < 1:
         raise DataSpecError("--shard-size must be >= 1")
     if vae is None:
@@ -119,61 +118,48 @@ def cache_latents(spec: str, vae_source: str, resolution: int, out, convention: 
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     loader = make_loader(ds, batch_size)
-    sizes: dict[str, int] = {}
-    writer, n = None, 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=limit or ds.num_samples, desc="cache-latents", unit="img", dynamic_ncols=True)
-    try:
+
+    def samples():
+        n = 0
         for batch in loader:
-            images = batch["image"]
-            if limit is not None:
-                images = images[: max(0, limit - n)]
+            images = batch["image"] if limit is None else batch["image"][: max(0, limit - n)]
             if not len(images):
-                break
+                return
             x = images.to(dev)
-            lat = vae.encode(x).cpu().numpy()
-            lat_flip = vae.encode(x.flip(-1)).cpu().numpy()
-            pixels = _to_uint8(images)
-            for i in range(len(images)):
-                if n % shard_size == 0:
-                    if writer is not None:
-                        writer.close()
-                    name = f"{n // shard_size:06d}.tar"
-                    writer, sizes[name] = webdataset.TarWriter(str(outdir / name)), 0
+            lat, lat_flip = vae.encode(x).cpu().numpy(), vae.encode(x.flip(-1)).cpu().numpy()
+            for i, pixels in enumerate(to_uint8(images).permute(0, 2, 3, 1).numpy()):
                 png = io.BytesIO()
-                Image.fromarray(pixels[i]).save(png, format="PNG")
-                writer.write({"__key__": f"{n:09d}", "png": png.getvalue(), "txt": batch["caption"][i],
-                              "json": {"key": batch["key"][i], "caption": batch["caption"][i],
-                                       "label": int(batch["label"][i])},
-                              LATENT: _npy(lat[i]), LATENT_FLIP: _npy(lat_flip[i])})
-                sizes[name] += 1
-                n += 1
-            if bar is not None:
-                bar.update(len(images))
+                Image.fromarray(pixels).save(png, format="PNG")
+                yield {"png": png.getvalue(), "txt": batch["caption"][i],
+                       "json": {"key": batch["key"][i], "caption": batch["caption"][i],
+                                "label": int(batch["label"][i])},
+                       LATENT: _npy(lat[i]), LATENT_FLIP: _npy(lat_flip[i])}
+            n += len(images)
+            bar.update(len(images))
             if limit is not None and n >= limit:
-                break
-    finally:
-        if writer is not None:
-            writer.close()
-        if bar is not None:
-            bar.close()
+                return
+
+    bar = tqdm(total=limit or ds.num_samples, desc="cache-latents", unit="img", dynamic_ncols=True,
+               disable=not progress)
+    with bar:
+        sizes = write_shards(samples(), outdir, shard_size)
+    n = sum(sizes.values())
     if n == 0:
         raise DataSpecError(f"{spec}: no readable samples to cache")
-    key = cache_key(vae, resolution)
+    key, side = cache_key(vae, resolution), resolution // vae.downsample
+    latent_shape = [vae.latent_channels, side, side]
     info = {"latent_cache": CACHE_FORMAT, "key": key, "source_spec": spec, "split": split,
-            "num_samples": n, "sizes": sizes, "latent_shape": list(lat.shape[1:]), "latent_dtype": "float32",
+            "num_samples": n, "sizes": sizes, "latent_shape": latent_shape, "latent_dtype": "float32",
             "class_names": ds.class_names, "templates": ds.templates,
             "skipped_by_reason": dict(loader.skipped_total)}
     (outdir / "info.json").write_text(json.dumps(info, indent=1))
     return {"out": str(outdir), "samples": n, "shards": len(sizes), "key": key,
-            "latent_shape": info["latent_shape"], "skipped_by_reason": info["skipped_by_reason"]}
+            "latent_shape": latent_shape, "skipped_by_reason": info["skipped_by_reason"]}
 
 
 # ------------------------------------------------------------------------------------ reading
-class LatentCacheSource:
-    """A StreamDataset source over a cache: the wds shards, plus the per-sample flip pick.
+class LatentCacheSource(WdsSource):
+    """The cache's shards as a StreamDataset source, plus the per-sample flip pick.
 
     ``load`` returns a dict payload ``{"image", "latent"}`` in place of a PIL image; the loader's
     collate stacks both (``batch["latent"]``)."""
@@ -181,43 +167,30 @@ class LatentCacheSource:
     augment = False
 
     def __init__(self, directory, shuffle_buffer: int = 1000, hflip: bool = True):
-        from .webdataset import WdsSource
-        self.directory, self.hflip = Path(directory), hflip
-        self._wds = WdsSource(str(self.directory), shuffle_buffer=shuffle_buffer)
-        self.num_samples, self.class_names, self.templates = (
-            self._wds.num_samples, self._wds.class_names, self._wds.templates)
+        super().__init__(str(directory), shuffle_buffer=shuffle_buffer)
+        self.hflip = hflip
 
     def raw_stream(self, epoch, shuffle, seed, rank, world_size, part, num_parts):
-        for item in self._wds.raw_stream(epoch, shuffle, seed, rank, world_size, part, num_parts):
+        for item in super().raw_stream(epoch, shuffle, seed, rank, world_size, part, num_parts):
             if isinstance(item, dict):  # the flip pick depends on (seed, epoch, key), as augmentation does
                 item["__flip_seed__"] = f"{seed}/{epoch}"
             yield item
 
     def flip_picked(self, raw: dict) -> bool:
-        if not self.hflip:
-            return False
-        return zlib.crc32(f"{raw.get('__flip_seed__', '0/0')}/{raw['__key__']}/flip".encode()) % 2 == 1
+        pick = f"{raw.get('__flip_seed__', '0/0')}/{raw['__key__']}/flip"
+        return self.hflip and zlib.crc32(pick.encode()) % 2 == 1
 
     def load(self, raw: dict, resolution):
-        from .imageio import decode_caption
-        from . import errors as E
-        if "png" not in raw or LATENT not in raw or LATENT_FLIP not in raw:
+        if LATENT not in raw or LATENT_FLIP not in raw:
             raise SkipSample(E.NO_IMAGE)
+        pil, caption, label, key = super().load(raw, resolution)
         flip = self.flip_picked(raw)
-        pixels = np.array(_decode_png(raw["png"]))
-        image = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)  # as ToDtype+Normalize
+        # [-1, 1] as ToDtype + Normalize compute it
+        image = torch.from_numpy(np.array(pil)).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)
         latent = torch.from_numpy(np.load(io.BytesIO(raw[LATENT_FLIP if flip else LATENT]), allow_pickle=False))
         if flip:
             image = image.flip(-1)
-        meta = json.loads(raw["json"].decode("utf-8")) if "json" in raw else {}
-        caption = decode_caption(raw["txt"]) if "txt" in raw else meta.get("caption", "")
-        label = meta.get("label", -1)
-        return {"image": image.contiguous(), "latent": latent}, caption, label, raw["__key__"]
-
-
-def _decode_png(data: bytes):
-    from PIL import Image
-    return Image.open(io.BytesIO(data)).convert("RGB")
+        return {"image": image.contiguous(), "latent": latent}, caption, label, key
 
 
 def open_latent_cache(directory, vae, resolutions, cfg=None, seed: int = 0, rank: int = 0,
@@ -229,14 +202,10 @@ def open_latent_cache(directory, vae, resolutions, cfg=None, seed: int = 0, rank
     cfg = cfg or DataConfig()
     info = check_cache(directory, vae, resolutions)
     src = LatentCacheSource(directory, shuffle_buffer=cfg.shuffle_buffer, hflip=cfg.hflip)
+    # no transform: the payload is already the cached image and latent
     return StreamDataset(src, spec=f"latent_cache:{directory}", split=info.get("split", "train"),
-                         resolution=info["key"]["resolution"], train=train,
-                         transform_factory=lambda r: _identity, seed=seed, rank=rank,
-                         world_size=world_size, infinite=train)
-
-
-def _identity(x):
-    return x
+                         resolution=info["key"]["resolution"], train=train, transform_factory=lambda r: None,
+                         seed=seed, rank=rank, world_size=world_size, infinite=train)
 
 
 __all__ = ["cache_latents", "open_latent_cache", "check_cache", "cache_key",

@@ -8,10 +8,31 @@ templates so ``wds:DIR`` keeps them.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from pathlib import Path
 
 import webdataset
+
+
+def write_shards(samples, outdir: Path, shard_size: int) -> dict[str, int]:
+    """Write sample dicts into ``NNNNNN.tar`` shards of ``shard_size``, the n-th keyed ``{n:09d}``;
+    returns the samples per shard (also the latent cache's writer, data/latent_cache.py)."""
+    sizes: dict[str, int] = {}
+    writer = None
+    try:
+        for n, sample in enumerate(samples):
+            if n % shard_size == 0:
+                if writer is not None:
+                    writer.close()
+                name = f"{n // shard_size:06d}.tar"
+                writer, sizes[name] = webdataset.TarWriter(str(outdir / name)), 0
+            writer.write({"__key__": f"{n:09d}", **sample})
+            sizes[name] += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    return sizes
 
 
 def pack_data(spec: str, out: str, shard_size: int = 1000, split: str = "train",
@@ -27,34 +48,20 @@ def pack_data(spec: str, out: str, shard_size: int = 1000, split: str = "train",
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     loader = make_loader(ds, batch_size=64)
-    sizes: dict[str, int] = {}
-    writer, n = None, 0
-    try:
+
+    def samples():
         for batch in loader:
             for img, cap, lab, key in zip(batch["image"], batch["caption"], batch["label"].tolist(),
                                           batch["key"]):
-                if limit is not None and n >= limit:
-                    break
-                if n % shard_size == 0:
-                    if writer is not None:
-                        writer.close()
-                    name = f"{n // shard_size:06d}.tar"
-                    writer, sizes[name] = webdataset.TarWriter(str(outdir / name)), 0
                 buf = io.BytesIO()
                 img.save(buf, format="JPEG" if image_format == "jpg" else "PNG", quality=95)
-                writer.write({"__key__": f"{n:09d}", image_format: buf.getvalue(), "txt": cap,
-                              "json": {"key": key, "caption": cap, "label": lab}})
-                sizes[name] += 1
-                n += 1
-            if limit is not None and n >= limit:
-                break
-    finally:
-        if writer is not None:
-            writer.close()
-    info = {"source_spec": spec, "split": split, "num_samples": n, "sizes": sizes,
+                yield {image_format: buf.getvalue(), "txt": cap, "json": {"key": key, "caption": cap, "label": lab}}
+
+    sizes = write_shards(itertools.islice(samples(), limit), outdir, shard_size)
+    info = {"source_spec": spec, "split": split, "num_samples": sum(sizes.values()), "sizes": sizes,
             "class_names": ds.class_names, "templates": ds.templates,
             "skipped": sum(loader.skipped_total.values()),
             "skipped_by_reason": dict(loader.skipped_total)}
     (outdir / "info.json").write_text(json.dumps(info, indent=1))
-    return {"out": str(outdir), "samples": n, "shards": len(sizes), "skipped": info["skipped"],
+    return {"out": str(outdir), "samples": info["num_samples"], "shards": len(sizes), "skipped": info["skipped"],
             "skipped_by_reason": info["skipped_by_reason"]}

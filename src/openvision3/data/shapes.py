@@ -1,33 +1,17 @@
 """``shapes``: an embedded, procedural, captioned image set (no download).
 
 Each sample is a pure function of ``(gen_seed, split, kind, index)`` rendered at any resolution:
-8 shapes x 8 colours x 3 sizes, 5 positions (left/right/top/bottom/centre, jittered), plain,
-gradient or textured (striped/checkered/speckled/dotted) backgrounds, 1-3 objects with spatial
-relations ("a small red star left of a large blue circle"), varied caption templates and word
-order. Splits ``train``/``val``/``test`` use disjoint random streams and keys.
+8 shapes x 8 colours x 3 sizes, 5 positions (jittered), plain, gradient or textured backgrounds,
+1-3 objects with spatial relations, varied caption templates and word order. Splits
+``train``/``val``/``test`` use disjoint random streams and keys. The selections (``kind``: mixed,
+single = class-balanced for zero-shot, multi = retrieval), caption styles and spec options are
+listed in docs/data.md and checked in ``ShapesSource``.
 
-Selections (``open_data`` kwarg ``kind=`` or spec query ``shapes?kind=single``):
-  ``mixed``  (default) single-object with probability ``single`` (data.shapes.single_fraction),
-             otherwise 2-3 objects; single-object samples carry a label, others -1.
-  ``single`` single-object only, class-balanced (label = index % num_classes): zero-shot.
-  ``multi``  2-3 objects only: the fixed retrieval set (use ``split="test"``).
-Spec query options: ``n`` (samples in the split; default train 100000, val/test 2000),
-``seed`` (generator seed, default 0: the data itself, not the shuffle), ``single`` (fraction),
-``single_size`` (``compact`` only: the share of single-object captions that also name the size,
-"small red star"; data.shapes.single_size, default 0),
-``captions`` = ``rich`` (default, varied) | ``simple`` ("a small red star on the left") |
-``compact`` (one object: "red star"; several: "small red star left of large blue circle and
-medium green ring top", one fixed wording, at most 13 words) | ``minimal`` ("red star", "red star
-and blue circle": colour and shape words only), ``label`` = ``shape_color`` (64 classes,
-default) | ``shape`` | ``color``. Example: ``shapes?kind=single&captions=minimal``.
-
-A curriculum (data.shapes.single_fraction_start / single_switch, training split only):
-the first ``single_switch`` samples the whole job draws use the start share of single objects,
-the rest ``single``. The share goes with each index through the stream, so it depends only on
-the position in the run, and a resumed run draws the same samples.
-
-The first phase may also limit the sizes single objects take (data.shapes.single_sizes_start,
-e.g. medium and large only: shape is learnt on objects big enough to show it, then transfers).
+A curriculum (data.shapes.single_fraction_start / single_switch / single_sizes_start, training
+split only): the first ``single_switch`` samples the whole job draws use the start share of single
+objects (and sizes: shape is learnt on objects big enough to show it, then transfers), the rest
+``single``. The share goes with each index through the stream, so it depends only on the position
+in the run, and a resumed run draws the same samples.
 
 Backgrounds are numpy arrays at the target size; object masks are drawn with PIL at 2x (<= 160 px)
 and box-downsampled, so edges are anti-aliased at little cost.
@@ -291,25 +275,19 @@ class ShapesSource(MapSource):
                  single_fraction: float = 0.5, captions: str = "rich", label: str = "shape_color",
                  single_size: float = 0.0, single_start: float | None = None, single_switch: int = 0,
                  single_sizes_start: list[str] | None = None, memo: bool = False):
-        if split not in SPLITS:
-            raise DataSpecError(f"shapes: unknown split '{split}' (train, val, test)")
-        if kind not in KINDS:
-            raise DataSpecError(f"shapes: unknown kind '{kind}' (mixed, single, multi)")
-        if captions not in CAPTION_MODES:
-            raise DataSpecError(f"shapes: unknown captions '{captions}' ({', '.join(CAPTION_MODES)})")
-        if label not in LABELS:
-            raise DataSpecError(f"shapes: unknown label '{label}' ({', '.join(LABELS)})")
-        if not 0.0 <= single_fraction <= 1.0:
-            raise DataSpecError(f"shapes: single fraction must be in [0, 1], got {single_fraction}")
-        if not 0.0 <= single_size <= 1.0:
-            raise DataSpecError(f"shapes: single_size must be in [0, 1], got {single_size}")
+        for option, value, allowed in (("split", split, SPLITS), ("kind", kind, KINDS),
+                                       ("captions", captions, CAPTION_MODES), ("label", label, LABELS)):
+            if value not in allowed:
+                raise DataSpecError(f"shapes: unknown {option} '{value}' ({', '.join(allowed)})")
+        for option, value in (("single fraction", single_fraction), ("single_size", single_size),
+                              ("single_start", single_start)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise DataSpecError(f"shapes: {option} must be in [0, 1], got {value}")
         if single_size and captions != "compact":
             raise DataSpecError(f"shapes: single_size applies to compact captions only, not {captions}")
         self.split, self.kind, self.gen_seed = split, kind, gen_seed
         self.single_fraction, self.captions, self.label = single_fraction, captions, label
         self.single_size = single_size
-        if single_start is not None and not 0.0 <= single_start <= 1.0:
-            raise DataSpecError(f"shapes: single_start must be in [0, 1], got {single_start}")
         bad = [s for s in single_sizes_start or [] if s not in SIZE_NAMES]
         if bad or single_sizes_start == []:
             raise DataSpecError(f"shapes: single_sizes_start takes sizes from {', '.join(SIZE_NAMES)}, "

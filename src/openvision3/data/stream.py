@@ -82,9 +82,6 @@ class StreamDataset(IterableDataset):
         st["cursors"][part] = tuple(cursor)
         st["next_part"] = (part + 1) % num_parts
 
-    def _finish_pass(self) -> None:
-        self.set_epoch(self._state["epoch"] + 1)
-
     # --- iteration -----------------------------------------------------------------------------
     def _start(self, num_parts: int, worker: int):
         st = self._state
@@ -154,9 +151,7 @@ class StreamDataset(IterableDataset):
 def collate(items: list[dict]) -> dict:
     """Samples of one worker -> a batch; sums the per-sample skip deltas into ``skipped``."""
     real = [x for x in items if not x.get("_skip_only")]
-    skipped: Counter = Counter()
-    for x in items:
-        skipped.update(x["_skipped"])
+    skipped = sum((Counter(x["_skipped"]) for x in items), Counter())
     images = [x["image"] for x in real]
     extra = {}
     if images and isinstance(images[0], dict):  # a latent cache: {"image", "latent"} per sample
@@ -178,13 +173,11 @@ class Loader:
     skips are folded into the next one. ``skipped_total`` counts every skip seen so far.
     """
 
-    def __init__(self, dataset: StreamDataset, batch_size: int, num_workers: int = 0,
-                 drop_last: bool = False, pin_memory: bool = False):
-        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+    def __init__(self, dataset: StreamDataset, batch_size: int, num_workers: int = 0):
+        self.dataset = dataset
         self.skipped_total: Counter = Counter()
         # Batching happens inside each worker so that every batch belongs to one sub-stream.
-        self._dl = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                              collate_fn=collate, drop_last=drop_last, pin_memory=pin_memory,
+        self._dl = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                               persistent_workers=False)  # workers must re-read state/resolution
 
     def __iter__(self):
@@ -201,12 +194,5 @@ class Loader:
                 batch["skipped"] = batch["skipped"] + carry
                 carry = Counter()
             yield batch
-        if not self.dataset.infinite:
-            self.dataset._finish_pass()
-
-    def __len__(self):
-        n = self.dataset.num_samples
-        if n is None or self.dataset.infinite:
-            raise TypeError("length unknown")
-        per_rank = -(-n // self.dataset.world_size)
-        return -(-per_rank // self.batch_size)
+        if not self.dataset.infinite:  # a finished pass: the next one starts the next epoch
+            self.dataset.set_epoch(self.dataset._state["epoch"] + 1)

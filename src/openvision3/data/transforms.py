@@ -36,3 +36,8 @@ def build_transform(resolution: int, train: bool, cfg=None, augment: bool = True
     if cfg is None:
         return train_transform(resolution)
     return train_transform(resolution, cfg.min_crop_area, cfg.hflip, cfg.color_jitter)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images made from uint8 pixels -> those exact uint8 pixels (B, 3, H, W)."""
+    return ((images.clamp(-1, 1) * 0.5 + 0.5) * 255).round().to(torch.uint8)

@@ -1,9 +1,9 @@
 """``wds:PATTERN``: webdataset tar shards (DataComp style), read with the webdataset library.
 
-PATTERN is a local brace pattern (``shards/{000000..000099}.tar``), a glob, a directory (all
-``*.tar`` / ``*.tar.gz`` / ``*.tgz`` under it), or any URL / ``pipe:`` command ``webdataset.gopen`` accepts (``::`` joins
-several patterns). A sample is the tar members sharing a key: image ``jpg``/``jpeg``/``png``/``webp``,
-caption ``txt`` or the ``caption`` field of ``json`` (whose ``label`` int is used when present).
+PATTERN: a local brace pattern, a glob, a directory, or any URL / ``pipe:`` command that
+``webdataset.gopen`` accepts (``::`` joins several; docs/data.md). A sample is the tar members
+sharing a key: an image and a caption (``txt`` or the ``caption`` of ``json``, whose int ``label``
+is used when present).
 
 Splitting: shards are shuffled per epoch (train), then dealt to (rank, worker) parts; with fewer
 shards than parts every part reads all shards and keeps every n-th sample instead. Either way each
@@ -157,14 +157,7 @@ class WdsSource:
                 i += 1
 
     def load(self, sample: dict, resolution):
-        key = sample["__key__"]
         img_key = next((k for k in IMAGE_KEYS if k in sample), None)
-        meta = None
-        if "json" in sample:
-            try:
-                meta = json.loads(sample["json"].decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                meta = None
         if "txt" in sample:
             caption = decode_caption(sample["txt"])
         elif "json" in sample:
@@ -174,5 +167,8 @@ class WdsSource:
         if img_key is None:
             raise E.SkipSample(E.NO_IMAGE)
         image = decode_image(sample[img_key])
-        label = meta.get("label", -1) if isinstance(meta, dict) else -1
-        return image, caption, label if isinstance(label, int) else -1, key
+        try:  # a label is optional: a json that is no object or has no int label means none
+            label = json.loads(sample["json"].decode("utf-8")).get("label", -1) if "json" in sample else -1
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            label = -1
+        return image, caption, label if isinstance(label, int) else -1, sample["__key__"]

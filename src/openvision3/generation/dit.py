@@ -71,7 +71,7 @@ class LabelEmbedder(nn.Module):
 
 
 class AdaLNBlock(nn.Module):
-    """DiT's adaLN-Zero block; ``c`` is (B, W) for the whole sequence or (B, N, W) per token."""
+    """DiT's adaLN-Zero block; ``c`` is (B, 1, W) for the whole sequence or (B, N, W) per token."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -84,8 +84,6 @@ class AdaLNBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        if c.ndim == 2:
-            c = c[:, None]
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)
         x = x + g1 * self.attn(modulate(self.norm1(x), sh1, sc1))
         return x + g2 * self.mlp(modulate(self.norm2(x), sh2, sc2))
@@ -99,8 +97,6 @@ class FinalLayer(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        if c.ndim == 2:
-            c = c[:, None]
         shift, scale = self.ada(c).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
@@ -153,7 +149,7 @@ class DiTDH(nn.Module):
             raise ValueError(f"DiT-DH expects tokens (B, {self.grid[0] * self.grid[1]}, {self.token_dim}), "
                              f"got {tuple(x.shape)}")
         t_emb = self.t_embed(t)
-        c = t_emb + self.y_embed(y)
+        c = (t_emb + self.y_embed(y))[:, None]  # one condition for every token
         s = self.x_embed(x) + sincos_2d(self.x_embed.out_features, *self.grid, device=x.device, dtype=x.dtype)
         for block in self.body:
             s = self._block(block, s, c)

@@ -23,10 +23,6 @@ from ..eval.sample_quality import frechet_distance, gfid, precision_recall
 MAX_GRID_CLASSES, GRID_PER_CLASS = 16, 8
 
 
-def _labels(num_classes: int, per_class: int) -> list[int]:
-    return [c for c in range(num_classes) for _ in range(per_class)]
-
-
 def measure(images: torch.Tensor, labels: torch.Tensor, judge, real_feats: torch.Tensor, k: int) -> dict:
     feats, logits = judge.embed(images)
     precision, recall = precision_recall(real_feats, feats, k)
@@ -89,7 +85,7 @@ def evaluate_generator(run_dir, *, cfg_scale: float | None = None, steps: int | 
     judge, jinfo = get_judge(cfg, device, progress)
     if jinfo["num_classes"] != gen.num_classes:
         raise ValueError(f"the judge knows {jinfo['num_classes']} classes, the generator {gen.num_classes}")
-    real, real_labels, _ = load_labelled(cfg.data.val, cfg.val_split, cfg.data.resolution, e.real_samples, cfg.data,
+    real, _, _ = load_labelled(cfg.data.val, cfg.val_split, cfg.data.resolution, e.real_samples, cfg.data,
                                          progress, "real held-out")
     real_feats, _ = judge.embed(real)
     scale = cfg.flow.cfg_scale if cfg_scale is None else cfg_scale
@@ -97,7 +93,7 @@ def evaluate_generator(run_dir, *, cfg_scale: float | None = None, steps: int | 
     per_class = samples_per_class or e.samples_per_class
 
     def run(w: float, n_per_class: int):
-        labels = _labels(gen.num_classes, n_per_class)
+        labels = [c for c in range(gen.num_classes) for _ in range(n_per_class)]
         t = time.perf_counter()
         images = gen.sample_images(labels, batch_size=e.batch_size, cfg_scale=w, steps=steps, seed=seed)
         seconds = time.perf_counter() - t

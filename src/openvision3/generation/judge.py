@@ -126,7 +126,7 @@ class JudgeTask(Task):
 
     def __init__(self, cfg, device, progress: bool = True):
         self.cfg, self.device, self.progress = cfg, str(device), progress
-        self.schedule = LRSchedule(cfg.judge.lr, cfg.judge.steps)
+        self.lr = LRSchedule(cfg.judge.lr, cfg.judge.steps)
 
     def settings(self) -> RunSettings:
         # fp32 and no clipping, as the judge was measured; single process (it trains inside gen eval)
@@ -146,9 +146,6 @@ class JudgeTask(Task):
         self.run = run
         opt = lambda: torch.optim.AdamW(self.net.parameters(), lr=j.lr, weight_decay=5e-4)  # noqa: E731
         return Parts(self.net, opt, self.batches)
-
-    def lr(self, step: int) -> float:
-        return self.schedule(step)
 
     def batch(self, step: int) -> dict:
         return self.batches.next()

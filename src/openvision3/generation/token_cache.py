@@ -77,6 +77,7 @@ def build_cache(space: TokenSpace, path: Path, *, enc_id: str, spec: str, data_c
     from tqdm.auto import tqdm
 
     from ..data import make_loader, open_data
+    from ..data.transforms import to_uint8
     ds = open_data(spec, split="train", resolution=space.resolution, train=False, cfg=data_cfg, infinite=False)
     if not captions and not ds.class_names:
         raise CacheError(f"data spec '{spec}' has no class labels; class-conditional generation needs "
@@ -86,27 +87,19 @@ def build_cache(space: TokenSpace, path: Path, *, enc_id: str, spec: str, data_c
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     skipped, unlabelled = Counter(), 0
-    buf: dict = {"tokens": [], "tokens_flip": [], "labels": [], "images": [], "latents": [], "latents_flip": [],
-                 "captions": []}
-    shards, count, stat_chunks = [], 0, []
+    parts, texts, shards, count, stat_chunks = [], [], [], 0, []  # parts: the open shard's tensors, by batch
 
     def flush():
-        if not buf["labels"]:
+        if not parts:
             return
         name = f"shard_{len(shards):05d}.safetensors"
-        out = {k: torch.cat(v) for k, v in buf.items() if v and k != "captions"}
+        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         save_file(out, str(tmp / name))
         shards.append({"file": name, "n": int(out["labels"].shape[0])})
         if captions:
-            (tmp / name.replace(".safetensors", ".captions.json")).write_text(json.dumps(buf["captions"]))
-        for k in buf:
-            buf[k].clear()
-
-    def encode(images):
-        if not pixels:
-            return space.encode(images).to(dtype).cpu(), None
-        raw, latents = space.encode_with_latents(images)
-        return raw.to(dtype).cpu(), latents.to(dtype).cpu()
+            (tmp / name.replace(".safetensors", ".captions.json")).write_text(json.dumps(texts))
+        parts.clear()
+        texts.clear()
 
     bar = tqdm(total=total, desc="cache tokens", disable=not progress, dynamic_ncols=True)
     for batch in make_loader(ds, batch_size):
@@ -118,27 +111,26 @@ def build_cache(space: TokenSpace, path: Path, *, enc_id: str, spec: str, data_c
         if not keep.any():
             continue
         images, labels = batch["image"][keep], batch["label"][keep]
-        texts = [c for c, k in zip(batch["caption"], keep.tolist()) if k]
+        kept_texts = [c for c, k in zip(batch["caption"], keep.tolist()) if k]
         if total is not None:
-            images, labels, texts = images[: total - count], labels[: total - count], texts[: total - count]
-        raw, latents = encode(images)
-        buf["tokens"].append(raw)
-        stat_chunks.append(space.decoder_view(raw))
-        if hflip:
-            raw_f, latents_f = encode(images.flip(-1))
-            buf["tokens_flip"].append(raw_f)
-            stat_chunks.append(space.decoder_view(raw_f))
+            images, labels, kept_texts = images[: total - count], labels[: total - count], kept_texts[: total - count]
+        part = {"labels": labels.long()}
+        for suffix in ("", "_flip") if hflip else ("",):
+            view = images.flip(-1) if suffix else images
+            if pixels:
+                raw, latents = space.encode_with_latents(view)
+                part["latents" + suffix] = latents.to(dtype).cpu()
+            else:
+                raw = space.encode(view)
+            part["tokens" + suffix] = raw = raw.to(dtype).cpu()
+            stat_chunks.append(space.decoder_view(raw))
         if pixels:  # the image exactly as encoded (the eval transform of uint8 pixels: lossless)
-            buf["images"].append(((images.clamp(-1, 1) * 0.5 + 0.5) * 255).round().to(torch.uint8))
-            buf["latents"].append(latents)
-            if hflip:
-                buf["latents_flip"].append(latents_f)
-        if captions:
-            buf["captions"].extend(texts)
-        buf["labels"].append(labels.long())
+            part["images"] = to_uint8(images)
+        parts.append(part)
+        texts.extend(kept_texts)
         count += len(labels)
         bar.update(len(labels))
-        if sum(len(x) for x in buf["labels"]) >= shard_size:
+        if sum(len(p["labels"]) for p in parts) >= shard_size:
             flush()
         if total is not None and count >= total:
             break

@@ -3,10 +3,7 @@
     ov3 gen train --config configs/gen_tiny.yaml --encoder runs/demo/model --out runs/gen_tiny
     torchrun --nproc_per_node 8 -m openvision3.cli gen train --config configs/gen_imagenet_xl.yaml ...
 
-Everything around the step is the run engine's (train/run.py), as for `ov3 train`: the run
-directory rules, processes, seeding and DDP, atomic checkpoints with every RNG state and the data
-position (``--resume auto``), metrics.jsonl + TensorBoard + losses.png, the EMA, bf16 autocast,
-the stops (SIGTERM / SIGUSR1 / Ctrl-C), the non-finite-step guard and the tqdm bar. What is this
+Everything around the step is the run engine's (train/run.py), as for `ov3 train`. What is this
 trainer's own is ``GeneratorTask``: the token cache, DiT-DH, its AdamW, and the flow-matching step.
 
 Run directory: config.yaml, metrics.jsonl, losses.png, tensorboard/, checkpoints/step_N/ (DiT-DH
@@ -72,7 +69,7 @@ class GeneratorTask(Task):
     def __init__(self, cfg: GenConfig, progress: bool = True):
         self.cfg, self.progress = cfg, progress
         t = cfg.train
-        self.schedule = LRSchedule(t.lr, t.steps, t.warmup_steps, shape="linear", decay_start=t.decay_start,
+        self.lr = LRSchedule(t.lr, t.steps, t.warmup_steps, shape="linear", decay_start=t.decay_start,
                                    decay_end=t.decay_end, final=t.final_lr)
 
     def settings(self) -> RunSettings:
@@ -108,9 +105,6 @@ class GeneratorTask(Task):
         self.t_start = time.perf_counter()
         # the token statistics ride in the checkpoint's weights: `gen sample` can use a checkpoint
         return Parts(dit, optimizer, self.batches, extra_weights=cache.stats.state_dict())
-
-    def lr(self, step: int) -> float:
-        return self.schedule(step)
 
     def batch(self, step: int) -> dict:
         x, y = self.batches.next(self.run.device)
