@@ -5,17 +5,11 @@
 
 The frozen VAE encoder is a fixed function of the pixels, so every epoch recomputes the same
 latents; with a FLUX-sized VAE that encoder is a large share of a training step (``ov3 bench``:
-``cache_speedup`` and ``cache_bound``). The cache stores, per sample, in webdataset shards:
-
-  ``NNNNNNNNN.png``              the R x R image exactly as encoded (lossless: the pixel loss needs it)
-  ``NNNNNNNNN.latent.npy``       its normalised latent (the FrozenVAE convention), float32
-  ``NNNNNNNNN.latent_flip.npy``  the latent of its horizontal flip
-  ``NNNNNNNNN.txt`` / ``.json``  caption; source key and label
-
-and ``info.json`` keyed by the VAE (id and a fingerprint of its weights), the latent convention
-and factors, the resolution and the crop. Training refuses a cache made with another VAE,
-convention or resolution (one line naming both). A cache directory is also an ordinary
-``wds:DIR`` data set (images + captions), e.g. for ``ov3 eval``.
+``cache_speedup`` and ``cache_bound``). Its webdataset shards hold per sample the R x R image
+exactly as encoded (PNG: the pixel loss needs it), its normalised latent (float32), its flip's
+latent, caption, source key and label (docs/performance.md), so a cache directory is also an
+ordinary ``wds:DIR`` data set. ``info.json`` keys it by ``cache_key``: training refuses a cache
+made with another VAE, convention or resolution (one line naming both).
 
 What a cache gives up: the crop is fixed (resize the short side, centre crop, as in evaluation)
 and there is no colour jitter, since a latent belongs to one exact image [?] (MAR does the same
@@ -92,10 +86,10 @@ def _npy(a: np.ndarray) -> bytes:
 
 def cache_latents(spec: str, vae_source: str, resolution: int, out, convention: str = "scale",
                   shard_size: int = 1000, split: str = "train", batch_size: int = 16,
-                  limit: int | None = None, device: str | None = None, cfg=None, kind: str | None = None,
-                  vae=None, progress: bool = True) -> dict:
-    """Encode ``spec`` once with the VAE ``vae_source`` (or a given FrozenVAE ``vae``) at
-    ``resolution`` and write the cache to ``out``; returns a summary."""
+                  limit: int | None = None, device: str | None = None, kind: str | None = None,
+                  progress: bool = True) -> dict:
+    """Encode ``spec`` once with the VAE ``vae_source`` at ``resolution`` and write the cache to
+    ``out``; returns a summary."""
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -106,15 +100,13 @@ def cache_latents(spec: str, vae_source: str, resolution: int, out, convention: 
     from .transforms import to_uint8
     if shard_size < 1:
         raise DataSpecError("--shard-size must be >= 1")
-    if vae is None:
-        vae = FrozenVAE(VAEConfig(source=vae_source, convention=convention))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    vae = vae.to(dev).eval()
+    vae = FrozenVAE(VAEConfig(source=vae_source, convention=convention)).to(dev).eval()
     if resolution % vae.downsample:
         raise DataSpecError(f"--resolution {resolution} is not divisible by the VAE's downsample factor "
                             f"{vae.downsample}")
     # the eval transform (short side to R, centre crop) with no augmentation: one latent per image
-    ds = open_data(spec, split=split, resolution=resolution, train=False, cfg=cfg, infinite=False, kind=kind)
+    ds = open_data(spec, split=split, resolution=resolution, train=False, infinite=False, kind=kind)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     loader = make_loader(ds, batch_size)
