@@ -1,6 +1,7 @@
 """``ov3 data inspect``: read a spec once and report counts, skips, caption stats and a grid."""
 from __future__ import annotations
 
+import itertools
 import textwrap
 from collections import Counter
 
@@ -14,18 +15,14 @@ def inspect_data(spec: str, split: str = "train", limit: int | None = None, grid
     ds = open_data(spec, split=split, resolution=None, train=False, cfg=cfg, infinite=False, kind=kind)
     loader = make_loader(ds, batch_size=64)
     words, chars, labels, sizes, shown = [], [], Counter(), Counter(), []
-    for batch in loader:
-        for img, cap, lab in zip(batch["image"], batch["caption"], batch["label"].tolist()):
-            if limit is not None and len(words) >= limit:
-                break
-            words.append(len(cap.split()))
-            chars.append(len(cap))
-            labels[lab] += 1
-            sizes[img.size] += 1
-            if len(shown) < grid_size:
-                shown.append((img, cap))
-        if limit is not None and len(words) >= limit:
-            break
+    samples = (s for b in loader for s in zip(b["image"], b["caption"], b["label"].tolist()))
+    for img, cap, lab in itertools.islice(samples, limit):  # no batch is read past the limit
+        words.append(len(cap.split()))
+        chars.append(len(cap))
+        labels[lab] += 1
+        sizes[img.size] += 1
+        if len(shown) < grid_size:
+            shown.append((img, cap))
     w = np.array(words or [0])
     report = {
         "spec": spec, "split": split, "samples": len(words),

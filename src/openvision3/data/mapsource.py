@@ -4,18 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def part_indices(n: int, epoch: int, shuffle: bool, seed: int, rank: int, world_size: int,
-                 part: int, num_parts: int) -> np.ndarray:
-    """Indices of one (rank, worker) part of one epoch.
-
-    Every rank draws the same permutation (seeded by seed and epoch), takes every world_size-th
-    index, and its workers split that again, so each sample appears exactly once per epoch
-    across the whole job. Ranks may differ by one sample when n % world_size != 0.
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    return order[rank::world_size][part::num_parts]
-
-
 class MapSource:
     """Base: subclasses set ``num_samples`` and implement ``load(index, resolution)``."""
 
@@ -24,5 +12,12 @@ class MapSource:
     templates = None
 
     def raw_stream(self, epoch, shuffle, seed, rank, world_size, part, num_parts):
-        return iter(part_indices(self.num_samples, epoch, shuffle, seed, rank, world_size, part,
-                                 num_parts).tolist())
+        """The indices of one (rank, worker) part of one epoch.
+
+        Every rank draws the same permutation (seeded by seed and epoch), takes every world_size-th
+        index, and its workers split that again, so each sample appears exactly once per epoch
+        across the whole job. Ranks may differ by one sample when n % world_size != 0.
+        """
+        n = self.num_samples
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        return iter(order[rank::world_size][part::num_parts].tolist())

@@ -170,11 +170,8 @@ def _place(rng, objs):
             if all(math.hypot(o["x"] - p["x"], o["y"] - p["y"]) > 0.9 * (o["r"] + p["r"])
                    for p in objs[:i]):
                 break
-        o["pos"] = _nearest_position(o["x"], o["y"])
-
-
-def _nearest_position(x, y):
-    return min(POSITIONS, key=lambda k: (POSITIONS[k][0] - x) ** 2 + (POSITIONS[k][1] - y) ** 2)
+        x, y = o["x"], o["y"]  # the nearest named position
+        o["pos"] = min(POSITIONS, key=lambda k: (POSITIONS[k][0] - x) ** 2 + (POSITIONS[k][1] - y) ** 2)
 
 
 def _relation(a, b):

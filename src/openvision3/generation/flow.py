@@ -76,13 +76,10 @@ def sample(velocity, noise: torch.Tensor, steps: int = 50, shift: float = 1.0, m
     as many (Heun's correction at every step, the last one included)."""
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown sampler '{method}'; choose euler or heun")
+    from tqdm.auto import tqdm
     grid = time_grid(steps, shift, device=noise.device)
     x = noise
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="sample", leave=False)
-    for i in it:
+    for i in tqdm(range(steps), desc="sample", leave=False, disable=not progress):
         t, t_next = grid[i], grid[i + 1]
         dt = float(t_next - t)
         tb = torch.full((x.shape[0],), float(t), device=x.device)
