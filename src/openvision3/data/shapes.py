@@ -199,8 +199,7 @@ def _caption(rng, objs, bg: str, mode: str, single_size: float = 0.0) -> str:
         t = SINGLE_TEMPLATES[rng.integers(len(SINGLE_TEMPLATES))]
         pos = POS_PHRASES[o["pos"]][rng.integers(3)]
         return _fix_articles(t.format(size=o["size"], color=o["color"], shape=o["shape"], pos=pos, bg=bg))
-    a, b = objs[0], objs[1]
-    rel = _relation(a, b)
+    rel = _relation(objs[0], objs[1])
     phrase = [f"{o['size']} {o['color']} {o['shape']}" for o in objs]
     if mode == "compact":  # "small red star left of large blue circle and medium green ring top"
         text = f"{phrase[0]} {RELATIONS[rel][0]} {phrase[1]}"
