@@ -24,11 +24,9 @@ class MetricsLogger:
 
     def _truncate_after(self, step: int) -> None:
         """A resumed run rewrites the steps after its checkpoint; drop the old lines for them."""
-        if not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if (row := _parse(line)) is not None
-                and row.get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        if self.path.exists():
+            keep = [row for row in read_metrics(self.path) if row.get("step", 0) <= step]
+            self.path.write_text("".join(json.dumps(row) + "\n" for row in keep))
 
     def log(self, step: int, values: dict) -> None:
         if not self.enabled:

@@ -1,27 +1,16 @@
-"""The run engine: everything around a training step, once, for every trainer in the project.
-
-    ov3 train      -> train/trainer.py         (OpenVision 3)
-    ov3 train-vae  -> train/vae_trainer.py     (the frozen-VAE slot)
-    ov3 gen train  -> generation/trainer.py    (DiT-DH on cached tokens)
-    ov3 probe llava-> recipes/llava_probe.py   (three LLaVA stages, a run each)
-    the judge      -> generation/judge.py      (the classifier that scores generated images)
+"""The run engine: everything around a training step, once, for every trainer in the project:
+``ov3 train`` (trainer.py), ``ov3 train-vae`` (vae_trainer.py), ``ov3 gen train`` (generation/
+trainer.py), the LLaVA probe's stages (recipes/llava_probe.py) and the judge (generation/judge.py).
 
 A trainer is a ``Task``: it builds its model, optimizer and data (``Parts``) and says what one step
-computes (``losses(batch, step)``). ``run_task`` owns the rest, the same way for all five:
-
-* the run directory: a non-empty one is refused unless ``resume`` / ``overwrite``; one writer
-  (``.lock``, run_lock.py); ``config.yaml``;
-* processes (torchrun: DDP, or FSDP2 when asked), seeding, precision (precision.py), EMA;
-* the step: micro-batches (gradient accumulation, one all-reduce), backward, clip, the
-  non-finite guard (the update is skipped and counted; ``max_bad_steps`` in a row stop the run
-  with one line), the LR schedule the task gives (optim.LRSchedule), the update, the EMA;
-* logs: a window of losses averaged into ``metrics.jsonl`` + TensorBoard + ``losses.png``
-  (logging.py), and a tqdm bar;
-* stops: SIGTERM, SIGUSR1 and a first Ctrl-C finish the step, checkpoint it and return
-  ``status="stopped by SIG..."`` (the CLI exits 3 saying how to resume); a second Ctrl-C stops
-  at once (stop.py);
-* checkpoints: atomic, with every rank's RNG states and data position, and ``--resume auto``
-  falling back past a damaged one (checkpoint.py).
+computes (``losses(batch, step)``). ``run_task`` owns the rest, the same way for all five: the run
+directory (a non-empty one is refused unless ``resume`` / ``overwrite``; one writer, run_lock.py);
+processes (torchrun: DDP, or FSDP2 when asked), seeding, precision (precision.py), EMA; the step
+(micro-batches with one all-reduce, backward, clip, the non-finite guard: the update is skipped and
+counted, ``max_bad_steps`` in a row stop the run with one line; the task's LR, the update, the EMA);
+logs (logging.py, a tqdm bar); stops (stop.py: the step is checkpointed and the summary's ``status``
+names the signal); checkpoints (checkpoint.py: atomic, with every rank's RNG states and data
+position, ``--resume auto`` falling back past a damaged one).
 
 World size on resume: a checkpoint resumes on any number of processes. With the number it was
 saved with, the run continues exactly (every rank's RNG and data position restored). With another,
@@ -121,7 +110,7 @@ class Task:
         """Numbers logged every ``eval_every`` steps and at the last one."""
         return {}
 
-    def log_extras(self, step: int, seconds: float) -> dict:
+    def log_extras(self, step: int) -> dict:
         """Fields added to every metrics row (stage, data wait, ...)."""
         return {}
 
@@ -140,8 +129,8 @@ class Task:
 class Run:
     """The live run a task sees: processes, device, precision, the wrapped model, the output."""
 
-    def __init__(self, out: Path, info: DistInfo, settings: RunSettings, precision):
-        self.out, self.info, self.settings, self.precision = out, info, settings, precision
+    def __init__(self, out: Path, info: DistInfo, precision):
+        self.out, self.info, self.precision = out, info, precision
         self.model: nn.Module | None = None  # the wrapped model (DDP / FSDP2 / compiled)
         self.ema = None
 
@@ -277,8 +266,8 @@ class _Engine:
         seed_everything(s.seed, info.rank)
         precision = choose_precision(s.precision, info.device)
         if info.is_main:
-            print(precision.describe(), flush=True)
-        run = Run(self.out, info, s, precision)
+            print(f"precision: {precision.name} ({precision.reason})", flush=True)
+        run = Run(self.out, info, precision)
         self.parts = parts = self.task.build(run)  # a bad data spec or model fails here, before any file
         if info.is_main:
             (self.out / "config.yaml").write_text(self.config_yaml)
@@ -339,7 +328,7 @@ class _Engine:
                                data_wait_frac=wait / dt, bad_steps=self.bad_steps,
                                peak_mem_gb=(torch.cuda.max_memory_allocated(info.device) / 2**30
                                             if info.device.type == "cuda" else None),
-                               **task.log_extras(step, dt))
+                               **task.log_extras(step))
                     if first_row:  # the first row after every start (and resume) says what it ran in
                         row.update(precision.as_row())
                         first_row = False
@@ -361,9 +350,8 @@ class _Engine:
             if bar is not None:
                 bar.close()
         summary = {"status": status, "step": self.step, "total_steps": s.steps, "out_dir": str(self.out),
-                   "precision": precision.name, "precision_reason": precision.reason,
-                   "last_checkpoint": self.last_good, "bad_steps": self.bad_steps, "final": last,
-                   "val": evaluated}
+                   **precision.as_row(), "last_checkpoint": self.last_good, "bad_steps": self.bad_steps,
+                   "final": last, "val": evaluated}
         if status == "finished":
             summary.update(task.finish(run) or {})
         barrier()

@@ -5,9 +5,7 @@
 
 What is this trainer's own is ``OpenVision3Task``: the model, its optimizer, the data stream and
 the stages (resolution, batch, LPIPS weight and LR schedule change between them), and the step,
-``OpenVision3.forward`` on images and tokenized captions. Everything around it (the run directory,
-processes, micro-batches, the non-finite guard, logs, checkpoints and exact resume, stops) is the
-run engine's, train/run.py, shared with every other trainer.
+``OpenVision3.forward`` on images and tokenized captions. The rest is the run engine's (train/run.py).
 """
 from __future__ import annotations
 
@@ -181,7 +179,7 @@ class OpenVision3Task(Task):
     def losses(self, batch: dict, step: int) -> dict:
         return _model_losses(self.run.model, batch, self._stage_at(step).lpips_weight, self.cfg.train.attention_kernel)
 
-    def log_extras(self, step: int, seconds: float) -> dict:
+    def log_extras(self, step: int) -> dict:
         stage = self._stage_at(step - 1)
         grid = self.model.token_grid(stage.resolution)
         return {"stage": stage.name, "resolution": stage.resolution, "tokens": grid[0] * grid[1],

@@ -3,17 +3,11 @@
 Where the FLUX VAE is unavailable (the offline CPU demo) or a domain VAE is wanted, this trains
 one on any data spec with L1 + KL (+ MSE, + LPIPS, + an optional PatchGAN, off by default) and
 saves it in diffusers format, so ``model.vae.source=<out>/model`` loads it through ``FrozenVAE``.
+Its settings are ``VAETrainConfig`` (train/vae_config.py): a VAE run shares only the data section
+with an OV3 run. ``AutoencoderTask`` is the step (with the GAN on, the discriminator's update
+first); the rest is the run engine's (train/run.py), as for ``ov3 train``.
 
-Its hyper-parameters live in ``VAETrainConfig`` (train/vae_config.py), not in the OV3 ``Config``
-tree: a VAE run shares nothing with an OV3 run but the data section.
-
-What is this trainer's own is ``AutoencoderTask``: the autoencoder, its optimizer, the data and
-the step (reconstruct through a posterior sample, the loss terms; with the GAN on, the
-discriminator's own update first). The run directory rules, checkpoints and exact resume, logs,
-the non-finite guard and the stops are the run engine's (train/run.py), as for `ov3 train`.
-
-Run directory: ``config.yaml``, ``metrics.jsonl``, ``losses.png``, ``tensorboard/``,
-``checkpoints/step_N/``, ``model/`` (the final VAE, diffusers format, with a measured
+Run directory: the engine's files, ``model/`` (the final VAE, diffusers format, with a measured
 ``scaling_factor``), ``results.json``, ``recon.png``.
 """
 from __future__ import annotations
