@@ -6,6 +6,7 @@ Shared by every config tree: the OpenVision 3 tree (config.py), the VAE trainer'
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import re
@@ -53,22 +54,15 @@ def _coerce(value, tp, key: str):
         if value in choices:
             return value
         raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+    if tp in (bool, int, str) and type(value) is tp:  # a bool is not an int here
         return value
-    if tp is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"config key '{key}' expects {getattr(tp, '__name__', tp)}, got {value!r}")
+    expected = "true/false" if tp is bool else getattr(tp, "__name__", tp)
+    raise ConfigError(f"config key '{key}' expects {expected}, got {value!r}")
 
 
 def _build(cls, values: dict, prefix: str = "", base=None):

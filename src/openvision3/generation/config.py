@@ -12,7 +12,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, DataConfig, Precision, config_to_yaml, load_values
+from ..config import ConfigError, DataConfig, Precision, load_values
 from ..config_build import build_with_preset
 
 TokenSpaceKind = typing.Literal["tokens", "vae"]  # what is generated, see token_space.py
@@ -158,10 +158,5 @@ def get_gen_config(name_or_yaml: str | None = None, overrides: list[str] | None 
     return gen_config_from_dict(load_values(name_or_yaml, overrides))
 
 
-def gen_config_to_yaml(cfg: GenConfig) -> str:
-    return config_to_yaml(cfg)
-
-
 __all__ = ["GenConfig", "DiTConfig", "FlowConfig", "CacheConfig", "GenTrainConfig", "JudgeConfig",
-           "GenEvalConfig", "CompareConfig", "DIT_PRESETS", "gen_config_from_dict", "get_gen_config",
-           "gen_config_to_yaml"]
+           "GenEvalConfig", "CompareConfig", "DIT_PRESETS", "gen_config_from_dict", "get_gen_config"]

@@ -78,7 +78,6 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
 
     keys = sorted({k for r in rows for k in r if k == "loss" or k.startswith(("loss_", "val_loss"))})
     fig, ax = plt.subplots(figsize=(8, 5))
-    plotted = False
     for k in keys:
         pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and r[k] > 0
                and math.isfinite(r[k])]
@@ -86,12 +85,11 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, "--" if k.startswith("val_") else "-", marker="o" if len(xs) < 3 else None,
                     label=k, linewidth=2 if k == "loss" else 1)
-            plotted = True
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    if plotted:  # a run whose every loss was non-finite has nothing to label
+    if ax.lines:  # a run whose every loss was non-finite has nothing to label
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     png_path = Path(png_path)

@@ -293,11 +293,10 @@ class _Engine:
     # --------------------------------------------------------------------- the loop
     def _loop(self, run: Run, precision) -> dict:
         s, task, info = self.s, self.task, self.info
+        from tqdm.auto import tqdm
         stop = StopRequest()
-        bar = None
-        if info.is_main and self.show_progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=s.steps, initial=self.step, desc=task.name, dynamic_ncols=True)
+        bar = tqdm(total=s.steps, initial=self.step, desc=task.name, dynamic_ncols=True,
+                   disable=not (info.is_main and self.show_progress))
         last, evaluated, status = {}, {}, "finished"
         t_last, wait, seen, first_row = time.perf_counter(), 0.0, 0, True
         if info.device.type == "cuda":
@@ -316,9 +315,8 @@ class _Engine:
                 seen += _batch_size(batch) * info.world_size
                 last = values
                 self.window.append(values)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
 
                 if _due(step, s.log_every) or step == s.steps:
                     dt = time.perf_counter() - t_last
@@ -347,8 +345,7 @@ class _Engine:
                     break
         finally:
             stop.close()
-            if bar is not None:
-                bar.close()
+            bar.close()
         summary = {"status": status, "step": self.step, "total_steps": s.steps, "out_dir": str(self.out),
                    **precision.as_row(), "last_checkpoint": self.last_good, "bad_steps": self.bad_steps,
                    "final": last, "val": evaluated}

@@ -36,22 +36,18 @@ def evaluate(vae, images: torch.Tensor, dtype: torch.dtype | None, batch_size: i
     was_training = vae.training
     vae.eval()
     device = next(vae.parameters()).device
-    ps, ss, recons, latents = [], [], [], []
+    parts = []  # per batch: PSNR, SSIM, reconstructions, latents
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             z = vae.encode(x).latent_dist.mean
             y = vae.decode(z).sample
         y = y.float().clamp(-1, 1)
-        p, s = psnr_ssim(x, y)
-        ps.append(p.cpu())
-        ss.append(s.cpu())
-        recons.append(y.cpu())
-        latents.append(z.float().cpu())
+        parts.append([t.cpu() for t in (*psnr_ssim(x, y), y, z.float())])
     vae.train(was_training)
-    z = torch.cat(latents)
-    return {"psnr": torch.cat(ps).mean().item(), "ssim": torch.cat(ss).mean().item(),
-            "latent_std": z.std().item(), "latent_mean": z.mean().item(), "recons": torch.cat(recons)}
+    ps, ss, recons, z = map(torch.cat, zip(*parts))
+    return {"psnr": ps.mean().item(), "ssim": ss.mean().item(),
+            "latent_std": z.std().item(), "latent_mean": z.mean().item(), "recons": recons}
 
 
 def _save_grid(originals: torch.Tensor, recons: torch.Tensor, path: Path, n: int = 8) -> None:
@@ -88,7 +84,7 @@ def _open_images(spec: str, split: str, n: int, resolution: int, data_cfg: DataC
 
     ds = open_data(spec, split=split, resolution=resolution, train=False, cfg=data_cfg)
     out, got = [], 0
-    for batch in make_loader(ds, batch_size=min(64, n)):
+    for batch in make_loader(ds, batch_size=min(64, n)):  # batches lose their skipped samples
         out.append(batch["image"])
         got += len(batch["image"])
         if got >= n:
