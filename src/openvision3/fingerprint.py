@@ -1,10 +1,7 @@
-"""One short hash that identifies a set of weights, wherever a cache must know which model made it:
-the latent cache (the frozen VAE's weights, data/latent_cache.py) and the generator's token cache
-(every weight file of a saved encoder, generation/token_cache.py).
-
-The hash is over tensor names and fp32 values in name order, so it depends on the weights alone,
-not on a path or hub id that may change while the weights stay (or the reverse), nor on how a file
-happens to lay them out.
+"""One short hash of a set of weights, for the caches that must know which model made them: the
+latent cache (the frozen VAE, data/latent_cache.py) and the generator's token cache (a saved
+encoder, generation/token_cache.py). It is over tensor names and fp32 values in name order, so it
+depends on the weights alone, not on a path or hub id, nor on how a file lays them out.
 """
 from __future__ import annotations
 

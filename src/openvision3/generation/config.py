@@ -1,11 +1,9 @@
 """The generator's configuration: one dataclass tree for `ov3 gen train|sample|eval|compare`.
 
 Kept apart from the OpenVision 3 ``Config`` (as the VAE trainer's is): a generator run shares only
-the data section with an encoder run. YAML presets and ``key=value`` overrides go through the
-same typed helpers (config_build.py, ``config.load_values``), so errors read the same.
-
-Tags as everywhere: [P] paper, [C] the authors' / RAE's released code, [S] secondary summary,
-[?] our documented choice. RAE's ImageNet 256 recipe is configs/gen_imagenet_xl.yaml.
+the data section with an encoder run. Presets and ``key=value`` overrides go through config_build.py,
+so errors read the same. Tags as everywhere: [P] paper, [C] the authors' / RAE's released code,
+[S] secondary summary, [?] our documented choice. RAE's ImageNet 256 recipe is configs/gen_imagenet_xl.yaml.
 """
 from __future__ import annotations
 

@@ -12,15 +12,13 @@ Run directory: the engine's files, ``model/`` (the final VAE, diffusers format, 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from ..config import ConfigError, DataConfig
+from ..config import ConfigError, DataConfig, config_to_yaml
 from ..eval.reconstruction import psnr_ssim
 from ..losses import autoencoder_losses, hinge_discriminator_loss, hinge_generator_loss
 from ..models.autoencoder import Autoencode, PatchDiscriminator
@@ -94,18 +92,15 @@ def _open_images(spec: str, split: str, n: int, resolution: int, data_cfg: DataC
     return torch.cat(out)[:n]
 
 
-# ----------------------------------------------------------------------------------------------
-# the trainer
-
-
+# ------------------------------------------------------------------------------------ the trainer
 class AutoencoderTask(Task):
     name = "train-vae"
 
     def __init__(self, cfg: VAETrainConfig, device=None):
         self.cfg, self.device = cfg, device
-        res, down = cfg.data.resolution, 2 ** (len(cfg.arch.block_out_channels) - 1)
-        if res % down:
-            raise ConfigError(f"data.resolution {res} is not divisible by the VAE downsample factor {down}")
+        res, self.downsample = cfg.data.resolution, 2 ** (len(cfg.arch.block_out_channels) - 1)
+        if res % self.downsample:
+            raise ConfigError(f"data.resolution {res} is not divisible by the VAE downsample factor {self.downsample}")
         self.schedule = LRSchedule(cfg.lr, cfg.steps, cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
 
     def settings(self) -> RunSettings:
@@ -184,7 +179,7 @@ class AutoencoderTask(Task):
             "val_psnr": round(ev["psnr"], 3), "val_ssim": round(ev["ssim"], 4),
             "val_images": len(self.val_images), "val_spec": f"{cfg.data.val} ({cfg.val_split})",
             "resolution": cfg.data.resolution, "scaling_factor": scaling, "latent_shape": list(z64.shape[1:]),
-            "downsample": 2 ** (len(cfg.arch.block_out_channels) - 1),
+            "downsample": self.downsample,
             "parameters": sum(p.numel() for p in vae.parameters()), **run.precision.as_row(),
             "decoder_backward_s_per_64": round(decoder_backward_seconds(vae, z64, dtype), 3),
             "model_dir": str(out / "model"),
@@ -202,9 +197,8 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = Non
     """
     t0 = time.perf_counter()
     task = AutoencoderTask(cfg, str(device) if device is not None else None)
-    config_yaml = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
-    summary = run_task(task, task.settings(), out_dir, config_yaml=config_yaml, resume=resume, overwrite=overwrite,
-                       progress=progress)
+    summary = run_task(task, task.settings(), out_dir, config_yaml=config_to_yaml(cfg), resume=resume,
+                       overwrite=overwrite, progress=progress)
     return {**summary, "train_seconds": round(time.perf_counter() - t0, 1)}
 
 
