@@ -9,9 +9,7 @@ from pathlib import Path
 
 class MetricsLogger:
     def __init__(self, out_dir: Path, enabled: bool = True, resume_step: int | None = None):
-        self.enabled = enabled
         self.path = Path(out_dir) / "metrics.jsonl"
-        self.png = Path(out_dir) / "losses.png"
         self.writer = None
         if not enabled:
             return
@@ -29,7 +27,7 @@ class MetricsLogger:
             self.path.write_text("".join(json.dumps(row) + "\n" for row in keep))
 
     def log(self, step: int, values: dict) -> None:
-        if not self.enabled:
+        if self.writer is None:  # not rank 0
             return
         row = {"step": step, **values}
         with self.path.open("a") as f:
@@ -41,10 +39,6 @@ class MetricsLogger:
                 for sub, n in v.items():
                     self.writer.add_scalar(f"{k}/{sub}", n, step)
         self.writer.flush()
-
-    def plot(self) -> None:
-        if self.enabled:
-            plot_losses(self.path, self.png)
 
     def close(self) -> None:
         if self.writer is not None:

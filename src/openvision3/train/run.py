@@ -37,7 +37,7 @@ from . import checkpoint as ckpt_lib
 from .distributed import (DistInfo, all_reduce_mean, any_rank, barrier, cleanup, full_state_dict, gather_objects,
                           init_distributed, load_full_state_dict, reshard_fsdp, seed_everything, set_grad_sync,
                           sync_replicated_grads, wrap_model)
-from .logging import MetricsLogger
+from .logging import MetricsLogger, plot_losses
 from .optim import build_ema, set_lr
 from .precision import choose_precision
 from .run_lock import LOCK_NAME, RunLock, RunLockError
@@ -412,7 +412,7 @@ class _Engine:
                                      optimizer_state=opt_state, trainer_state=trainer_state,
                                      config_yaml=self.config_yaml, ema_state=ema_state, keep_last=self.s.keep_last,
                                      others={name: m.state_dict() for name, (m, _) in parts.others.items()})
-            self.logger.plot()
+            plot_losses(self.logger.path, self.out / "losses.png")
         barrier()
         self.last_good = str(self.out / "checkpoints" / f"step_{at_step}")
 
