@@ -69,13 +69,12 @@ def build_stages(cfg: Config, world_size: int = 1) -> list[Stage]:
 
 
 # ------------------------------------------------------------------------------------ the step
+@contextlib.contextmanager
 def forward_context(device: torch.device, amp_dtype, attention_kernel: str = "auto"):
     """bf16 autocast (when ``amp_dtype``) and the attention kernel choice for one forward pass."""
-    with contextlib.ExitStack() as stack:  # a bad choice raises with nothing left entered
-        stack.enter_context(attention_kernels(device, attention_kernel))
-        stack.enter_context(torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                           enabled=amp_dtype is not None))
-        return stack.pop_all()
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    with attention_kernels(device, attention_kernel), autocast:
+        yield
 
 
 def forward_backward(model, images, tokens, lpips_weight, accum: int, amp_dtype, attention_kernel: str = "auto",
