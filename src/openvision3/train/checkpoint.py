@@ -5,8 +5,8 @@ A checkpoint directory holds
   ema.safetensors        EMA weights (when train.ema_decay > 0)
   NAME.safetensors       weights of other modules a trainer steps itself (e.g. a discriminator)
   optimizer.pt           optimizer state: tensors and plain types only (loaded weights_only=True)
-  trainer_state.pt       step, stage, schedule position, grad scaler, counters, and per rank
-                         the RNG states (Python, NumPy, torch, CUDA) and the data position
+  trainer_state.pt       step, counters, log window, the task's state, other optimizers, and per
+                         rank the RNG states (Python, NumPy, torch, CUDA) and the data position
   config.yaml            the full run config
   meta.json              step, package version, git commit, time
 It is written to ``.tmp_step_N``, synced and renamed, so a ``step_N`` directory is always

@@ -12,6 +12,7 @@ device where bf16 does not run at all it is an error, not a silent fp32 run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -46,14 +47,11 @@ class PrecisionChoice:
 
 def _cpu_flags() -> set[str]:
     """Feature flags from /proc/cpuinfo (x86 'flags', Arm 'Features'); empty where unreadable."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return set(value.split())
     return set()
 
 

@@ -40,7 +40,7 @@ from .distributed import (DistInfo, all_reduce_mean, any_rank, barrier, cleanup,
 from .logging import MetricsLogger, plot_losses
 from .optim import build_ema, set_lr
 from .precision import choose_precision
-from .run_lock import LOCK_NAME, RunLock, RunLockError
+from .run_lock import LOCK_NAME, RunLockError, run_lock
 from .stop import StopRequest
 
 
@@ -168,19 +168,15 @@ def prepare_out_dir(out: Path, resume: str | None, overwrite: bool, is_main: boo
 def hold_run_dir(out: Path, info: DistInfo):
     """Rank 0 holds ``OUT/.lock`` for the whole run; if another live process holds it, every rank
     stops with one line instead of writing into that run."""
-    lock, error = None, None
-    if info.is_main:
+    with contextlib.ExitStack() as held:
+        error = None
         try:
-            lock = RunLock(out).acquire()
+            held.enter_context(run_lock(out, enabled=info.is_main))
         except RunLockError as e:
             error = str(e)
-    if any_rank(error is not None, info.device):
-        raise TrainError(error or "the run directory is in use (rank 0 says by whom)")
-    try:
+        if any_rank(error is not None, info.device):
+            raise TrainError(error or "the run directory is in use (rank 0 says by whom)")
         yield
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 # ------------------------------------------------------------------------------------ micro-batches

@@ -2,7 +2,7 @@
 
 Two processes training into one directory interleave checkpoints and metrics, and a second
 ``--resume auto`` would resume from a checkpoint the first is about to replace. So every run on
-train/'s engine holds this lock for its whole run (``run.hold_run_dir``; ``run_lock`` elsewhere).
+train/'s engine holds this lock for its whole run (``run_lock``, through ``run.hold_run_dir``).
 
 The lock is an exclusive ``flock`` on ``OUT/.lock``: the kernel drops it when the holder exits in
 any way (kill -9 included), also on NFS v4, so a lock file whose flock is free is *stale*; it is

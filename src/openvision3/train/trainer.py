@@ -256,11 +256,9 @@ def _plain_copy(model, is_main: bool):
     if not is_main:
         return None
     plain = OpenVision3(model.cfg)
-    own = plain.state_dict()
-    missing = sorted(set(own) - set(full))
+    missing = plain.load_state_dict(full, strict=False).missing_keys
     if missing:
         raise TrainError(f"cannot export the FSDP model: {len(missing)} weights missing, e.g. {missing[:3]}")
-    plain.load_state_dict({k: v for k, v in full.items() if k in own})
     return plain
 
 
