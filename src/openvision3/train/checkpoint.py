@@ -153,11 +153,10 @@ def out_of_space_message(where: Path, needed: int, reason: str) -> str:
 
 @contextlib.contextmanager
 def checkpoint_writer(ckpt_root: Path, step: int, needed: int):
-    """Yield a fresh ``.tmp_step_N`` to fill; on success it becomes ``step_N`` atomically.
-
-    ``needed`` (bytes, e.g. ``nbytes`` of the states) is checked against the free space first; a
-    write that runs out of space anyway (quota, file-size limit, a disk filled by someone else)
-    removes the partial directory and raises CheckpointError with one line."""
+    """Yield a fresh ``.tmp_step_N`` to fill; on success it becomes ``step_N`` atomically. ``needed``
+    (bytes) is checked against the free space first; a write that runs out of space anyway (quota,
+    file-size limit, a disk filled by someone else) removes the partial directory and raises
+    CheckpointError with one line."""
     ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     remove_leftovers(ckpt_root)

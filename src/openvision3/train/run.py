@@ -316,8 +316,7 @@ class _Engine:
 
                 if _due(step, s.log_every) or step == s.steps:
                     dt = time.perf_counter() - t_last
-                    window = self.window
-                    row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                    row = {k: sum(w[k] for w in self.window) / len(self.window) for k in self.window[0]}
                     row.update(lr=self.optimizer.param_groups[0]["lr"], samples_per_s=seen / dt,
                                data_wait_frac=wait / dt, bad_steps=self.bad_steps,
                                peak_mem_gb=(torch.cuda.max_memory_allocated(info.device) / 2**30

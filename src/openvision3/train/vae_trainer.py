@@ -192,9 +192,7 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = Non
               progress: bool = True, device: str | torch.device | None = None) -> dict:
     """Train, evaluate on the held-out split, save ``out_dir/model`` (diffusers); returns the
     engine's summary (``status``, ``step``, ...) and, once finished, the held-out results.
-
-    ``resume``: ``"auto"`` continues from the newest ``out_dir/checkpoints/step_N`` if there is one.
-    """
+    ``resume``/``overwrite``: as for ``run_task``."""
     t0 = time.perf_counter()
     task = AutoencoderTask(cfg, str(device) if device is not None else None)
     summary = run_task(task, task.settings(), out_dir, config_yaml=config_to_yaml(cfg), resume=resume,
