@@ -9,7 +9,6 @@ Resolution order: dataclass defaults -> model size preset (``model.preset``) -> 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any
 import yaml
 
 # The builder (coercion, bounds, overrides, YAML) is config_build.py's, shared with the other trees.
-from .config_build import (BOUNDS, MOVED, ConfigError, _at_least_1, _build, _decay, _deep_merge,
-                           _fraction, _non_negative, _open_fraction, _positive, parse_overrides, read_yaml)
+from .config_build import (BOUNDS, MOVED, ConfigError, _at_least_1, _decay, _deep_merge, _fraction, _non_negative,
+                           _open_fraction, _positive, build_with_preset, parse_overrides, read_yaml)
 
 
 PoolType = typing.Literal["mean", "max"]  # model.pool, see models/encoder.py
@@ -343,15 +342,7 @@ def resolve_config_path(name_or_yaml: str) -> Path:
 
 def config_from_dict(values: dict) -> Config:
     """Build a Config: defaults, then the model size preset, then ``values``."""
-    values = dict(values or {})
-    preset = (values.get("model") or {}).get("preset", ModelConfig.preset)
-    if preset not in MODEL_PRESETS:
-        close = difflib.get_close_matches(str(preset), MODEL_PRESETS, n=3)
-        raise ConfigError(f"unknown model preset '{preset}'; choose one of {', '.join(MODEL_PRESETS)}"
-                          + (f" (closest: {', '.join(close)})" if close else ""))
-    cfg = Config()
-    _build(ModelConfig, MODEL_PRESETS[preset], "model.", base=cfg.model)
-    cfg = _build(Config, values, "", base=cfg)
+    cfg = build_with_preset(Config, values, "model", MODEL_PRESETS)
     if cfg.model.tokenizer == "words" and not cfg.model.words:
         raise ConfigError("model.tokenizer=words needs its word list in model.words")
     return cfg
@@ -360,12 +351,7 @@ def config_from_dict(values: dict) -> Config:
 def load_values(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> dict:
     """The raw nested values of a preset name (``configs/NAME.yaml``) or YAML path, with
     ``key=value`` overrides merged in; shared by every config tree (OpenVision 3, VAE)."""
-    values: dict = {}
-    if name_or_yaml:
-        path = resolve_config_path(name_or_yaml)
-        values = read_yaml(path)
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    values = read_yaml(resolve_config_path(name_or_yaml)) if name_or_yaml else {}
     return _deep_merge(values, parse_overrides(overrides or []))
 
 
@@ -384,7 +370,4 @@ def config_to_yaml(cfg) -> str:
 
 def load_config_file(path: str | Path) -> Config:
     """Load a config saved by ``config_to_yaml`` (a checkpoint's or model's ``config.yaml``)."""
-    values = read_yaml(path)
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return config_from_dict(_nest_flat_shapes_keys(values))
+    return config_from_dict(_nest_flat_shapes_keys(read_yaml(path)))

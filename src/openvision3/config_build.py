@@ -6,6 +6,7 @@ Shared by every config tree: the OpenVision 3 tree (config.py), the VAE trainer'
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import re
@@ -53,22 +54,15 @@ def _coerce(value, tp, key: str):
         if value in choices:
             return value
         raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+    if tp in (bool, int, str) and type(value) is tp:  # a bool is not an int here
         return value
-    if tp is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"config key '{key}' expects {getattr(tp, '__name__', tp)}, got {value!r}")
+    expected = "true/false" if tp is bool else getattr(tp, "__name__", tp)
+    raise ConfigError(f"config key '{key}' expects {expected}, got {value!r}")
 
 
 def _build(cls, values: dict, prefix: str = "", base=None):
@@ -78,7 +72,7 @@ def _build(cls, values: dict, prefix: str = "", base=None):
     obj = base if base is not None else cls()
     for key, value in values.items():
         if key not in names:
-            moved = _moved_to(cls, key)
+            moved = _registered(MOVED, cls, key)
             if moved:
                 raise ConfigError(f"config key '{prefix}{key}' is now '{prefix}{moved}'")
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
@@ -95,58 +89,46 @@ def _build(cls, values: dict, prefix: str = "", base=None):
     return obj
 
 
-def _at_least_1(v):
-    return v >= 1
+def build_with_preset(cls, values: dict, section: str, presets: dict):
+    """``cls`` from its defaults, then the size preset ``values[section]["preset"]`` names (applied
+    before the section's other keys, so they override it), then ``values``."""
+    values = dict(values or {})
+    obj = cls()
+    part = getattr(obj, section)
+    preset = (values.get(section) or {}).get("preset", part.preset)
+    if preset not in presets:
+        close = difflib.get_close_matches(str(preset), presets, n=3)
+        raise ConfigError(f"unknown {section} preset '{preset}'; choose one of {', '.join(presets)}"
+                          + (f" (closest: {', '.join(close)})" if close else ""))
+    _build(type(part), presets[preset], f"{section}.", base=part)
+    return _build(cls, values, "", base=obj)
 
 
-def _positive(v):
-    return v > 0
-
-
-def _non_negative(v):
-    return v >= 0
-
-
-def _fraction(v):
-    return 0 <= v <= 1
-
-
-def _open_fraction(v):
-    return 0 < v <= 1
-
-
-def _decay(v):
-    return 0 <= v < 1
-
-
-_BOUND_TEXT = {_at_least_1: ">= 1", _positive: "> 0", _non_negative: ">= 0", _fraction: "between 0 and 1",
-               _open_fraction: "in (0, 1]", _decay: "in [0, 1)"}
+# Bounds a numeric key may carry: (what the error says it must be, the check).
+_at_least_1 = (">= 1", lambda v: v >= 1)
+_positive = ("> 0", lambda v: v > 0)
+_non_negative = (">= 0", lambda v: v >= 0)
+_fraction = ("between 0 and 1", lambda v: 0 <= v <= 1)
+_open_fraction = ("in (0, 1]", lambda v: 0 < v <= 1)
+_decay = ("in [0, 1)", lambda v: 0 <= v < 1)
 # Bounds of numeric keys by dataclass name (base classes included), registered by each config
 # module for its own tree and checked as YAML or key=value sets them, so an impossible value is one
 # line naming the key instead of a crash minutes later.
 BOUNDS: dict[str, dict] = {}
-
-
 # Keys that moved, by dataclass name: old key -> its new dotted path below the same section, so an
 # old name is one line naming the new one instead of a list of valid keys.
 MOVED: dict[str, dict[str, str]] = {}
 
 
-def _moved_to(cls, key: str) -> str | None:
-    for klass in cls.__mro__:
-        new = MOVED.get(klass.__name__, {}).get(key)
-        if new:
-            return new
-    return None
+def _registered(table: dict, cls, key: str):
+    """``table``'s entry for ``key`` under ``cls``'s name or the first base class that has one."""
+    return next((table[k.__name__][key] for k in cls.__mro__ if key in table.get(k.__name__, {})), None)
 
 
 def _check_bounds(cls, key: str, value, dotted: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    for klass in cls.__mro__:
-        ok = BOUNDS.get(klass.__name__, {}).get(key)
-        if ok is not None and not ok(value):
-            raise ConfigError(f"config key '{dotted}' must be {_BOUND_TEXT[ok]}, got {value!r}")
+    bound, numeric = _registered(BOUNDS, cls, key), isinstance(value, (int, float)) and not isinstance(value, bool)
+    if bound is not None and numeric and not bound[1](value):
+        raise ConfigError(f"config key '{dotted}' must be {bound[0]}, got {value!r}")
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
@@ -175,11 +157,11 @@ def parse_overrides(overrides: list[str]) -> dict:
     return out
 
 
-def read_yaml(path: str | Path):
-    """Plain YAML data only (``yaml.safe_load``): a ``!!python/...`` tag, which ``yaml.load`` would
-    turn into a call, is refused with one line and never constructed."""
+def read_yaml(path: str | Path) -> dict:
+    """A config file's mapping, plain YAML data only (``yaml.safe_load``): a ``!!python/...`` tag,
+    which ``yaml.load`` would turn into a call, is refused with one line and never constructed."""
     try:
-        return yaml.safe_load(Path(path).read_text()) or {}
+        values = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.constructor.ConstructorError as e:
         tag = re.search(r"tag '([^']+)'", str(e))
         raise ConfigError(f"{path}: refused: a YAML tag that only Python-object loaders accept "
@@ -189,3 +171,6 @@ def read_yaml(path: str | Path):
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return values

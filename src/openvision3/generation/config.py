@@ -1,19 +1,17 @@
 """The generator's configuration: one dataclass tree for `ov3 gen train|sample|eval|compare`.
 
 Kept apart from the OpenVision 3 ``Config`` (as the VAE trainer's is): a generator run shares only
-the data section with an encoder run. YAML presets and ``key=value`` overrides go through the
-same typed helpers (``config._build`` / ``config.load_values``), so errors read the same.
-
-Tags as everywhere: [P] paper, [C] the authors' / RAE's released code, [S] secondary summary,
-[?] our documented choice. RAE's ImageNet 256 recipe is configs/gen_imagenet_xl.yaml.
+the data section with an encoder run. Presets and ``key=value`` overrides go through config_build.py,
+so errors read the same. Tags as everywhere: [P] paper, [C] the authors' / RAE's released code,
+[S] secondary summary, [?] our documented choice. RAE's ImageNet 256 recipe is configs/gen_imagenet_xl.yaml.
 """
 from __future__ import annotations
 
-import difflib
 import typing
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, DataConfig, Precision, _build, config_to_yaml, load_values
+from ..config import ConfigError, DataConfig, Precision, load_values
+from ..config_build import build_with_preset
 
 TokenSpaceKind = typing.Literal["tokens", "vae"]  # what is generated, see token_space.py
 TimeDist = typing.Literal["logit_normal", "uniform"]  # flow.time_dist, see flow.py
@@ -147,15 +145,7 @@ class GenConfig:
 
 def gen_config_from_dict(values: dict) -> GenConfig:
     """Defaults, then the DiT preset (``dit.preset``), then ``values``."""
-    values = dict(values or {})
-    preset = (values.get("dit") or {}).get("preset", DiTConfig.preset)
-    if preset not in DIT_PRESETS:
-        close = difflib.get_close_matches(str(preset), DIT_PRESETS, n=2)
-        raise ConfigError(f"unknown dit preset '{preset}'; choose one of {', '.join(DIT_PRESETS)}"
-                          + (f" (closest: {', '.join(close)})" if close else ""))
-    cfg = GenConfig()
-    _build(DiTConfig, DIT_PRESETS[preset], "dit.", base=cfg.dit)
-    cfg = _build(GenConfig, values, "", base=cfg)
+    cfg = build_with_preset(GenConfig, values, "dit", DIT_PRESETS)
     lo, hi = (cfg.flow.cfg_interval + [None, None])[:2]
     if len(cfg.flow.cfg_interval) != 2 or not 0.0 <= lo <= hi <= 1.0:
         raise ConfigError(f"flow.cfg_interval must be [lo, hi] with 0 <= lo <= hi <= 1, got {cfg.flow.cfg_interval}")
@@ -166,10 +156,5 @@ def get_gen_config(name_or_yaml: str | None = None, overrides: list[str] | None 
     return gen_config_from_dict(load_values(name_or_yaml, overrides))
 
 
-def gen_config_to_yaml(cfg: GenConfig) -> str:
-    return config_to_yaml(cfg)
-
-
 __all__ = ["GenConfig", "DiTConfig", "FlowConfig", "CacheConfig", "GenTrainConfig", "JudgeConfig",
-           "GenEvalConfig", "CompareConfig", "DIT_PRESETS", "gen_config_from_dict", "get_gen_config",
-           "gen_config_to_yaml"]
+           "GenEvalConfig", "CompareConfig", "DIT_PRESETS", "gen_config_from_dict", "get_gen_config"]

@@ -16,7 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .config import GenConfig, gen_config_from_dict, gen_config_to_yaml
+from ..config import config_to_yaml
+from .config import GenConfig, gen_config_from_dict
 from .dit import DiTDH
 from .flow import guided_velocity, sample, shift_factor
 from .token_space import TokenSpace, TokenStats
@@ -53,7 +54,7 @@ class Generator:
         tensors = {f"dit.{k}": v.detach().contiguous().cpu() for k, v in dit_state.items()}
         tensors.update(stats.state_dict())
         save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt", "library": "openvision3"})
-        (out / "config.yaml").write_text(gen_config_to_yaml(cfg))
+        (out / "config.yaml").write_text(config_to_yaml(cfg))
         (out / META).write_text(json.dumps(meta, indent=1))
         return out
 

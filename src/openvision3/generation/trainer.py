@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, config_to_yaml
 from ..models.openvision3 import is_saved_model
 from ..models.vit import attention_kernels
 from ..train.distributed import barrier, launched_world_size, seed_everything
 from ..train.optim import LRSchedule
 from ..train.run import Parts, Run, RunSettings, Task, run_task
-from .config import GenConfig, gen_config_to_yaml
+from .config import GenConfig
 from .dit import DiTDH, count_parameters
 from .flow import flow_loss
 from .generator import EXPORT_DIR, Generator, flow_shift
@@ -143,7 +143,7 @@ def train_generator(cfg: GenConfig, out_dir, resume: str | None = None, overwrit
     if cfg.train.batch_size % world_size:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the world size {world_size}")
     task = GeneratorTask(cfg, progress)
-    summary = run_task(task, task.settings(), out_dir, config_yaml=gen_config_to_yaml(cfg), resume=resume,
+    summary = run_task(task, task.settings(), out_dir, config_yaml=config_to_yaml(cfg), resume=resume,
                        overwrite=overwrite, progress=progress)
     return {**task.info(), **summary}
 

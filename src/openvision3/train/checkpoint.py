@@ -5,8 +5,8 @@ A checkpoint directory holds
   ema.safetensors        EMA weights (when train.ema_decay > 0)
   NAME.safetensors       weights of other modules a trainer steps itself (e.g. a discriminator)
   optimizer.pt           optimizer state: tensors and plain types only (loaded weights_only=True)
-  trainer_state.pt       step, stage, schedule position, grad scaler, counters, and per rank
-                         the RNG states (Python, NumPy, torch, CUDA) and the data position
+  trainer_state.pt       step, counters, log window, the task's state, other optimizers, and per
+                         rank the RNG states (Python, NumPy, torch, CUDA) and the data position
   config.yaml            the full run config
   meta.json              step, package version, git commit, time
 It is written to ``.tmp_step_N``, synced and renamed, so a ``step_N`` directory is always
@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from .. import __version__
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _LEFTOVER = re.compile(r"^\.(tmp|old)_step_\d+$")  # a write or a removal cut short by a kill
@@ -78,14 +80,6 @@ def git_commit() -> str | None:
         return None
 
 
-def package_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("openvision3")
-    except Exception:  # not installed (running from a source tree)
-        return "unknown"
-
-
 # ---------------------------------------------------------------------------------- listing
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
     """Complete ``step_N`` directories, oldest first."""
@@ -97,10 +91,9 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
 
 
 def prune(ckpt_root: Path, keep_last: int) -> None:
-    if keep_last <= 0:
-        return
-    for old in list_checkpoints(ckpt_root)[:-keep_last]:
-        _remove(old)
+    if keep_last > 0:  # 0 keeps all
+        for old in list_checkpoints(ckpt_root)[:-keep_last]:
+            _remove(old)
 
 
 def _remove(path: Path) -> None:
@@ -114,10 +107,9 @@ def _remove(path: Path) -> None:
 def remove_leftovers(ckpt_root: Path) -> None:
     """Delete ``.tmp_step_N`` / ``.old_step_N`` left by a killed process (the run lock makes this
     process the only writer of the directory, so none of them is being written now)."""
-    if Path(ckpt_root).is_dir():
-        for p in Path(ckpt_root).iterdir():
-            if _LEFTOVER.match(p.name):
-                shutil.rmtree(p, ignore_errors=True)
+    for p in Path(ckpt_root).iterdir():
+        if _LEFTOVER.match(p.name):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------- disk space
@@ -161,11 +153,10 @@ def out_of_space_message(where: Path, needed: int, reason: str) -> str:
 
 @contextlib.contextmanager
 def checkpoint_writer(ckpt_root: Path, step: int, needed: int):
-    """Yield a fresh ``.tmp_step_N`` to fill; on success it becomes ``step_N`` atomically.
-
-    ``needed`` (bytes, e.g. ``nbytes`` of the states) is checked against the free space first; a
-    write that runs out of space anyway (quota, file-size limit, a disk filled by someone else)
-    removes the partial directory and raises CheckpointError with one line."""
+    """Yield a fresh ``.tmp_step_N`` to fill; on success it becomes ``step_N`` atomically. ``needed``
+    (bytes) is checked against the free space first; a write that runs out of space anyway (quota,
+    file-size limit, a disk filled by someone else) removes the partial directory and raises
+    CheckpointError with one line."""
     ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     remove_leftovers(ckpt_root)
@@ -200,16 +191,12 @@ def _sync_tree(root: Path) -> None:
 
 
 def _fsync_dir(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # some file systems cannot open or sync a directory
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot sync a directory
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # ---------------------------------------------------------------------------------- save
@@ -219,23 +206,16 @@ def save_checkpoint(ckpt_root: Path, step: int, *, model_state: dict, optimizer_
     """Write ``step_N`` atomically (rank 0 only; callers gather per-rank state first).
     ``others``: {name: state dict} of further modules, saved as ``NAME.safetensors``."""
     ckpt_root = Path(ckpt_root)
-    others = others or {}
-    needed = (nbytes(model_state) + nbytes(optimizer_state) + nbytes(ema_state or {}) + nbytes(trainer_state)
-              + nbytes(others))
-    meta = {"format": "safetensors", "library": "openvision3"}
+    weights = {"model": model_state, **({} if ema_state is None else {"ema": ema_state}), **(others or {})}
+    needed = nbytes(weights) + nbytes(optimizer_state) + nbytes(trainer_state)
     with checkpoint_writer(ckpt_root, step, needed) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
-                  str(tmp / "model.safetensors"), metadata=meta)
-        if ema_state is not None:
-            save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()},
-                      str(tmp / "ema.safetensors"), metadata=meta)
-        for name, state in others.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
-                      str(tmp / f"{name}.safetensors"), metadata=meta)
+        for name, state in weights.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / f"{name}.safetensors"),
+                      metadata={"format": "safetensors", "library": "openvision3"})
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(trainer_state, tmp / "trainer_state.pt")
         (tmp / "config.yaml").write_text(config_yaml)
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "version": package_version(),
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "version": __version__,
                                                    "git_commit": git_commit(), "time": time.time()}))
     prune(ckpt_root, keep_last)
     return ckpt_root / f"step_{step}"
@@ -264,15 +244,10 @@ def load_checkpoint(path: Path) -> dict:
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: {name} is missing")
     try:
-        out = {"path": path,
-               "model": load_file(str(path / "model.safetensors")),
-               "optimizer": load_plain(path / "optimizer.pt"),
-               "trainer_state": load_plain(path / "trainer_state.pt"),
+        weights = {f.stem: load_file(str(f)) for f in sorted(path.glob("*.safetensors"))}
+        out = {"path": path, "model": weights.pop("model"), "ema": weights.pop("ema", None), "others": weights,
+               "optimizer": load_plain(path / "optimizer.pt"), "trainer_state": load_plain(path / "trainer_state.pt"),
                "meta": json.loads((path / "meta.json").read_text())}
-        ema = path / "ema.safetensors"
-        out["ema"] = load_file(str(ema)) if ema.is_file() else None
-        out["others"] = {f.stem: load_file(str(f)) for f in sorted(path.glob("*.safetensors"))
-                         if f.name not in ("model.safetensors", "ema.safetensors")}
     except CheckpointError:
         raise
     except Exception as e:  # truncated / corrupted files surface as many exception types
@@ -304,10 +279,8 @@ def resolve_resume(resume: str, out_dir: Path) -> dict | None:
     errors = []
     for cand in reversed(candidates):
         try:
-            ckpt = load_checkpoint(cand)
+            return load_checkpoint(cand)
         except CheckpointError as e:
             errors.append(str(e))
             warnings.warn(f"checkpoint {cand.name} is damaged or refused, falling back to the previous one ({e})")
-            continue
-        return ckpt
     raise CheckpointError(f"every checkpoint in '{where}' is damaged: {'; '.join(errors)}")

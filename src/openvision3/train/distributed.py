@@ -5,6 +5,7 @@ processes ourselves: torchrun (or SLURM + torchrun) owns that.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -95,12 +96,6 @@ def gather_objects(obj) -> list:
     return out
 
 
-def transformers(model: nn.Module) -> list[nn.Module]:
-    """The transformer towers inside the model (encoder, decoder, text, caption)."""
-    from ..models.transformer import Transformer
-    return [m for m in model.modules() if isinstance(m, Transformer)]
-
-
 def enable_grad_checkpointing(model: nn.Module) -> None:
     """Recompute every transformer block in backward, on its forward's path (models/transformer.py):
     the four towers of an OpenVision 3 model, the body and head of a DiT-DH."""
@@ -109,32 +104,29 @@ def enable_grad_checkpointing(model: nn.Module) -> None:
             m.grad_checkpointing = True
 
 
-def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, mixed_dtype=None,
-               find_unused: bool | None = None) -> nn.Module:
-    """DDP (replicated) or FSDP2 (``fully_shard`` per transformer block, then the root).
-
-    ``mixed_dtype``: bf16 compute for FSDP2 (params gathered in bf16, grads reduced in fp32).
-    ``find_unused``: DDP's flag; None derives it from an OpenVision 3 model's loss weights (other
-    models, e.g. the generator's DiT, pass it). The single-process model is returned unchanged.
-    """
+def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False, find_unused: bool | None = None) -> nn.Module:
+    """DDP (replicated) or FSDP2 (``fully_shard`` per transformer block, then the root; bf16 compute
+    comes from the run's autocast). ``find_unused``: DDP's flag; None derives it from an OpenVision 3
+    model's loss weights (other models, e.g. the generator's DiT, pass it). The single-process model
+    is returned unchanged."""
     if not info.distributed:
         return model
     if fsdp:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import fully_shard
+
+        from ..models.transformer import Transformer
         # Every rank built its own (differently seeded) model; DDP starts all from rank 0's weights
         # and buffers, and FSDP2 would shard each rank's own, a mix of inits: broadcast first.
         with torch.no_grad():
             for t in [*model.parameters(), *model.buffers()]:
                 dist.broadcast(t, src=0)
-        mp = MixedPrecisionPolicy(param_dtype=mixed_dtype, reduce_dtype=torch.float32) if mixed_dtype else (
-            MixedPrecisionPolicy())
-        for t in transformers(model):
-            for block in t.resblocks:
-                fully_shard(block, mp_policy=mp)
+        for tower in [m for m in model.modules() if isinstance(m, Transformer)]:
+            for block in tower.resblocks:
+                fully_shard(block)
         # FSDP2 cannot shard scalars (logit_scale): keep them replicated, their grads are averaged
         # by sync_replicated_grads.
         scalars = {p for p in model.parameters() if p.ndim == 0}
-        fully_shard(model, mp_policy=mp, ignored_params=scalars or None)
+        fully_shard(model, ignored_params=scalars or None)
         model._replicated_params = sorted(scalars, key=id)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -156,20 +148,8 @@ def reshard_fsdp(model: nn.Module) -> None:
             module.reshard()
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The OpenVision3 inside DDP / torch.compile wrappers (FSDP2 shards in place)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
 def set_grad_sync(model: nn.Module, enabled: bool):
     """Skip the gradient all-reduce on accumulation micro-steps (DDP no_sync / FSDP2 flag)."""
-    import contextlib
     inner = getattr(model, "_orig_mod", model)
     if isinstance(inner, nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext() if enabled else inner.no_sync()
@@ -179,8 +159,9 @@ def set_grad_sync(model: nn.Module, enabled: bool):
 
 
 def sync_replicated_grads(model: nn.Module) -> None:
-    """Average the gradients of parameters FSDP2 left out (see wrap_model)."""
-    for p in getattr(unwrap(model), "_replicated_params", []):
+    """Average the gradients of parameters FSDP2 left out (see wrap_model; FSDP2 shards in place,
+    so only torch.compile's wrapper is between)."""
+    for p in getattr(getattr(model, "_orig_mod", model), "_replicated_params", []):
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad /= dist.get_world_size()
@@ -189,12 +170,8 @@ def sync_replicated_grads(model: nn.Module) -> None:
 def full_state_dict(module: nn.Module) -> dict:
     """State dict with every sharded (DTensor) entry gathered to a plain CPU tensor."""
     from torch.distributed.tensor import DTensor
-    out = {}
-    for k, v in module.state_dict().items():
-        if isinstance(v, DTensor):
-            v = v.full_tensor()
-        out[k] = v.detach().cpu()
-    return out
+    state = module.state_dict()
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu() for k, v in state.items()}
 
 
 def load_full_state_dict(module: nn.Module, state: dict) -> None:

@@ -9,9 +9,7 @@ from pathlib import Path
 
 class MetricsLogger:
     def __init__(self, out_dir: Path, enabled: bool = True, resume_step: int | None = None):
-        self.enabled = enabled
         self.path = Path(out_dir) / "metrics.jsonl"
-        self.png = Path(out_dir) / "losses.png"
         self.writer = None
         if not enabled:
             return
@@ -24,14 +22,12 @@ class MetricsLogger:
 
     def _truncate_after(self, step: int) -> None:
         """A resumed run rewrites the steps after its checkpoint; drop the old lines for them."""
-        if not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if (row := _parse(line)) is not None
-                and row.get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        if self.path.exists():
+            keep = [row for row in read_metrics(self.path) if row.get("step", 0) <= step]
+            self.path.write_text("".join(json.dumps(row) + "\n" for row in keep))
 
     def log(self, step: int, values: dict) -> None:
-        if not self.enabled:
+        if self.writer is None:  # not rank 0
             return
         row = {"step": step, **values}
         with self.path.open("a") as f:
@@ -43,10 +39,6 @@ class MetricsLogger:
                 for sub, n in v.items():
                     self.writer.add_scalar(f"{k}/{sub}", n, step)
         self.writer.flush()
-
-    def plot(self) -> None:
-        if self.enabled:
-            plot_losses(self.path, self.png)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -80,7 +72,6 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
 
     keys = sorted({k for r in rows for k in r if k == "loss" or k.startswith(("loss_", "val_loss"))})
     fig, ax = plt.subplots(figsize=(8, 5))
-    plotted = False
     for k in keys:
         pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and r[k] > 0
                and math.isfinite(r[k])]
@@ -88,12 +79,11 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, "--" if k.startswith("val_") else "-", marker="o" if len(xs) < 3 else None,
                     label=k, linewidth=2 if k == "loss" else 1)
-            plotted = True
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    if plotted:  # a run whose every loss was non-finite has nothing to label
+    if ax.lines:  # a run whose every loss was non-finite has nothing to label
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     png_path = Path(png_path)

@@ -15,16 +15,10 @@ _NO_DECAY_NAMES = ("embedding", "class_embedding", "positional_embedding", "logi
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or any(key in name for key in _NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    trained = [(p, p.ndim < 2 or any(key in name for key in _NO_DECAY_NAMES))
+               for name, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for p, exempt in trained if not exempt], "weight_decay": weight_decay},
+            {"params": [p for p, exempt in trained if exempt], "weight_decay": 0.0}]
 
 
 def build_optimizer(model: nn.Module, train_cfg, lr: float, device: torch.device) -> torch.optim.Optimizer:

@@ -1,24 +1,18 @@
-"""Which autocast dtype a run uses (``train.precision`` and the VAE trainer's ``precision``).
-
-One function for both trainers, so ``auto`` means the same thing everywhere:
-
-* CUDA: bf16 where the driver says the GPU has it.
-* CPU: bf16 only where the CPU computes it natively (AVX-512 BF16 or AMX on x86, the BF16
-  extension on Arm) *and* torch/oneDNN are allowed to use those instructions. A bf16 matmul
-  *runs* on every CPU, but without native support it is emulated: on an AVX2-only AMD EPYC
-  (Zen 3) a small conv/matmul forward+backward under bf16 autocast was 16-20x slower than fp32,
-  while native bf16 was 2-4x faster. So the decision reads the CPU's flags and the
-  kernel level torch dispatches to (``torch.backends.cpu.get_cpu_capability()``, which honours
-  ``ATEN_CPU_CAPABILITY``) and the ISA cap ``ONEDNN_MAX_CPU_ISA`` (both are how a user pins the
-  kernels; we read them, we do not invent settings of our own).
+"""Which autocast dtype a run uses (every trainer's ``precision``), so ``auto`` means the same
+thing everywhere: on CUDA, bf16 where the driver says the GPU has it; on a CPU, bf16 only where it
+computes bf16 natively (AVX-512 BF16 or AMX on x86, the BF16 extension on Arm) *and* torch/oneDNN
+may use those instructions (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``: how a user pins the
+kernels; we read them, we add no settings of our own). Emulated bf16 runs on every CPU, slowly: on
+an AVX2-only AMD EPYC (Zen 3) a small conv/matmul forward+backward under bf16 autocast was 16-20x
+slower than fp32, while native bf16 was 2-4x faster.
 
 An explicit ``bf16`` on a CPU without native support runs (emulated) with a warning; on a
 device where bf16 does not run at all it is an error, not a silent fp32 run.
-Every run prints the choice and the reason once, and records both in its metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -46,9 +40,6 @@ class PrecisionChoice:
     def name(self) -> str:
         return "bf16" if self.dtype is not None else "fp32"
 
-    def describe(self) -> str:
-        return f"precision: {self.name} ({self.reason})"
-
     def as_row(self) -> dict:
         """Fields for metrics.jsonl / results.json."""
         return {"precision": self.name, "precision_reason": self.reason}
@@ -56,14 +47,11 @@ class PrecisionChoice:
 
 def _cpu_flags() -> set[str]:
     """Feature flags from /proc/cpuinfo (x86 'flags', Arm 'Features'); empty where unreadable."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                return set(value.split())
     return set()
 
 

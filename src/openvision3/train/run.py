@@ -1,27 +1,16 @@
-"""The run engine: everything around a training step, once, for every trainer in the project.
-
-    ov3 train      -> train/trainer.py         (OpenVision 3)
-    ov3 train-vae  -> train/vae_trainer.py     (the frozen-VAE slot)
-    ov3 gen train  -> generation/trainer.py    (DiT-DH on cached tokens)
-    ov3 probe llava-> recipes/llava_probe.py   (three LLaVA stages, a run each)
-    the judge      -> generation/judge.py      (the classifier that scores generated images)
+"""The run engine: everything around a training step, once, for every trainer in the project:
+``ov3 train`` (trainer.py), ``ov3 train-vae`` (vae_trainer.py), ``ov3 gen train`` (generation/
+trainer.py), the LLaVA probe's stages (recipes/llava_probe.py) and the judge (generation/judge.py).
 
 A trainer is a ``Task``: it builds its model, optimizer and data (``Parts``) and says what one step
-computes (``losses(batch, step)``). ``run_task`` owns the rest, the same way for all five:
-
-* the run directory: a non-empty one is refused unless ``resume`` / ``overwrite``; one writer
-  (``.lock``, run_lock.py); ``config.yaml``;
-* processes (torchrun: DDP, or FSDP2 when asked), seeding, precision (precision.py), EMA;
-* the step: micro-batches (gradient accumulation, one all-reduce), backward, clip, the
-  non-finite guard (the update is skipped and counted; ``max_bad_steps`` in a row stop the run
-  with one line), the LR schedule the task gives (optim.LRSchedule), the update, the EMA;
-* logs: a window of losses averaged into ``metrics.jsonl`` + TensorBoard + ``losses.png``
-  (logging.py), and a tqdm bar;
-* stops: SIGTERM, SIGUSR1 and a first Ctrl-C finish the step, checkpoint it and return
-  ``status="stopped by SIG..."`` (the CLI exits 3 saying how to resume); a second Ctrl-C stops
-  at once (stop.py);
-* checkpoints: atomic, with every rank's RNG states and data position, and ``--resume auto``
-  falling back past a damaged one (checkpoint.py).
+computes (``losses(batch, step)``). ``run_task`` owns the rest, the same way for all five: the run
+directory (a non-empty one is refused unless ``resume`` / ``overwrite``; one writer, run_lock.py);
+processes (torchrun: DDP, or FSDP2 when asked), seeding, precision (precision.py), EMA; the step
+(micro-batches with one all-reduce, backward, clip, the non-finite guard: the update is skipped and
+counted, ``max_bad_steps`` in a row stop the run with one line; the task's LR, the update, the EMA);
+logs (logging.py, a tqdm bar); stops (stop.py: the step is checkpointed and the summary's ``status``
+names the signal); checkpoints (checkpoint.py: atomic, with every rank's RNG states and data
+position, ``--resume auto`` falling back past a damaged one).
 
 World size on resume: a checkpoint resumes on any number of processes. With the number it was
 saved with, the run continues exactly (every rank's RNG and data position restored). With another,
@@ -48,10 +37,10 @@ from . import checkpoint as ckpt_lib
 from .distributed import (DistInfo, all_reduce_mean, any_rank, barrier, cleanup, full_state_dict, gather_objects,
                           init_distributed, load_full_state_dict, reshard_fsdp, seed_everything, set_grad_sync,
                           sync_replicated_grads, wrap_model)
-from .logging import MetricsLogger
+from .logging import MetricsLogger, plot_losses
 from .optim import build_ema, set_lr
 from .precision import choose_precision
-from .run_lock import LOCK_NAME, RunLock, RunLockError
+from .run_lock import LOCK_NAME, RunLockError, run_lock
 from .stop import StopRequest
 
 
@@ -121,7 +110,7 @@ class Task:
         """Numbers logged every ``eval_every`` steps and at the last one."""
         return {}
 
-    def log_extras(self, step: int, seconds: float) -> dict:
+    def log_extras(self, step: int) -> dict:
         """Fields added to every metrics row (stage, data wait, ...)."""
         return {}
 
@@ -140,8 +129,8 @@ class Task:
 class Run:
     """The live run a task sees: processes, device, precision, the wrapped model, the output."""
 
-    def __init__(self, out: Path, info: DistInfo, settings: RunSettings, precision):
-        self.out, self.info, self.settings, self.precision = out, info, settings, precision
+    def __init__(self, out: Path, info: DistInfo, precision):
+        self.out, self.info, self.precision = out, info, precision
         self.model: nn.Module | None = None  # the wrapped model (DDP / FSDP2 / compiled)
         self.ema = None
 
@@ -179,19 +168,15 @@ def prepare_out_dir(out: Path, resume: str | None, overwrite: bool, is_main: boo
 def hold_run_dir(out: Path, info: DistInfo):
     """Rank 0 holds ``OUT/.lock`` for the whole run; if another live process holds it, every rank
     stops with one line instead of writing into that run."""
-    lock, error = None, None
-    if info.is_main:
+    with contextlib.ExitStack() as held:
+        error = None
         try:
-            lock = RunLock(out).acquire()
+            held.enter_context(run_lock(out, enabled=info.is_main))
         except RunLockError as e:
             error = str(e)
-    if any_rank(error is not None, info.device):
-        raise TrainError(error or "the run directory is in use (rank 0 says by whom)")
-    try:
+        if any_rank(error is not None, info.device):
+            raise TrainError(error or "the run directory is in use (rank 0 says by whom)")
         yield
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 # ------------------------------------------------------------------------------------ micro-batches
@@ -277,8 +262,8 @@ class _Engine:
         seed_everything(s.seed, info.rank)
         precision = choose_precision(s.precision, info.device)
         if info.is_main:
-            print(precision.describe(), flush=True)
-        run = Run(self.out, info, s, precision)
+            print(f"precision: {precision.name} ({precision.reason})", flush=True)
+        run = Run(self.out, info, precision)
         self.parts = parts = self.task.build(run)  # a bad data spec or model fails here, before any file
         if info.is_main:
             (self.out / "config.yaml").write_text(self.config_yaml)
@@ -304,11 +289,10 @@ class _Engine:
     # --------------------------------------------------------------------- the loop
     def _loop(self, run: Run, precision) -> dict:
         s, task, info = self.s, self.task, self.info
+        from tqdm.auto import tqdm
         stop = StopRequest()
-        bar = None
-        if info.is_main and self.show_progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=s.steps, initial=self.step, desc=task.name, dynamic_ncols=True)
+        bar = tqdm(total=s.steps, initial=self.step, desc=task.name, dynamic_ncols=True,
+                   disable=not (info.is_main and self.show_progress))
         last, evaluated, status = {}, {}, "finished"
         t_last, wait, seen, first_row = time.perf_counter(), 0.0, 0, True
         if info.device.type == "cuda":
@@ -327,19 +311,17 @@ class _Engine:
                 seen += _batch_size(batch) * info.world_size
                 last = values
                 self.window.append(values)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
 
                 if _due(step, s.log_every) or step == s.steps:
                     dt = time.perf_counter() - t_last
-                    window = self.window
-                    row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                    row = {k: sum(w[k] for w in self.window) / len(self.window) for k in self.window[0]}
                     row.update(lr=self.optimizer.param_groups[0]["lr"], samples_per_s=seen / dt,
                                data_wait_frac=wait / dt, bad_steps=self.bad_steps,
                                peak_mem_gb=(torch.cuda.max_memory_allocated(info.device) / 2**30
                                             if info.device.type == "cuda" else None),
-                               **task.log_extras(step, dt))
+                               **task.log_extras(step))
                     if first_row:  # the first row after every start (and resume) says what it ran in
                         row.update(precision.as_row())
                         first_row = False
@@ -358,12 +340,10 @@ class _Engine:
                     break
         finally:
             stop.close()
-            if bar is not None:
-                bar.close()
+            bar.close()
         summary = {"status": status, "step": self.step, "total_steps": s.steps, "out_dir": str(self.out),
-                   "precision": precision.name, "precision_reason": precision.reason,
-                   "last_checkpoint": self.last_good, "bad_steps": self.bad_steps, "final": last,
-                   "val": evaluated}
+                   **precision.as_row(), "last_checkpoint": self.last_good, "bad_steps": self.bad_steps,
+                   "final": last, "val": evaluated}
         if status == "finished":
             summary.update(task.finish(run) or {})
         barrier()
@@ -427,7 +407,7 @@ class _Engine:
                                      optimizer_state=opt_state, trainer_state=trainer_state,
                                      config_yaml=self.config_yaml, ema_state=ema_state, keep_last=self.s.keep_last,
                                      others={name: m.state_dict() for name, (m, _) in parts.others.items()})
-            self.logger.plot()
+            plot_losses(self.logger.path, self.out / "losses.png")
         barrier()
         self.last_good = str(self.out / "checkpoints" / f"step_{at_step}")
 

@@ -1,12 +1,8 @@
 """One writer per run directory: ``OUT/.lock`` names the host and pid of the run that holds it.
 
 Two processes training into one directory interleave checkpoints and metrics, and a second
-``--resume auto`` would resume from a checkpoint the first is about to replace. So every trainer
-that writes a run directory (``ov3 train``, ``ov3 train-vae``, and any other loop on top of
-train/) holds this lock for its whole run:
-
-    with run_lock(out_dir):            # RunLockError (one line) if a live process holds it
-        ...train...
+``--resume auto`` would resume from a checkpoint the first is about to replace. So every run on
+train/'s engine holds this lock for its whole run (``run_lock``, through ``run.hold_run_dir``).
 
 The lock is an exclusive ``flock`` on ``OUT/.lock``: the kernel drops it when the holder exits in
 any way (kill -9 included), also on NFS v4, so a lock file whose flock is free is *stale*; it is
@@ -76,16 +72,14 @@ class RunLock:
                 got = self._flock(fd)
                 # The holder may have released (and unlinked) the file between our open and flock:
                 # then we hold a lock on a file nobody else will look at; open the new one instead.
-                if got and os.fstat(fd).st_ino != os.stat(self.path).st_ino:
-                    os.close(fd)
-                    continue
+                if not got or os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
             except FileNotFoundError:
-                os.close(fd)
-                continue
+                pass
             except BaseException:
                 os.close(fd)
                 raise
-            break
+            os.close(fd)
         holder = _read(self.path)
         if not got:
             os.close(fd)

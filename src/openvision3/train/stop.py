@@ -4,8 +4,8 @@ SIGTERM (pre-emption), SIGUSR1 (SLURM's warning before the time limit) and a fir
 (SIGINT) do not kill the run: they are remembered, and the loop checkpoints at the end of the
 current step and returns with ``status = "stopped by SIGINT"`` (the CLI then exits 3 and says how
 to resume). A second Ctrl-C means "now": it raises KeyboardInterrupt at once, as Python's default
-handler would. Every rank asks ``requested(device)`` together, so one signalled rank stops them all
-at the same step. The handlers are in place only while a run is inside its loop (``close``).
+handler would. Every rank asks at the end of each step together, so one signalled rank stops them
+all at the same step. The handlers are in place only while a run is inside its loop (``close``).
 """
 from __future__ import annotations
 
@@ -43,23 +43,16 @@ class StopRequest:
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
 
-    def requested(self, device) -> bool:
-        """True on every rank once any rank has been signalled (a collective under DDP)."""
-        return any_rank(self.signal is not None, device)
-
-    def status(self) -> str:
-        return f"stopped by {self.signal or 'a signal on another rank'}"
-
     def end_of_step(self, device, due: bool, save) -> str | None:
         """A training step's last act: ``save()`` when a checkpoint is ``due``; on a stop request,
         make sure this step is saved (once) and return the status; None means carry on."""
         if due:
             save()
-        if not self.requested(device):
+        if not any_rank(self.signal is not None, device):  # a collective: every rank asks together
             return None
         if not due:
             save()
-        return self.status()
+        return f"stopped by {self.signal or 'a signal on another rank'}"
 
 
 __all__ = ["StopRequest", "SIGNALS"]

@@ -5,9 +5,7 @@
 
 What is this trainer's own is ``OpenVision3Task``: the model, its optimizer, the data stream and
 the stages (resolution, batch, LPIPS weight and LR schedule change between them), and the step,
-``OpenVision3.forward`` on images and tokenized captions. Everything around it (the run directory,
-processes, micro-batches, the non-finite guard, logs, checkpoints and exact resume, stops) is the
-run engine's, train/run.py, shared with every other trainer.
+``OpenVision3.forward`` on images and tokenized captions. The rest is the run engine's (train/run.py).
 """
 from __future__ import annotations
 
@@ -71,13 +69,12 @@ def build_stages(cfg: Config, world_size: int = 1) -> list[Stage]:
 
 
 # ------------------------------------------------------------------------------------ the step
+@contextlib.contextmanager
 def forward_context(device: torch.device, amp_dtype, attention_kernel: str = "auto"):
     """bf16 autocast (when ``amp_dtype``) and the attention kernel choice for one forward pass."""
-    with contextlib.ExitStack() as stack:  # a bad choice raises with nothing left entered
-        stack.enter_context(attention_kernels(device, attention_kernel))
-        stack.enter_context(torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                           enabled=amp_dtype is not None))
-        return stack.pop_all()
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    with attention_kernels(device, attention_kernel), autocast:
+        yield
 
 
 def forward_backward(model, images, tokens, lpips_weight, accum: int, amp_dtype, attention_kernel: str = "auto",
@@ -181,7 +178,7 @@ class OpenVision3Task(Task):
     def losses(self, batch: dict, step: int) -> dict:
         return _model_losses(self.run.model, batch, self._stage_at(step).lpips_weight, self.cfg.train.attention_kernel)
 
-    def log_extras(self, step: int, seconds: float) -> dict:
+    def log_extras(self, step: int) -> dict:
         stage = self._stage_at(step - 1)
         grid = self.model.token_grid(stage.resolution)
         return {"stage": stage.name, "resolution": stage.resolution, "tokens": grid[0] * grid[1],
@@ -259,11 +256,9 @@ def _plain_copy(model, is_main: bool):
     if not is_main:
         return None
     plain = OpenVision3(model.cfg)
-    own = plain.state_dict()
-    missing = sorted(set(own) - set(full))
+    missing = plain.load_state_dict(full, strict=False).missing_keys
     if missing:
         raise TrainError(f"cannot export the FSDP model: {len(missing)} weights missing, e.g. {missing[:3]}")
-    plain.load_state_dict({k: v for k, v in full.items() if k in own})
     return plain
 
 

@@ -59,13 +59,9 @@ BOUNDS.update({
 })
 
 
-def vae_config_from_dict(values: dict) -> VAETrainConfig:
-    return _build(VAETrainConfig, dict(values or {}), "")
-
-
 def get_vae_config(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> VAETrainConfig:
     """A preset name (``configs/NAME.yaml``) or YAML path, then ``key=value`` overrides."""
-    return vae_config_from_dict(load_values(name_or_yaml, overrides))
+    return _build(VAETrainConfig, load_values(name_or_yaml, overrides), "")
 
 
-__all__ = ["VAETrainConfig", "get_vae_config", "vae_config_from_dict"]
+__all__ = ["VAETrainConfig", "get_vae_config"]

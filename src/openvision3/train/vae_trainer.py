@@ -3,30 +3,22 @@
 Where the FLUX VAE is unavailable (the offline CPU demo) or a domain VAE is wanted, this trains
 one on any data spec with L1 + KL (+ MSE, + LPIPS, + an optional PatchGAN, off by default) and
 saves it in diffusers format, so ``model.vae.source=<out>/model`` loads it through ``FrozenVAE``.
+Its settings are ``VAETrainConfig`` (train/vae_config.py): a VAE run shares only the data section
+with an OV3 run. ``AutoencoderTask`` is the step (with the GAN on, the discriminator's update
+first); the rest is the run engine's (train/run.py), as for ``ov3 train``.
 
-Its hyper-parameters live in ``VAETrainConfig`` (train/vae_config.py), not in the OV3 ``Config``
-tree: a VAE run shares nothing with an OV3 run but the data section.
-
-What is this trainer's own is ``AutoencoderTask``: the autoencoder, its optimizer, the data and
-the step (reconstruct through a posterior sample, the loss terms; with the GAN on, the
-discriminator's own update first). The run directory rules, checkpoints and exact resume, logs,
-the non-finite guard and the stops are the run engine's (train/run.py), as for `ov3 train`.
-
-Run directory: ``config.yaml``, ``metrics.jsonl``, ``losses.png``, ``tensorboard/``,
-``checkpoints/step_N/``, ``model/`` (the final VAE, diffusers format, with a measured
+Run directory: the engine's files, ``model/`` (the final VAE, diffusers format, with a measured
 ``scaling_factor``), ``results.json``, ``recon.png``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from ..config import ConfigError, DataConfig
+from ..config import ConfigError, DataConfig, config_to_yaml
 from ..eval.reconstruction import psnr_ssim
 from ..losses import autoencoder_losses, hinge_discriminator_loss, hinge_generator_loss
 from ..models.autoencoder import Autoencode, PatchDiscriminator
@@ -42,22 +34,18 @@ def evaluate(vae, images: torch.Tensor, dtype: torch.dtype | None, batch_size: i
     was_training = vae.training
     vae.eval()
     device = next(vae.parameters()).device
-    ps, ss, recons, latents = [], [], [], []
+    parts = []  # per batch: PSNR, SSIM, reconstructions, latents
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             z = vae.encode(x).latent_dist.mean
             y = vae.decode(z).sample
         y = y.float().clamp(-1, 1)
-        p, s = psnr_ssim(x, y)
-        ps.append(p.cpu())
-        ss.append(s.cpu())
-        recons.append(y.cpu())
-        latents.append(z.float().cpu())
+        parts.append([t.cpu() for t in (*psnr_ssim(x, y), y, z.float())])
     vae.train(was_training)
-    z = torch.cat(latents)
-    return {"psnr": torch.cat(ps).mean().item(), "ssim": torch.cat(ss).mean().item(),
-            "latent_std": z.std().item(), "latent_mean": z.mean().item(), "recons": torch.cat(recons)}
+    ps, ss, recons, z = map(torch.cat, zip(*parts))
+    return {"psnr": ps.mean().item(), "ssim": ss.mean().item(),
+            "latent_std": z.std().item(), "latent_mean": z.mean().item(), "recons": recons}
 
 
 def _save_grid(originals: torch.Tensor, recons: torch.Tensor, path: Path, n: int = 8) -> None:
@@ -94,7 +82,7 @@ def _open_images(spec: str, split: str, n: int, resolution: int, data_cfg: DataC
 
     ds = open_data(spec, split=split, resolution=resolution, train=False, cfg=data_cfg)
     out, got = [], 0
-    for batch in make_loader(ds, batch_size=min(64, n)):
+    for batch in make_loader(ds, batch_size=min(64, n)):  # batches lose their skipped samples
         out.append(batch["image"])
         got += len(batch["image"])
         if got >= n:
@@ -104,18 +92,15 @@ def _open_images(spec: str, split: str, n: int, resolution: int, data_cfg: DataC
     return torch.cat(out)[:n]
 
 
-# ----------------------------------------------------------------------------------------------
-# the trainer
-
-
+# ------------------------------------------------------------------------------------ the trainer
 class AutoencoderTask(Task):
     name = "train-vae"
 
     def __init__(self, cfg: VAETrainConfig, device=None):
         self.cfg, self.device = cfg, device
-        res, down = cfg.data.resolution, 2 ** (len(cfg.arch.block_out_channels) - 1)
-        if res % down:
-            raise ConfigError(f"data.resolution {res} is not divisible by the VAE downsample factor {down}")
+        res, self.downsample = cfg.data.resolution, 2 ** (len(cfg.arch.block_out_channels) - 1)
+        if res % self.downsample:
+            raise ConfigError(f"data.resolution {res} is not divisible by the VAE downsample factor {self.downsample}")
         self.schedule = LRSchedule(cfg.lr, cfg.steps, cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
 
     def settings(self) -> RunSettings:
@@ -194,7 +179,7 @@ class AutoencoderTask(Task):
             "val_psnr": round(ev["psnr"], 3), "val_ssim": round(ev["ssim"], 4),
             "val_images": len(self.val_images), "val_spec": f"{cfg.data.val} ({cfg.val_split})",
             "resolution": cfg.data.resolution, "scaling_factor": scaling, "latent_shape": list(z64.shape[1:]),
-            "downsample": 2 ** (len(cfg.arch.block_out_channels) - 1),
+            "downsample": self.downsample,
             "parameters": sum(p.numel() for p in vae.parameters()), **run.precision.as_row(),
             "decoder_backward_s_per_64": round(decoder_backward_seconds(vae, z64, dtype), 3),
             "model_dir": str(out / "model"),
@@ -207,14 +192,11 @@ def train_vae(cfg: VAETrainConfig, out_dir: str | Path, resume: str | None = Non
               progress: bool = True, device: str | torch.device | None = None) -> dict:
     """Train, evaluate on the held-out split, save ``out_dir/model`` (diffusers); returns the
     engine's summary (``status``, ``step``, ...) and, once finished, the held-out results.
-
-    ``resume``: ``"auto"`` continues from the newest ``out_dir/checkpoints/step_N`` if there is one.
-    """
+    ``resume``/``overwrite``: as for ``run_task``."""
     t0 = time.perf_counter()
     task = AutoencoderTask(cfg, str(device) if device is not None else None)
-    config_yaml = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
-    summary = run_task(task, task.settings(), out_dir, config_yaml=config_yaml, resume=resume, overwrite=overwrite,
-                       progress=progress)
+    summary = run_task(task, task.settings(), out_dir, config_yaml=config_to_yaml(cfg), resume=resume,
+                       overwrite=overwrite, progress=progress)
     return {**summary, "train_seconds": round(time.perf_counter() - t0, 1)}
 
 
