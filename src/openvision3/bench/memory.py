@@ -27,14 +27,9 @@ def saved_activation_bytes(model, images, tokens, latents) -> dict:
             seen.setdefault(storage.data_ptr(), (where["part"], storage.nbytes()))
         return t
 
-    def enter(*_):
-        where["part"] = "vae_decoder"
-
-    def leave(*_):
-        where["part"] = "towers_and_losses"
-
     decoder = model.vae.vae.decoder  # the VAE encoder is skipped: latents are given
-    hooks = [decoder.register_forward_pre_hook(enter), decoder.register_forward_hook(leave)]
+    hooks = [decoder.register_forward_pre_hook(lambda *_: where.update(part="vae_decoder")),
+             decoder.register_forward_hook(lambda *_: where.update(part="towers_and_losses"))]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(images, tokens, latents=latents)

@@ -139,7 +139,6 @@ class StepRunner:
             logits = m.caption_decoder.lm_head(leaf(hidden))
             return torch.nn.functional.cross_entropy(logits.float(), head_targets)
 
-        text_feats = None
         with torch.no_grad(), self.ctx():
             text_feats = m.text_encoder(tokens).float()
 
@@ -158,15 +157,12 @@ class StepRunner:
         def encode():
             return m.vae.encode(images)
 
-        comps = {"vae_encode": (run(encode, False), run(encode, False)),
-                 "encoder": (run(encoder, False), run(encoder, True)),
-                 "latent_decoder": (run(decoder, False), run(decoder, True)),
-                 "vae_decode_pixel": (run(decode_pixel, False), run(decode_pixel, True)),
-                 "text_encoder": (run(text, False), run(text, True)),
-                 "caption_decoder": (run(caption, False), run(caption, True)),
-                 "caption_vocab_head": (run(vocab_head, False), run(vocab_head, True)),
-                 "contrastive": (run(contrastive, False), run(contrastive, True)),
-                 "optimizer": (optimizer, optimizer)}
+        # vae_encode runs under no_grad: its "forward+backward" is its forward
+        comps = {name: (run(fn, False), run(fn, True)) for name, fn in (
+            ("vae_encode", encode), ("encoder", encoder), ("latent_decoder", decoder),
+            ("vae_decode_pixel", decode_pixel), ("text_encoder", text), ("caption_decoder", caption),
+            ("caption_vocab_head", vocab_head), ("contrastive", contrastive))}
+        comps["optimizer"] = (optimizer, optimizer)
         if not lf.rec_enabled:
             comps.pop("latent_decoder"), comps.pop("vae_decode_pixel")
         if not lf.und_enabled or lc.caption_weight <= 0:
@@ -208,18 +204,19 @@ def encoder_vs_timm(runner: StepRunner, repeats: int) -> dict:
 
 
 def vae_ratios(runner: StepRunner, repeats: int) -> dict:
-    """cache_speedup / cache_bound / pixel_subbatch_speedup on ``runner``'s model (same run)."""
+    """cache_speedup / cache_bound / pixel_subbatch_speedup on ``runner``'s model (same run), and the
+    steps' times and FLOPs they come from."""
     b = runner.images.shape[0]
     quarter = max(1, b // 4)
     steps = {"on_the_fly": lambda: runner.step(cached=False), "cached": lambda: runner.step(cached=True),
              "cached_pixel_quarter": lambda: runner.step(cached=True, pixel_subbatch=quarter)}
-    med, rounds = alternating_median_seconds(steps, repeats, runner.device)
+    med, _ = alternating_median_seconds(steps, repeats, runner.device)
     flops = {k: count_flops(fn) for k, fn in steps.items()}
     runner.opt.zero_grad(set_to_none=True)
-    return {"cache_speedup": med["on_the_fly"] / med["cached"],
-            "cache_bound": flops["on_the_fly"] / flops["cached"],
+    speedup, bound = med["on_the_fly"] / med["cached"], flops["on_the_fly"] / flops["cached"]
+    return {"cache_speedup": speedup, "cache_bound": bound, "cache_fraction_of_bound": speedup / bound,
             "pixel_subbatch_speedup": med["cached"] / med["cached_pixel_quarter"],
             "pixel_subbatch_bound": flops["cached"] / flops["cached_pixel_quarter"],
             "cache_and_pixel_subbatch_speedup": med["on_the_fly"] / med["cached_pixel_quarter"],
             "cache_and_pixel_subbatch_bound": flops["on_the_fly"] / flops["cached_pixel_quarter"],
-            "pixel_subbatch": quarter, "step_s": med, "step_s_rounds": rounds, "step_flops": flops}
+            "pixel_subbatch": quarter, "ratio_steps_s": med, "ratio_steps_flops": flops}

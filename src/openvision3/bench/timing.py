@@ -59,13 +59,9 @@ def gpu_bf16_peak(device: torch.device) -> tuple[str | None, float | None]:
 
 def _precision(name: str, device: torch.device):
     """(autocast dtype or None, label, bf16 note). Uses train/precision.py's decision."""
-    from ..train import precision as P
-    if hasattr(P, "choose_precision"):
-        choice = P.choose_precision(name, device)
-        dtype, reason = choice.dtype, choice.reason
-    else:  # older precision.py
-        dtype, reason = P.resolve_precision(name, device), name
-    native, why = P.native_bf16(device) if hasattr(P, "native_bf16") else (dtype is not None, reason)
+    from ..train.precision import choose_precision, native_bf16
+    dtype = choose_precision(name, device).dtype
+    native, why = native_bf16(device)
     return dtype, ("bf16" if dtype is not None else "fp32"), {"bf16_native": bool(native), "bf16_reason": why}
 
 
