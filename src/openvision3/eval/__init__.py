@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .common import EvalError, has_splits, open_for
+from .report import write_report
 
 __all__ = ["evaluate", "EvalError", "TASKS", "write_report"]
 
@@ -75,12 +76,8 @@ def evaluate(model, data_spec: str, tasks=TASKS, resolution: int | None = None, 
                 elif t == "caption":
                     r = eval_captioning(model, ds, num_samples, batch_size, out_dir, progress)
                 else:
-                    n_train = probe_train or 2 * num_samples
-                    if has_splits(data_spec):
-                        r = eval_probe(model, open_for(t, data_spec, "train", res), ds, n_train, num_samples,
-                                       batch_size, progress)
-                    else:
-                        r = eval_probe(model, ds, None, n_train, num_samples, batch_size, progress)
+                    pair = (open_for(t, data_spec, "train", res), ds) if has_splits(data_spec) else (ds, None)
+                    r = eval_probe(model, *pair, probe_train or 2 * num_samples, num_samples, batch_size, progress)
                 r["seconds"] = round(time.time() - t0, 2)
                 results[t] = r
     finally:
@@ -89,11 +86,5 @@ def evaluate(model, data_spec: str, tasks=TASKS, resolution: int | None = None, 
                        "tasks": list(tasks), "seconds": round(time.time() - t_start, 2),
                        "device": str(next(model.parameters()).device)}
     if out_dir is not None and write_files:
-        from .report import write_report
         write_report(results, out_dir, title=title or f"OpenVision 3 evaluation on {data_spec}")
     return results
-
-
-def write_report(*args, **kwargs):
-    from .report import write_report as _w
-    return _w(*args, **kwargs)

@@ -26,14 +26,15 @@ def has_splits(spec: str) -> bool:
     return parse_spec(spec)[0] in ("shapes", "fashion-mnist")
 
 
-def iterate(ds, n: int, batch_size: int, desc: str, progress: bool = True):
-    """Batches from ``ds`` until ``n`` readable samples were yielded (the last batch trimmed)."""
+def iterate(ds, n: int | None, batch_size: int, desc: str, progress: bool = True, total: int | None = None):
+    """Batches from ``ds`` until ``n`` readable samples were yielded (the last batch trimmed; None: all).
+    ``total``: the progress bar's length when it is not ``n``."""
     from tqdm.auto import tqdm
     seen = 0
-    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=total or n, desc=desc, disable=not progress, leave=False)
     try:
         for batch in make_loader(ds, batch_size=batch_size):
-            take = min(len(batch["caption"]), n - seen)
+            take = len(batch["caption"]) if n is None else min(len(batch["caption"]), n - seen)
             if take <= 0:
                 break
             if take < len(batch["caption"]):
@@ -41,7 +42,7 @@ def iterate(ds, n: int, batch_size: int, desc: str, progress: bool = True):
             seen += take
             bar.update(take)
             yield batch
-            if seen >= n:
+            if n is not None and seen >= n:
                 break
     finally:
         bar.close()

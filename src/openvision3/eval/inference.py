@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .common import EvalError, device_of, to_unit
+from .common import EvalError, device_of, iterate, to_unit
 from .reconstruction import load_images
 
 
@@ -22,13 +22,9 @@ def _readable_batches(paths, resolution: int, batch_size: int, skipped: list):
     paths = [str(p) for p in paths]
     for i in range(0, len(paths), batch_size):
         x, good, bad = load_images(paths[i:i + batch_size], resolution)
-        skipped += [{"path": p, "reason": _reason(r)} for p, r in bad]
+        skipped += [{"path": p, "reason": r.replace("_", " ")} for p, r in bad]
         if x is not None:
             yield x, good
-
-
-def _reason(reason: str) -> str:
-    return reason.replace("_", " ")
 
 
 def _unique_stem(path: str, used: set) -> str:
@@ -98,9 +94,8 @@ def encode_data(model, data_spec: str, out_file, num_samples: int | None = None,
     encodes the whole split. Returns a summary dict.
     """
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
 
-    from ..data import make_loader, open_data
+    from ..data import open_data
     out_file = Path(out_file)
     if out_file.suffix != ".safetensors":
         raise EvalError(f"--out '{out_file}' must end in .safetensors")
@@ -114,27 +109,16 @@ def encode_data(model, data_spec: str, out_file, num_samples: int | None = None,
     dev = device_of(model)
     tokens, pooled, labels, keys, caps = [], [], [], [], []
     skipped: dict = {}
-    seen = 0
-    bar = tqdm(total=total, desc="encode", unit="img", disable=not progress)
-    try:
-        for batch in make_loader(ds, batch_size=batch_size):
-            for k, v in (batch.get("skipped") or {}).items():
-                skipped[k] = skipped.get(k, 0) + v
-            take = len(batch["caption"]) if num_samples is None else min(len(batch["caption"]), num_samples - seen)
-            if take <= 0:
-                break
-            z = model.encode_image(batch["image"][:take].to(dev))
-            tokens.append(z.to(DTYPES[dtype]).cpu())
-            pooled.append(model.image_features(z).float().to(DTYPES[dtype]).cpu())
-            labels.append(batch["label"][:take].long().cpu())
-            keys += list(batch["key"][:take])
-            caps += list(batch["caption"][:take])
-            seen += take
-            bar.update(take)
-            if num_samples is not None and seen >= num_samples:
-                break
-    finally:
-        bar.close()
+    for batch in iterate(ds, num_samples, batch_size, "encode", progress, total=total):
+        for k, v in (batch.get("skipped") or {}).items():
+            skipped[k] = skipped.get(k, 0) + v
+        z = model.encode_image(batch["image"].to(dev))
+        tokens.append(z.to(DTYPES[dtype]).cpu())
+        pooled.append(model.image_features(z).float().to(DTYPES[dtype]).cpu())
+        labels.append(batch["label"].long().cpu())
+        keys += list(batch["key"])
+        caps += list(batch["caption"])
+    seen = len(keys)
     if not seen:
         raise EvalError(f"no readable samples in '{data_spec}' (split {split})"
                         + (f"; skipped {skipped}" if skipped else ""))
