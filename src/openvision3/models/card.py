@@ -26,6 +26,7 @@ _METRICS = {
     ("probe", "top1"): ("image-classification", "accuracy", "linear probe top-1"),
 }
 TAGS = ["openvision3", "unified-visual-encoder", "vision", "image-feature-extraction", "vae-latents"]
+VAE_KEYS = ("source", "convention", "scaling_factor", "shift_factor", "latent_channels")
 
 
 def read_results(directory) -> dict:
@@ -41,7 +42,7 @@ def read_results(directory) -> dict:
     return out
 
 
-def _eval_results(results: dict, model_name: str) -> list:
+def _eval_results(results: dict) -> list:
     from huggingface_hub import EvalResult
     rows = []
     ev = results.get("eval") or {}
@@ -108,9 +109,7 @@ def build_card(kind: str, info: dict, results: dict, license: str = "apache-2.0"
                 "model = OpenVision3.from_pretrained(\"PATH_OR_HUB_ID\")  # hub ids work offline from the cache",
                 "tokens = model.encode_image(images)   # images (B, 3, H, W) in [-1, 1] -> (B, N, D)", "```"]
     else:
-        vae = {"source": cfg.get("vae_source"), "convention": cfg.get("vae_convention"),
-               "scaling_factor": cfg.get("vae_scaling_factor"), "shift_factor": cfg.get("vae_shift_factor"),
-               "latent_channels": cfg.get("latent_channels")}
+        vae = {k: cfg.get(k if k == "latent_channels" else f"vae_{k}") for k in VAE_KEYS}
         name = info.get("name") or (f"OpenVision 3 vision tower ({cfg.get('hidden_size')} wide, "
                                     f"{cfg.get('num_hidden_layers')} layers, {cfg.get('image_size')} px)")
         library = "transformers"
@@ -128,12 +127,10 @@ def build_card(kind: str, info: dict, results: dict, license: str = "apache-2.0"
                 "Under a language model: `LlavaForConditionalGeneration` with this tower as "
                 "`vision_config` (`openvision3.interop.transformers.llava_config`), "
                 "`vision_feature_layer=-2`, `vision_feature_select_strategy=\"default\"`; see docs/llava.md."]
-    rows = _eval_results(results, name)
-    vae_meta = {k: vae.get(k) for k in ("source", "convention", "scaling_factor", "shift_factor",
-                                        "latent_channels")}
+    rows = _eval_results(results)
     data = ModelCardData(library_name=library, license=license, tags=list(TAGS),
                          pipeline_tag="image-feature-extraction", model_name=name,
-                         eval_results=rows or None, vae=vae_meta)
+                         eval_results=rows or None, vae={k: vae.get(k) for k in VAE_KEYS})
     body = [f"# {name}", "",
             "A unified visual encoder in the OpenVision 3 design (arXiv 2601.15369): a ViT over the "
             "latents of a frozen VAE, trained for reconstruction and for CLIP-style contrastive "

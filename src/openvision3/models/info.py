@@ -6,6 +6,7 @@ the VAE is described from its config (a hub VAE that is not cached offline is re
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 
@@ -36,8 +37,6 @@ def _towers(cfg: Config, latent_channels: int) -> dict:
 
 def _vae_info(cfg: Config) -> dict:
     """Describe the VAE. Hub VAEs are not fetched here (info must be instant and offline)."""
-    from pathlib import Path
-
     from .vae import FrozenVAE
     source = cfg.model.vae.source
     if source != "inline" and not Path(source).expanduser().exists():
@@ -51,7 +50,6 @@ def _vae_info(cfg: Config) -> dict:
 def model_info(preset: str | None = None, model_dir: str | None = None, config: str | None = None,
                overrides: list[str] | None = None) -> dict:
     if model_dir:
-        from pathlib import Path
         cfg = load_config_file(Path(model_dir) / "config.yaml")
         if cfg.model.vae.source == "vae":
             cfg.model.vae.source = str(Path(model_dir) / "vae")

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import Config, config_to_yaml, load_config_file
+from ..config import Config, config_to_dict, config_to_yaml, load_config_file
 from ..data.tokenizer import build_tokenizer
 from ..data.tokenizer import vocab_size as text_vocab_size
 from ..losses import OpenVision3Loss
@@ -78,13 +78,10 @@ class OpenVision3(nn.Module):
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 
-    def _device(self):
-        return self.logit_scale.device
-
     def _as_tokens(self, tokens):
         if isinstance(tokens, (list, tuple)):
             tokens = self.tokenizer(list(tokens))
-        return tokens.to(self._device())
+        return tokens.to(self.logit_scale.device)
 
     # ------------------------------------------------------------------ encoding
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -190,7 +187,6 @@ class OpenVision3(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "openvision3"})
         (directory / CONFIG_NAME).write_text(config_to_yaml(cfg))
-        from ..config import config_to_dict
         from .card import write_card  # README.md: Hub metadata, the VAE it needs, how to load
         write_card(directory, "openvision3", {"config": config_to_dict(cfg)})
         return directory

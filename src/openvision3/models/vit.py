@@ -1,9 +1,5 @@
-"""Shared transformer parts: the towers' Transformer, fixed 2-D sin-cos positions, CLIP init.
-
-Every tower is a ``models.transformer.Transformer``: open_clip's parameter names, which are
-exactly those of the released OV3 vision towers [C], so importing and exporting them needs no
-renaming, with attention called through SDPA directly.
-"""
+"""Shared transformer parts: the towers' Transformer (models/transformer.py), fixed 2-D sin-cos
+positions, CLIP init."""
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +27,6 @@ def attention_kernels(device: torch.device, choice: str = "auto"):
 
 
 def build_transformer(tower: TowerConfig) -> Transformer:
-    if tower.width % tower.heads:
-        raise ValueError(f"tower width {tower.width} is not divisible by heads {tower.heads}")
     return Transformer(tower.width, tower.layers, tower.heads, tower.mlp_ratio)
 
 
