@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..eval.common import to_unit
 from .gallery import Gallery, GalleryError
 from .parts import Parts
 from .pictures import blocks, difference, grid_picture, heat_map, pca_rgb, picture
@@ -50,14 +51,11 @@ class Explorer:
         (a gallery that cannot be opened is said in the page, and the page still starts)."""
         if self.missing("retrieve") is None:
             try:
-                g = self.gallery()
-                self.gallery_status = (f"gallery `{g.spec}`: {len(g)} images, {len(g.texts)} distinct captions, "
-                                       f"encoded in {g.seconds} s")
+                self.gallery_status = self.gallery().summary()
             except ViewError as e:
                 self.gallery_status = f"**{e}**"
         return self.gallery_status
 
-    # ---------------------------------------------------------------- what is there
     @property
     def resolution(self) -> int:
         return self.parts.image_size
@@ -86,7 +84,6 @@ class Explorer:
             raise ViewError(str(e)) from None
         return x.to(self.parts.device), note
 
-    # ---------------------------------------------------------------- reconstruct
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, sigma: float = 0.0, seed: int = 0) -> dict:
         """Original, reconstruction through the whole path with token noise ``sigma`` (per-token
@@ -99,8 +96,7 @@ class Explorer:
             torch.manual_seed(seed)
             latents = m.decoder(z, self.parts.grid, sigma=float(sigma) if sigma > 0 else None)
         r = m.vae.decode(latents).clamp(-1, 1).float()
-        xu, ru = (x.float() + 1) / 2, (r + 1) / 2
-        psnr = float(peak_signal_noise_ratio(ru.clamp(0, 1), xu.clamp(0, 1), data_range=1.0))
+        psnr = float(peak_signal_noise_ratio(to_unit(r), to_unit(x), data_range=1.0))
         return {"original": picture(x[0]), "reconstruction": picture(r[0]), "difference": difference(x[0], r[0]),
                 "psnr": psnr, "lpips": float(self._lpips_net()(r, x.float()).flatten()[0])}
 
@@ -110,7 +106,6 @@ class Explorer:
             self._lpips = build_lpips("alex").to(self.parts.device)
         return self._lpips
 
-    # ---------------------------------------------------------------- tokens
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.parts.encode(x)[0]
 
@@ -142,7 +137,6 @@ class Explorer:
         d = self.token_block
         return min(max(int(y_px) // d, 0), gh - 1), min(max(int(x_px) // d, 0), gw - 1)
 
-    # ---------------------------------------------------------------- understand
     @torch.no_grad()
     def zero_shot(self, x: torch.Tensor, labels_text: str) -> tuple[dict, list[str]]:
         """Probabilities over the typed labels (softmax of the model's logit scale x cosine; each
@@ -160,7 +154,6 @@ class Explorer:
         self._need("understand")
         return self.parts.model.caption(x)[0]
 
-    # ---------------------------------------------------------------- retrieve
     def gallery(self, spec: str | None = None) -> Gallery:
         self._need("retrieve")
         spec = (spec or "").strip() or self.default_gallery
@@ -185,7 +178,6 @@ class Explorer:
         g = self.gallery(spec)
         return g, g.search_image(image_embeddings(self.parts.model, x)[0], k)
 
-    # ---------------------------------------------------------------- generate
     def class_names(self) -> list[str]:
         return [str(c) for c in self.generator.class_names] if self.generator is not None else []
 

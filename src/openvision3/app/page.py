@@ -75,7 +75,6 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
                                       height=120, allow_preview=False, format="png", elem_id="examples",
                                       elem_classes=["pixelated"], interactive=False)
 
-        # ------------------------------------------------------------ Reconstruct
         gr.Markdown("## Reconstruct\nimage → VAE → unified tokens (+ σ·ε) → latent decoder → VAE decoder")
         with gr.Row():
             sigma = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="token noise σ (training used U[0, τ])",
@@ -96,7 +95,6 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
             except Exception as e:  # noqa: BLE001 - every failure becomes the view's message
                 return None, None, None, _failed(e)
 
-        # ------------------------------------------------------------ Tokens
         gr.Markdown(f"## Tokens\nthe {gh} × {gw} unified tokens: first three principal components as RGB; "
                     "click a token (or type its row and column) for its cosine similarity to every token")
         with gr.Row():
@@ -134,7 +132,6 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
             heat, text = do_similarity(path, row, col)
             return row, col, heat, text
 
-        # ------------------------------------------------------------ Understand
         gr.Markdown("## Understand\nzero-shot over your labels (each label is the prompt as typed) and the "
                     "greedy caption")
         with gr.Row():
@@ -156,7 +153,6 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
             except Exception as e:  # noqa: BLE001
                 return None, "", _failed(e)
 
-        # ------------------------------------------------------------ Retrieve
         gr.Markdown("## Retrieve\na text query over the gallery's images (text → image), or the image above "
                     "over its captions (image → text); a gallery is encoded once")
         with gr.Row():
@@ -175,13 +171,10 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
                                       elem_id="caption-results", interactive=False)
         retrieve_msg = gr.Markdown(ex.missing("retrieve") or ex.gallery_status, elem_id="retrieve-message")
 
-        def gallery_line(g):
-            return f"gallery `{g.spec}`: {len(g)} images, {len(g.texts)} distinct captions, encoded in {g.seconds} s"
-
         def do_search(text, gallery_spec, top):
             try:
                 g, hits = ex.search_text(text, int(top), gallery_spec)
-                return [(t, f"{s:.3f} · {c}") for t, c, s in hits], gallery_line(g)
+                return [(t, f"{s:.3f} · {c}") for t, c, s in hits], g.summary()
             except Exception as e:  # noqa: BLE001
                 return None, _failed(e)
 
@@ -189,11 +182,10 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
             try:
                 x, _ = ex.image(path)
                 g, hits = ex.search_image(x, int(top), gallery_spec)
-                return [[i + 1, c, round(s, 4)] for i, (c, s) in enumerate(hits)], gallery_line(g)
+                return [[i + 1, c, round(s, 4)] for i, (c, s) in enumerate(hits)], g.summary()
             except Exception as e:  # noqa: BLE001
                 return None, _failed(e)
 
-        # ------------------------------------------------------------ Generate
         gr.Markdown("## Generate\nclass-conditional samples of the generator's tokens, decoded to pixels")
         names = ex.class_names()
         gen_msg = gr.Markdown(ex.missing("generate") or "", elem_id="gen-message")
@@ -220,7 +212,6 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
             except Exception as e:  # noqa: BLE001
                 return None, _failed(e)
 
-        # ------------------------------------------------------------ events
         def do_input(path):
             try:
                 return ex.image(path)[1] if path else ""

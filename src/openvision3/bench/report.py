@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 
-# ------------------------------------------------------------------------------------ output
 def format_bench(r: dict) -> str:
     lines = [f"ov3 bench: {r['config']}, VAE {r['vae']} {r['vae_block_out_channels']}, {r['resolution']} px "
              f"({r['tokens']} tokens), batch {r['batch']}, {r['precision']}, on {r.get('gpu') or r.get('cpu')} "

@@ -12,7 +12,6 @@ from .step import StepRunner, _fixed_batch, build_config, encoder_vs_timm, vae_r
 from .timing import _device, _machine, _peak_memory, _precision, alternating_median_seconds, count_flops, gpu_bf16_peak
 
 
-# ------------------------------------------------------------------------------------ the bench
 def run_bench(opts: BenchOptions) -> dict:
     """Everything ``ov3 bench`` prints, as one dict (see the module docstring)."""
     device = _device(opts.device)
@@ -122,7 +121,6 @@ class _Progress:
         self.bar.close()
 
 
-# ------------------------------------------------------------------------------------ compare
 def parse_variant(text: str) -> tuple[str, list[str], bool]:
     """``"fused:train.adamw=fused,cached"`` -> ("fused", ["train.adamw=fused"], True): overrides,
     and the flag ``cached`` (steps on cached latents); ``"base:"`` -> no overrides."""

@@ -36,7 +36,6 @@ def _fixed_batch(cfg, device):
     return images, batch["caption"]
 
 
-# ------------------------------------------------------------------------------------ the step
 class StepRunner:
     """A model, its optimizer and one fixed batch; runs components and whole steps."""
 

@@ -39,28 +39,20 @@ from .modeling_openvision3 import MODEL_TYPE, OpenVision3VisionConfig, OpenVisio
 LLAVA_FEATURE_LAYER, LLAVA_SELECT_STRATEGY = -2, "default"
 
 
-# ---------------------------------------------------------------------------------------------
-# building the tower from our models
-
-
-def _config_for(vae: FrozenVAE, encoder: UnifiedEncoder, image_size: int) -> OpenVision3VisionConfig:
+def vision_model_from_parts(vae: FrozenVAE, encoder: UnifiedEncoder, image_size: int) -> OpenVision3VisionModel:
+    """A tower holding copies of ``vae`` and ``encoder`` (outputs identical to theirs)."""
+    if vae.latent_channels != encoder.in_channels:
+        raise ConfigError(f"the VAE has {vae.latent_channels} latent channels, the encoder expects "
+                          f"{encoder.in_channels}")
     tower = encoder.transformer
-    return OpenVision3VisionConfig(
+    model = OpenVision3VisionModel(OpenVision3VisionConfig(
         hidden_size=encoder.width, num_hidden_layers=tower.layers,
         num_attention_heads=tower.resblocks[0].attn.num_heads if tower.layers else 1,
         mlp_ratio=(tower.resblocks[0].mlp.c_fc.out_features / encoder.width) if tower.layers else 4.0,
         projection_dim=encoder.embed_dim, pool=encoder.pool_type, image_size=image_size,
         patch_size=vae.downsample * encoder.patch_size, latent_patch_size=encoder.patch_size,
         latent_channels=vae.latent_channels, vae_config=dict(vae.vae.config), vae_source=vae.source,
-        vae_convention=vae.convention, vae_scaling_factor=vae.scaling_factor, vae_shift_factor=vae.shift_factor)
-
-
-def vision_model_from_parts(vae: FrozenVAE, encoder: UnifiedEncoder, image_size: int) -> OpenVision3VisionModel:
-    """A tower holding copies of ``vae`` and ``encoder`` (outputs identical to theirs)."""
-    if vae.latent_channels != encoder.in_channels:
-        raise ConfigError(f"the VAE has {vae.latent_channels} latent channels, the encoder expects "
-                          f"{encoder.in_channels}")
-    model = OpenVision3VisionModel(_config_for(vae, encoder, image_size))
+        vae_convention=vae.convention, vae_scaling_factor=vae.scaling_factor, vae_shift_factor=vae.shift_factor))
     model.vae.vae.load_state_dict(vae.vae.state_dict())
     model.encoder.load_state_dict(encoder.state_dict())
     return model.eval()
@@ -95,10 +87,6 @@ def vae_latent_model(vae, image_size: int, latent_patch_size: int = 2) -> OpenVi
         enc.class_embedding.zero_()
         enc.proj.copy_(torch.eye(width))
     return vision_model_from_parts(vae, enc, image_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# the image processor and the LLaVA config
 
 
 def build_image_processor(image_size: int) -> CLIPImageProcessor:
@@ -153,10 +141,6 @@ def set_llava_trainable(model, stage: int) -> list[str]:
         model.model.language_model.requires_grad_(True)
         model.lm_head.requires_grad_(True)
     return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
-# ---------------------------------------------------------------------------------------------
-# export
 
 
 def export_hf(source: str, out_dir, vae: str = "flux-ov3", image_size: int | None = None) -> dict:

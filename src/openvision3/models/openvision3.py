@@ -53,7 +53,6 @@ class OpenVision3(nn.Module):
         self.loss_fn = OpenVision3Loss(cfg.loss)
         self._tokenizer = None
 
-    # ------------------------------------------------------------------ properties and helpers
     @property
     def image_size(self) -> int:
         return self.cfg.model.image_size
@@ -83,7 +82,6 @@ class OpenVision3(nn.Module):
             tokens = self.tokenizer(list(tokens))
         return tokens.to(self.logit_scale.device)
 
-    # ------------------------------------------------------------------ encoding
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> unified tokens (B, N, D)."""
         latents = self.vae.encode(images)
@@ -96,7 +94,6 @@ class OpenVision3(nn.Module):
         """Token ids (B, T) or a list of strings -> text features (B, embed_dim)."""
         return self.text_encoder(self._as_tokens(tokens))
 
-    # ------------------------------------------------------------------ training forward
     def forward(self, images: torch.Tensor, tokens=None, lpips_weight: float | None = None,
                 latents: torch.Tensor | None = None, unified: torch.Tensor | None = None) -> dict:
         """Every loss term and the total ``loss``. ``tokens``: ids (B, T) or captions (list of str).
@@ -134,7 +131,6 @@ class OpenVision3(nn.Module):
         out["logit_scale"] = self.logit_scale.detach().exp()
         return out
 
-    # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Full path, no noise (sigma = 0): images -> tokens -> latents -> images in [-1, 1]."""
@@ -158,7 +154,6 @@ class OpenVision3(nn.Module):
             self.caption_decoder.train(was_training)
         return [tok.decode(row) for row in ids.tolist()]
 
-    # ------------------------------------------------------------------ save / load
     def trainable_state_dict(self) -> dict:
         """Weights to save: no frozen VAE, no loss modules, and each tied tensor once
         (safetensors refuses shared storage; the tie is rebuilt by the constructor)."""
