@@ -1,25 +1,16 @@
-"""OpenVision 3 as a transformers model: a vision tower that LLaVA uses unchanged.
+"""OpenVision 3 as a transformers model: a vision tower that LLaVA uses unchanged (docs/llava.md).
 
     import openvision3.interop.transformers as ov3hf          # registers the Auto classes
     tower = ov3hf.vision_model_from_openvision3(OpenVision3.from_pretrained("runs/demo/model"))
     tower.save_pretrained("ov3_hf"); tower = AutoModel.from_pretrained("ov3_hf")
     llava = LlavaForConditionalGeneration(llava_config(tower.config, LlamaConfig(...)))
 
-The tower's config and model classes are defined in ``modeling_openvision3.py``, the self-contained
-file that ``save_pretrained`` copies beside the weights (``auto_map`` in ``config.json``), so an
-exported tower also loads where openvision3 is not installed (``trust_remote_code=True``). This
-module builds towers from our models and holds the LLaVA pieces.
-
-Pixels go in (``pixel_values`` in [-1, 1], made by :func:`build_image_processor`); the frozen VAE
-sits inside the model, as in ``OpenVision3.encode_image``, and its weights travel in the same
-``model.safetensors``. The output is CLIPVisionModel's: ``last_hidden_state`` (B, 1 + N, D) and,
-with ``output_hidden_states``, the embedding output and every block's output, each with the
-**class slot first**, so LLaVA-1.5's ``vision_feature_layer=-2`` + ``"default"`` strategy (drop
-the first token) hands the language model the N patch tokens of the penultimate block [P: LLaVA
--1.5 reads CLIP's penultimate layer]. ``hidden_states[-1][:, 1:]`` are our unified tokens z_u.
-
-``pooler_output`` is the contrastive embedding (mean or max over patch tokens, ln_post, proj), as
-``OpenVision3.image_features``.
+The tower's config and model classes live in ``modeling_openvision3.py``, the self-contained file
+that ``save_pretrained`` copies beside the weights, so an exported tower also loads where
+openvision3 is not installed (``trust_remote_code=True``). This module builds towers from our
+models and holds the LLaVA pieces: pixels in [-1, 1] (:func:`build_image_processor`), hidden
+states with the class slot first, read by LLaVA-1.5 at ``vision_feature_layer=-2`` with the
+``"default"`` strategy (drop the class slot) [P: LLaVA-1.5 reads CLIP's penultimate layer].
 """
 from __future__ import annotations
 
