@@ -29,13 +29,8 @@ class Parts:
     tower: torch.nn.Module | None = None  # the transformers tower when that is what was loaded
 
     @property
-    def downsample(self) -> int:
-        """Pixels per token along a side."""
-        return self.vae.downsample * self.encoder.patch_size
-
-    @property
     def grid(self) -> tuple[int, int]:
-        side = self.image_size // self.downsample
+        side = self.image_size // (self.vae.downsample * self.encoder.patch_size)
         return side, side
 
     @property

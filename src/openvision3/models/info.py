@@ -15,10 +15,6 @@ from ..config import Config, get_config, load_config_file
 RESOLUTIONS = (128, 224, 256)  # [P] the paper's token grids: 64 / 196 / 256 tokens
 
 
-def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 def _towers(cfg: Config, latent_channels: int) -> dict:
     from .decoder import LatentDecoder
     from .encoder import UnifiedEncoder
@@ -57,7 +53,8 @@ def model_info(preset: str | None = None, model_dir: str | None = None, config: 
         extra = [f"model.preset={preset}"] if preset else []
         cfg = get_config(config, extra + list(overrides or []))
     vae = _vae_info(cfg)
-    parts = {name: _count(mod) for name, mod in _towers(copy.deepcopy(cfg), vae["latent_channels"]).items()}
+    towers = _towers(copy.deepcopy(cfg), vae["latent_channels"])
+    parts = {name: sum(p.numel() for p in mod.parameters() if p.requires_grad) for name, mod in towers.items()}
     parts["logit_scale"] = 1
     trainable = sum(parts.values())
     down = vae["downsample"] * cfg.model.patch_size
