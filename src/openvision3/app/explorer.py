@@ -3,6 +3,7 @@ numbers out. A view whose part the model lacks, or whose input cannot be used, r
 with the line the page shows."""
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -43,7 +44,6 @@ class Explorer:
         self.default_gallery = gallery_spec or (f"shapes?captions={m.cfg.data.shapes.captions}" if m else "shapes")
         self._galleries: dict[str, Gallery] = {}
         self._lock = threading.Lock()  # one encoding per gallery, even when two queries arrive at once
-        self._lpips = None
         self.gallery_status = ""
 
     def warm_up(self) -> str:
@@ -98,13 +98,12 @@ class Explorer:
         r = m.vae.decode(latents).clamp(-1, 1).float()
         psnr = float(peak_signal_noise_ratio(to_unit(r), to_unit(x), data_range=1.0))
         return {"original": picture(x[0]), "reconstruction": picture(r[0]), "difference": difference(x[0], r[0]),
-                "psnr": psnr, "lpips": float(self._lpips_net()(r, x.float()).flatten()[0])}
+                "psnr": psnr, "lpips": float(self._lpips(r, x.float()).flatten()[0])}
 
-    def _lpips_net(self):
-        if self._lpips is None:
-            from ..perceptual import build_lpips
-            self._lpips = build_lpips("alex").to(self.parts.device)
-        return self._lpips
+    @functools.cached_property
+    def _lpips(self):
+        from ..perceptual import build_lpips
+        return build_lpips("alex").to(self.parts.device)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.parts.encode(x)[0]

@@ -52,5 +52,4 @@ def heat_map(values: np.ndarray, vmin: float = -1.0, vmax: float = 1.0) -> np.nd
 def grid_picture(images: torch.Tensor, nrow: int) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> one picture of them in rows of ``nrow``, 2 px white gaps."""
     from torchvision.utils import make_grid
-    g = make_grid(((images.float().cpu() + 1) / 2).clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
-    return (g.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return picture(make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0))  # pad 1.0: white

@@ -1,11 +1,7 @@
-"""Activation memory of one training step, counted rather than measured.
-
-Every tensor autograd saves for the backward pass goes through a saved-tensor hook
-(``torch.autograd.graph.saved_tensors_hooks``); the step's activation memory is the sum of the
-distinct storages among them, parameters excluded. That is what a GPU holds between forward and
-backward on top of weights, gradients and optimizer state, independent of the allocator, so a
-CPU can count it for a GPU user. Counted in fp32 on one image: bf16 autocast stores the matmul
-and convolution outputs in 2 bytes, so a bf16 step needs between half of this and all of it.
+"""Activation memory of one training step, counted rather than measured (docs/performance.md):
+the distinct storages autograd saves for backward, parameters excluded, seen by a saved-tensor hook.
+It does not depend on the allocator, so a CPU can count it for a GPU user. Counted in fp32: a bf16
+step needs between half of this and all of it (autocast stores matmul and conv outputs in 2 bytes).
 """
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
-"""The Hugging Face Hub: push a saved model with its card.
+"""The Hugging Face Hub: push a saved model with its card (docs/llava.md, "The Hub").
 
     push_model("runs/demo/model", "me/ov3-nano-shapes", private=True)   # `ov3 push`
 
-Either kind of directory goes up as it is: a saved OpenVision3 (``config.yaml`` +
-``model.safetensors`` [+ ``vae/``]), loaded back by ``OpenVision3.from_pretrained("me/...")``, or a
-transformers tower from ``ov3 export hf`` (``config.json`` + ``model.safetensors`` +
-``preprocessor_config.json``), loaded back by ``AutoModel.from_pretrained``. The model card
-(``README.md``) is rewritten first, so it lists the evaluation results found in the directory.
-Loading needs no network once a snapshot is in the local cache (``HF_HUB_OFFLINE=1`` works).
+Either a saved OpenVision3 or an ``ov3 export hf`` tower goes up as it is, its model card
+(``README.md``) rewritten first so that it lists the evaluation results found in the directory.
 """
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""The model card (``README.md`` with YAML metadata) written beside saved weights.
-
-``OpenVision3.save_pretrained`` writes one for the whole model, ``ov3 export hf`` one for the
-transformers vision tower, ``ov3 push`` refreshes it before uploading. The metadata follows the
-Hub's model-card spec through huggingface_hub's ``ModelCardData``: library, license, tags, the
-evaluation results found in the directory (``eval/eval.json`` from ``ov3 eval``,
-``eval/llava_probe.json`` from ``ov3 probe llava``) as ``model-index``, and, because the tokens
-mean nothing without it, the VAE the encoder reads and its latent convention.
+"""The model card (``README.md`` with Hub metadata) written beside saved weights by ``save_pretrained``,
+``ov3 export hf`` and ``ov3 push`` (docs/llava.md, "The Hub"): through huggingface_hub's
+``ModelCardData``, the evaluation results found in the directory as ``model-index`` and, because the
+tokens mean nothing without it, the VAE the encoder reads and its latent convention.
 """
 from __future__ import annotations
 
