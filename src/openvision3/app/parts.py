@@ -7,7 +7,6 @@ understanding and retrieval need the parts such a tower does not ship.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +51,6 @@ class Parts:
                 f"{self.encoder.width} channels")
 
 
-def _is_vision_tower_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type") == "openvision3_vision"
-    except (OSError, ValueError):
-        return False
-
-
 def load_parts(source: str, vae: str = "flux-ov3", device: str | None = None) -> Parts:
     """``source``: a saved OpenVision3 directory, an ``ov3 export hf`` directory, or a released
     tower (hub id, directory or weights file; ``vae`` is the VAE it reads). Raises ServeError."""
@@ -71,8 +63,9 @@ def load_parts(source: str, vae: str = "flux-ov3", device: str | None = None) ->
             model = OpenVision3.from_pretrained(path).to(dev).eval()
             return Parts(str(source), "openvision3", model.vae, model.encoder, model.image_size, model)
         from ..interop import transformers as hf  # registers the Auto classes
+        from ..interop.hub import is_vision_tower_dir
         from ..interop.official import check_source
-        if path.is_dir() and _is_vision_tower_dir(path):
+        if path.is_dir() and is_vision_tower_dir(path):
             tower = hf.OpenVision3VisionModel.from_pretrained(path)
         else:
             check_source(str(source))  # a mistyped path fails here, before the VAE is fetched

@@ -51,7 +51,6 @@ def run_bench(opts: BenchOptions) -> dict:
     shares = step_shares({k: r["fwd_bwd_s"] for k, r in rows.items()}, top, step_s)
     for k, r in rows.items():
         r["share_of_step"] = shares["components"][k]
-    other = step_s - total
 
     name, peak = gpu_bf16_peak(device)
     result = {
@@ -65,7 +64,7 @@ def run_bench(opts: BenchOptions) -> dict:
         "step_s": step_s, "images_per_s": cfg.train.batch_size / step_s, "step_flops": step_flops,
         "achieved_tflops": step_flops / step_s / 1e12, **mem,
         "mfu": (step_flops / step_s / peak) if peak else None, "mfu_peak_tflops": peak / 1e12 if peak else None,
-        "components": rows, "components_sum_s": total, "other_s": other,
+        "components": rows, "components_sum_s": total, "other_s": step_s - total,
         "other_share": shares["other"], "shares_normalised": shares["normalised"],
         "parts_over_step": total / step_s,
     }

@@ -76,21 +76,27 @@ class StepRunner:
         self.optimizer_step()
         return out
 
-    def optimizer_step(self):
+    def optimizer_step(self, zero_grad: bool = True):
         t = self.cfg.train
         torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else float("inf"))
         self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        if zero_grad:
+            self.opt.zero_grad(set_to_none=True)
 
     # -- components: each returns (forward fn, forward+backward fn) ---------------------------
     def components(self) -> dict:
         m, lf, lc = self.model, self.model.loss_fn, self.model.cfg.loss
         images, tokens, latents = self.images, self.tokens, self.latents
-        with torch.no_grad(), self.ctx():
+        from ..models.text import fit_context
+        with torch.no_grad(), self.ctx():  # the inputs the parts are timed on
             z_u = m.encoder(latents).float()
             pred = m.decoder(z_u).float()
+            tk = fit_context(tokens, m.caption_decoder.context_length)
+            keep = tk[:, 1:] != 0
+            hidden = m.caption_decoder.hidden(z_u, tk[:, :-1])[keep].float()
+            head_targets = tk[:, 1:][keep]
+            text_feats = m.text_encoder(tokens).float()
         n = lc.pixel_subbatch if 0 < lc.pixel_subbatch < images.shape[0] else images.shape[0]
-        lam = lc.lpips_weight
 
         def grad_like(x):
             return torch.ones_like(x) / x.numel()
@@ -117,7 +123,7 @@ class StepRunner:
         def decode_pixel():
             p = leaf(pred)
             recon = m.vae.decode(p[:n])
-            return lf.reconstruction(images[:n], recon, latents, p, lpips_weight=lam)["loss_rec"]
+            return lf.reconstruction(images[:n], recon, latents, p, lpips_weight=lc.lpips_weight)["loss_rec"]
 
         def text():
             f = m.text_encoder(tokens)
@@ -127,19 +133,9 @@ class StepRunner:
             logits, targets = m.caption_decoder(leaf(z_u), tokens)  # the loss as losses.py computes it
             return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=0)
 
-        with torch.no_grad(), self.ctx():
-            from ..models.text import fit_context
-            tk = fit_context(tokens, m.caption_decoder.context_length)
-            keep = tk[:, 1:] != 0
-            hidden = m.caption_decoder.hidden(z_u, tk[:, :-1])[keep].float()
-            head_targets = tk[:, 1:][keep]
-
         def vocab_head():
             logits = m.caption_decoder.lm_head(leaf(hidden))
             return torch.nn.functional.cross_entropy(logits.float(), head_targets)
-
-        with torch.no_grad(), self.ctx():
-            text_feats = m.text_encoder(tokens).float()
 
         def contrastive():
             feats = torch.nn.functional.normalize(m.encoder.pool(leaf(z_u)).float(), dim=-1)
@@ -149,16 +145,11 @@ class StepRunner:
             for p in self.params:  # gradients as after a backward, without timing one
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-            t = self.cfg.train
-            torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-            self.opt.step()
-
-        def encode():
-            return m.vae.encode(images)
+            self.optimizer_step(zero_grad=False)  # the gradients stay for the next call
 
         # vae_encode runs under no_grad: its "forward+backward" is its forward
         comps = {name: (run(fn, False), run(fn, True)) for name, fn in (
-            ("vae_encode", encode), ("encoder", encoder), ("latent_decoder", decoder),
+            ("vae_encode", lambda: m.vae.encode(images)), ("encoder", encoder), ("latent_decoder", decoder),
             ("vae_decode_pixel", decode_pixel), ("text_encoder", text), ("caption_decoder", caption),
             ("caption_vocab_head", vocab_head), ("contrastive", contrastive))}
         comps["optimizer"] = (optimizer, optimizer)

@@ -1,6 +1,8 @@
 """Measuring primitives (alternating medians, FLOP counts, peak memory) and machine facts."""
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
 import statistics
 import time
@@ -78,17 +80,11 @@ def _machine(device: torch.device) -> dict:
         d["gpu"] = torch.cuda.get_device_name(device)
     else:
         cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
         d["cpu"] = cpu
-    try:
-        import os
+    with contextlib.suppress(OSError):  # no load average on this system
         d["load_avg_1m"] = os.getloadavg()[0]
-    except OSError:
-        pass
     return d
 
 

@@ -26,15 +26,18 @@ def model_kind(directory) -> str:
     d = Path(directory)
     if is_saved_model(d):
         return "openvision3"
-    cfg = d / "config.json"
-    if cfg.is_file() and (d / "model.safetensors").is_file():
-        try:
-            if json.loads(cfg.read_text()).get("model_type") == "openvision3_vision":
-                return "transformers"
-        except json.JSONDecodeError:
-            pass
+    if (d / "model.safetensors").is_file() and is_vision_tower_dir(d):
+        return "transformers"
     raise HubError(f"'{directory}' is not an OpenVision 3 model directory (config.yaml + model.safetensors "
                    "from save_pretrained, or config.json of type openvision3_vision from ov3 export hf)")
+
+
+def is_vision_tower_dir(directory) -> bool:
+    """Whether ``directory``'s ``config.json`` is an ``ov3 export hf`` tower's (model type openvision3_vision)."""
+    try:
+        return json.loads((Path(directory) / "config.json").read_text()).get("model_type") == "openvision3_vision"
+    except (OSError, ValueError):
+        return False
 
 
 def refresh_card(directory) -> Path:
