@@ -5,6 +5,7 @@ tokens mean nothing without it, the VAE the encoder reads and its latent convent
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -29,12 +30,8 @@ def read_results(directory) -> dict:
     """The evaluation files present in a model directory, by name (see EVAL_FILES)."""
     out = {}
     for name, rel in EVAL_FILES.items():
-        path = Path(directory) / rel
-        if path.is_file():
-            try:
-                out[name] = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue  # a half-written file is no result
+        with contextlib.suppress(OSError, json.JSONDecodeError):  # absent, or half-written: no result
+            out[name] = json.loads((Path(directory) / rel).read_text())
     return out
 
 
@@ -156,8 +153,7 @@ def write_card(directory, kind: str, info: dict, results: dict | None = None) ->
     vae_cfg = directory / "vae" / "config.json"  # a saved VAE: its factors as resolved, not the config's None
     if kind == "openvision3" and vae_cfg.is_file() and "vae_resolved" not in info:
         vc = json.loads(vae_cfg.read_text())
-        info = {**info, "vae_resolved": {"scaling_factor": vc.get("scaling_factor"),
-                                         "shift_factor": vc.get("shift_factor")}}
+        info = {**info, "vae_resolved": {k: vc.get(k) for k in ("scaling_factor", "shift_factor")}}
     card = build_card(kind, info, read_results(directory) if results is None else results)
     path = directory / "README.md"
     path.write_text(str(card), encoding="utf-8")

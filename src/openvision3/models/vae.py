@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import typing
 from pathlib import Path
@@ -91,10 +92,8 @@ def load_autoencoder(source: str):
     kwargs["low_cpu_mem_usage"] = False  # avoids diffusers' accelerate nag; the VAE is small
     cached = cached_snapshot(repo)
     if cached is not None:
-        try:
+        with contextlib.suppress(Exception):  # an incomplete snapshot: download what is missing below
             return AutoencoderKL.from_pretrained(str(cached), **kwargs)
-        except Exception:  # an incomplete snapshot: download what is missing below
-            pass
     reason = hub_unreachable_reason()
     if reason is None:
         prefix = f"{subfolder}/" if subfolder else ""
