@@ -38,12 +38,9 @@ def _unique_stem(path: str, used: set) -> str:
 
 @torch.no_grad()
 def reconstruct_files(model, paths, out_dir, resolution: int | None = None, batch_size: int = 16) -> dict:
-    """For each readable image: ``OUT/<stem>.png`` (the reconstruction) and ``OUT/<stem>_pair.png``
-    (original | reconstruction, side by side), and its PSNR (dB, [0, 1] images, data_range 1).
-
-    Returns ``{"images": [{"path", "psnr", "recon", "pair"}], "skipped": [{"path", "reason"}],
-    "psnr_mean", "resolution"}``.
-    """
+    """For each readable image: ``OUT/<stem>.png`` (the reconstruction), ``OUT/<stem>_pair.png`` (original |
+    reconstruction, side by side) and its PSNR (dB, [0, 1] images, data_range 1). Returns ``{"images":
+    [{"path", "psnr", "recon", "pair"}], "skipped": [{"path", "reason"}], "psnr_mean", "resolution"}``."""
     from torchmetrics.functional.image import peak_signal_noise_ratio
     from torchvision.utils import save_image
     res = int(resolution or model.image_size)
