@@ -20,7 +20,6 @@ class ServeError(ValueError):
 @dataclass
 class Parts:
     source: str
-    kind: str  # "openvision3" | "vision tower"
     vae: torch.nn.Module  # FrozenVAE (a whole model) or the tower's own VAE: has .encode, .downsample
     encoder: torch.nn.Module  # UnifiedEncoder, or the tower's ViT over latents (conv1, proj, width)
     image_size: int
@@ -61,7 +60,7 @@ def load_parts(source: str, vae: str = "flux-ov3", device: str | None = None) ->
         from ..models.openvision3 import OpenVision3, is_saved_model
         if is_saved_model(path):
             model = OpenVision3.from_pretrained(path).to(dev).eval()
-            return Parts(str(source), "openvision3", model.vae, model.encoder, model.image_size, model)
+            return Parts(str(source), model.vae, model.encoder, model.image_size, model)
         from ..interop import transformers as hf  # registers the Auto classes
         from ..interop.hub import is_vision_tower_dir
         from ..interop.official import check_source
@@ -74,7 +73,7 @@ def load_parts(source: str, vae: str = "flux-ov3", device: str | None = None) ->
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ServeError(f"cannot load model '{source}': {first}") from None
     tower = tower.to(dev).eval()
-    return Parts(str(source), "vision tower", tower.vae, tower.encoder, tower.config.image_size, tower=tower)
+    return Parts(str(source), tower.vae, tower.encoder, tower.config.image_size, tower=tower)
 
 
 def load_generator(run: str, device=None):

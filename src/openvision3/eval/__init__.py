@@ -42,11 +42,9 @@ def evaluate(model, data_spec: str, tasks=TASKS, resolution: int | None = None, 
     unless ``write_files`` is False (the demo writes its own report).
     ``probe_train`` defaults to 2 x num_samples (train split; the test split gives num_samples).
     """
-    from .captioning import eval_captioning
-    from .probe import eval_probe
-    from .reconstruction import eval_reconstruction
-    from .retrieval import eval_retrieval
-    from .zeroshot import eval_zeroshot
+    from . import captioning, probe, reconstruction, retrieval, zeroshot
+    plain = {"zeroshot": zeroshot.eval_zeroshot, "retrieval": retrieval.eval_retrieval,  # the same arguments
+             "caption": captioning.eval_captioning}
     tasks = parse_tasks(tasks)
     res = int(resolution or model.image_size)
     data = {t: open_for(t, data_spec, split, res) for t in tasks}
@@ -67,17 +65,14 @@ def evaluate(model, data_spec: str, tasks=TASKS, resolution: int | None = None, 
                 t0 = time.time()
                 ds = data[t]
                 if t == "recon":
-                    r = eval_reconstruction(model, ds, num_samples, batch_size, out_dir, inception,
-                                            lpips_nets, progress)
-                elif t == "zeroshot":
-                    r = eval_zeroshot(model, ds, num_samples, batch_size, out_dir, progress)
-                elif t == "retrieval":
-                    r = eval_retrieval(model, ds, num_samples, batch_size, out_dir, progress)
-                elif t == "caption":
-                    r = eval_captioning(model, ds, num_samples, batch_size, out_dir, progress)
-                else:
+                    r = reconstruction.eval_reconstruction(model, ds, num_samples, batch_size, out_dir, inception,
+                                                           lpips_nets, progress)
+                elif t == "probe":
                     pair = (open_for(t, data_spec, "train", res), ds) if has_splits(data_spec) else (ds, None)
-                    r = eval_probe(model, *pair, probe_train or 2 * num_samples, num_samples, batch_size, progress)
+                    r = probe.eval_probe(model, *pair, probe_train or 2 * num_samples, num_samples, batch_size,
+                                         progress)
+                else:
+                    r = plain[t](model, ds, num_samples, batch_size, out_dir, progress)
                 r["seconds"] = round(time.time() - t0, 2)
                 results[t] = r
     finally:
