@@ -1,9 +1,7 @@
-"""Use a trained model on files: reconstruct images, caption images, encode a data set.
-
-These back ``ov3 reconstruct``, ``ov3 caption`` and ``ov3 encode`` (docs/evaluation.md).
-Images are read like the evaluation reads them: resize the short side to the resolution
-(the model's own by default), centre crop, scale to [-1, 1]. Unreadable files are returned
-as ``(path, reason)`` pairs and never stop the others.
+"""Use a trained model on files: ``ov3 reconstruct``, ``ov3 caption`` and ``ov3 encode``
+(docs/evaluation.md). Images are read as the evaluation reads them (short side resized to the
+resolution, the model's own by default, centre crop, [-1, 1]); an unreadable file is returned with
+its reason and never stops the others.
 """
 from __future__ import annotations
 

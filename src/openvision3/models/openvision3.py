@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from pathlib import Path
 
@@ -51,7 +52,6 @@ class OpenVision3(nn.Module):
         self.caption_decoder = CaptionDecoder(m.encoder.width, m.caption, vocab, m.caption_keep_ratio)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(m.logit_scale_init)))  # [P] init 1/0.07
         self.loss_fn = OpenVision3Loss(cfg.loss)
-        self._tokenizer = None
 
     @property
     def image_size(self) -> int:
@@ -66,13 +66,11 @@ class OpenVision3(nn.Module):
         side = (resolution or self.image_size) // self.downsample
         return side, side
 
-    @property
+    @functools.cached_property
     def tokenizer(self):
         """``model.tokenizer(list_of_str) -> LongTensor`` (``model.tokenizer``: open_clip BPE or a
         closed word list), long enough for both text towers."""
-        if self._tokenizer is None:
-            self._tokenizer = build_tokenizer(self.cfg.model)
-        return self._tokenizer
+        return build_tokenizer(self.cfg.model)
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
