@@ -53,14 +53,11 @@ def write_examples(out_dir: Path, resolution: int, n: int = EXAMPLES) -> list[st
     return paths
 
 
-def build_page(ex: Explorer, examples_dir: str | Path | None = None):
+def build_page(ex: Explorer):
     """The gr.Blocks page for ``ex``; returns (blocks, examples_dir)."""
     import gradio as gr
-    if examples_dir is None:  # a private folder, removed when the server exits
-        examples_dir = tempfile.mkdtemp(prefix="ov3_serve_examples_")
-        atexit.register(shutil.rmtree, examples_dir, ignore_errors=True)
-    examples_dir = Path(examples_dir)
-    examples_dir.mkdir(parents=True, exist_ok=True)
+    examples_dir = Path(tempfile.mkdtemp(prefix="ov3_serve_examples_"))  # removed when the server exits
+    atexit.register(shutil.rmtree, examples_dir, ignore_errors=True)
     example_files = write_examples(examples_dir, ex.resolution)
     gh, gw = ex.parts.grid
     big = 200  # display size of the model-resolution pictures

@@ -158,7 +158,7 @@ def compare_steps(opts: BenchOptions, variants: list[str], cached: bool = False)
         torch.manual_seed(1)
         losses[k] = float(r.step(cached=info[k]["cached_latents"])["loss"].detach())
     med, rounds = alternating_median_seconds({k: (lambda r=r, c=info[k]["cached_latents"]: r.step(cached=c))
-                                              for k, r in runners.items()}, repeats, device, warmup=1)
+                                              for k, r in runners.items()}, repeats, device)
     first = parsed[0][0]
     return {**_machine(device), "batch": base.train.batch_size, "resolution": base.data.resolution,
             "repeats": repeats, "cached_latents": cached, "variants": info, "first_step_loss": losses,

@@ -20,22 +20,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternating_median_seconds(fns: dict, rounds: int, device: torch.device, per_round: int = 1,
-                               warmup: int = 1) -> tuple[dict, dict]:
-    """Time each ``fns[name]()`` in alternating rounds so every variant sees the same machine state;
-    returns ({name: median s/call}, {name: [s/call per round]})."""
+def alternating_median_seconds(fns: dict, rounds: int, device: torch.device) -> tuple[dict, dict]:
+    """Time each ``fns[name]()`` in alternating rounds, after one warm-up call each, so every variant
+    sees the same machine state; returns ({name: median s/call}, {name: [s/call per round]})."""
     for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+        fn()
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
             _sync(device)
             t0 = time.perf_counter()
-            for _ in range(per_round):
-                fn()
+            fn()
             _sync(device)
-            times[k].append((time.perf_counter() - t0) / per_round)
+            times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}, times
 
 

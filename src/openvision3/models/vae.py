@@ -110,20 +110,17 @@ def load_autoencoder(source: str):
 class FrozenVAE(nn.Module):
     """A frozen diffusers ``AutoencoderKL`` with OV3's latent normalisation."""
 
-    def __init__(self, cfg: VAEConfig | None = None, compute_dtype: torch.dtype | None = None,
-                 autoencoder=None):
-        """``autoencoder``: an ``AutoencoderKL`` already built (e.g. from a config whose weights come
-        with the enclosing checkpoint, as the transformers vision tower does); ``cfg.source`` is then
-        only recorded."""
+    def __init__(self, cfg: VAEConfig | None = None, compute_dtype: torch.dtype | None = None):
         super().__init__()
         cfg = cfg or VAEConfig()
         if cfg.convention not in CONVENTIONS:
             raise ConfigError(f"unknown vae.convention '{cfg.convention}'; valid: {', '.join(CONVENTIONS)}")
         self.source, self.convention = cfg.source, cfg.convention
-        if autoencoder is None and cfg.source == "inline":  # random: identity factors unless the config says
-            autoencoder = build_autoencoder(cfg, 1.0 if cfg.scaling_factor is None else cfg.scaling_factor,
-                                            cfg.shift_factor)
-        self.vae = autoencoder if autoencoder is not None else load_autoencoder(cfg.source)
+        if cfg.source == "inline":  # a random VAE: identity factors unless the config says otherwise
+            scaling = 1.0 if cfg.scaling_factor is None else cfg.scaling_factor
+            self.vae = build_autoencoder(cfg, scaling, cfg.shift_factor)
+        else:
+            self.vae = load_autoencoder(cfg.source)
         self.vae.requires_grad_(False)
         self.vae.eval()
         vc = self.vae.config
