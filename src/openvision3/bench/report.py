@@ -1,8 +1,7 @@
-"""The bench's output: text tables, the bench.json/.md/.png report, and the finiteness check."""
+"""The bench's output: text tables and the bench.json/.md/.png report."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 
@@ -84,14 +83,3 @@ def write_report(r: dict, out_dir) -> None:
     fig.tight_layout()
     fig.savefig(out / "bench.png", dpi=100)
     plt.close(fig)
-
-
-def finite_numbers(obj) -> bool:
-    """True if every number inside ``obj`` is finite (tests)."""
-    if isinstance(obj, dict):
-        return all(finite_numbers(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return all(finite_numbers(v) for v in obj)
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    return True
