@@ -59,8 +59,7 @@ def activation_memory(tiny: bool = False) -> dict:
                 enable_grad_checkpointing(model)
             images = torch.rand(1, 3, res, res) * 2 - 1
             tokens = model.tokenizer(["a red circle left of a blue square"])
-            with torch.no_grad():
-                latents = model.vae.encode(images)
+            latents = model.vae.encode(images)  # no grad: the VAE is frozen
             counted = saved_activation_bytes(model, images, tokens, latents)
             row["grad_checkpointing" if checkpointing else "plain"] = {k: v / 2**30 for k, v in counted.items()}
         out["per_image_gib"][str(res)] = row

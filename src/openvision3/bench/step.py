@@ -51,8 +51,7 @@ class StepRunner:
             images, captions = _fixed_batch(cfg, device)
         self.images, self.captions = images, captions
         self.tokens = self.model.tokenizer(captions).to(device)
-        with torch.no_grad():
-            self.latents = self.model.vae.encode(images)
+        self.latents = self.model.vae.encode(images)  # no grad: the VAE is frozen
         self.fwd = self.model
         if cfg.train.compile:
             self.fwd = torch.compile(self.model)

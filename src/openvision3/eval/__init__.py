@@ -11,8 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from .common import EvalError, has_splits, open_for
 from .report import write_report
 
@@ -59,22 +57,20 @@ def evaluate(model, data_spec: str, tasks=TASKS, resolution: int | None = None, 
     model.eval()
     results: dict = {}
     t_start = time.time()
-    try:
-        with torch.no_grad():
-            for t in tasks:
-                t0 = time.time()
-                ds = data[t]
-                if t == "recon":
-                    r = reconstruction.eval_reconstruction(model, ds, num_samples, batch_size, out_dir, inception,
-                                                           lpips_nets, progress)
-                elif t == "probe":
-                    pair = (open_for(t, data_spec, "train", res), ds) if has_splits(data_spec) else (ds, None)
-                    r = probe.eval_probe(model, *pair, probe_train or 2 * num_samples, num_samples, batch_size,
-                                         progress)
-                else:
-                    r = plain[t](model, ds, num_samples, batch_size, out_dir, progress)
-                r["seconds"] = round(time.time() - t0, 2)
-                results[t] = r
+    try:  # every task runs without gradients itself
+        for t in tasks:
+            t0 = time.time()
+            ds = data[t]
+            if t == "recon":
+                r = reconstruction.eval_reconstruction(model, ds, num_samples, batch_size, out_dir, inception,
+                                                       lpips_nets, progress)
+            elif t == "probe":
+                pair = (open_for(t, data_spec, "train", res), ds) if has_splits(data_spec) else (ds, None)
+                r = probe.eval_probe(model, *pair, probe_train or 2 * num_samples, num_samples, batch_size, progress)
+            else:
+                r = plain[t](model, ds, num_samples, batch_size, out_dir, progress)
+            r["seconds"] = round(time.time() - t0, 2)
+            results[t] = r
     finally:
         model.train(was_training)
     results["meta"] = {"data": data_spec, "split": split, "resolution": res, "num_samples": num_samples,
