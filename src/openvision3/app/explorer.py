@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..eval.common import to_unit
+from ..eval.zeroshot import class_embeddings, image_embeddings
 from .gallery import Gallery, GalleryError
 from .parts import Parts
 from .pictures import blocks, difference, grid_picture, heat_map, pca_rgb, picture
@@ -141,7 +142,6 @@ class Explorer:
         """Probabilities over the typed labels (softmax of the model's logit scale x cosine; each
         label is the prompt as typed) and the words the tokenizer does not know."""
         self._need("understand")
-        from ..eval.zeroshot import class_embeddings, image_embeddings
         labels = parse_labels(labels_text)
         m = self.parts.model
         text = class_embeddings(m, labels, ["{}"])
@@ -171,9 +171,7 @@ class Explorer:
         g = self.gallery(spec)
         return g, g.search_text(self.parts.model, query.strip(), k)
 
-    @torch.no_grad()
     def search_image(self, x: torch.Tensor, k: int = 8, spec: str | None = None):
-        from ..eval.zeroshot import image_embeddings
         g = self.gallery(spec)
         return g, g.search_image(image_embeddings(self.parts.model, x)[0], k)
 

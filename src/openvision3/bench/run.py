@@ -15,8 +15,6 @@ from .timing import _device, _machine, _peak_memory, _precision, alternating_med
 def run_bench(opts: BenchOptions) -> dict:
     """Everything ``ov3 bench`` prints, as one dict (see the module docstring)."""
     device = _device(opts.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals made CPU steps up to 8x slower
     cfg = build_config(opts, device)
     if cfg.train.batch_size < 1:
         raise BenchError("--batch must be >= 1")
@@ -139,8 +137,6 @@ def compare_steps(opts: BenchOptions, variants: list[str], cached: bool = False)
     """Median s/step of whole training steps for each variant (same batch, alternating rounds);
     ``ratio_vs_first``: the first variant's time / each variant's (> 1: the variant is faster)."""
     device = _device(opts.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
     parsed = [parse_variant(v) for v in variants]
     if len(parsed) < 2:
         raise BenchError("--compare needs at least two variants")

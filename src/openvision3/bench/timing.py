@@ -86,11 +86,12 @@ def _machine(device: torch.device) -> dict:
 
 
 def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    """The bench's device (CUDA when there is one, unless ``name`` says), made ready for timing."""
+    dev = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda: no CUDA device here")
     if dev.type not in ("cpu", "cuda"):
         raise BenchError(f"--device {name}: only cpu and cuda are supported")
+    if dev.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals made CPU steps up to 8x slower
     return dev

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import ConfigError, load_config_file
+from ..config import ConfigError, config_to_dict, load_config_file
 from ..models.openvision3 import is_saved_model
 
 # never uploaded: training state and scratch files a run directory may hold
@@ -42,7 +42,6 @@ def is_vision_tower_dir(directory) -> bool:
 
 def refresh_card(directory) -> Path:
     """Rewrite ``directory/README.md`` from the directory's config and evaluation files."""
-    from ..config import config_to_dict
     from ..models.card import write_card
     kind = model_kind(directory)
     if kind == "openvision3":

@@ -74,8 +74,7 @@ def format_info(info: dict) -> str:
     lines = [f"OpenVision 3 model, preset '{info['preset']}' (token dim {info['token_dim']}, "
              f"embed dim {info['embed_dim']}, {info['downsample']}x downsampling)", "",
              "| part | parameters |", "|---|---:|"]
-    for name in ("encoder", "decoder", "text_encoder", "caption_decoder"):
-        lines.append(f"| {name} | {_m(p[name])} |")
+    lines += [f"| {name} | {_m(p[name])} |" for name in ("encoder", "decoder", "text_encoder", "caption_decoder")]
     lines += [f"| trainable total | {_m(p['trainable_total'])} |", f"| VAE (frozen) | {_m(p['vae_frozen'])} |", "",
               "| resolution | token grid | tokens |", "|---:|---:|---:|"]
     lines += [f"| {r} px | {g['grid']}x{g['grid']} | {g['tokens']} |" for r, g in info["token_grids"].items()]
