@@ -52,9 +52,7 @@ class StepRunner:
         self.images, self.captions = images, captions
         self.tokens = self.model.tokenizer(captions).to(device)
         self.latents = self.model.vae.encode(images)  # no grad: the VAE is frozen
-        self.fwd = self.model
-        if cfg.train.compile:
-            self.fwd = torch.compile(self.model)
+        self.fwd = torch.compile(self.model) if cfg.train.compile else self.model
 
     def ctx(self):
         from ..train.trainer import forward_context

@@ -72,10 +72,8 @@ def wrap_title(text: str, width: int = 40, max_lines: int = 8) -> str:
 
 
 def show_grid(images, titles, path, cols: int = 4, title_width: int = 40, max_title_lines: int = 8):
-    """A grid of images (tensors in [-1, 1]) with wrapped titles, saved to ``path``.
-
-    Each line of a title ("GT: ...\nOURS: ...") is wrapped on its own, and the rows are made tall
-    enough for the longest title, so long captions neither merge nor run into the row above."""
+    """A grid of images (tensors in [-1, 1]) with titles wrapped line by line (``wrap_title``), its rows tall
+    enough for the longest title so that long captions never run into the row above; saved to ``path``."""
     p = plt()
     wrapped = [wrap_title(t, title_width, max_title_lines) for t in titles]
     lines = max([w.count("\n") + 1 for w in wrapped] or [1])

@@ -33,10 +33,8 @@ def features(model, ds, n: int, batch_size: int, desc: str, progress: bool = Tru
                 xs[k].append(f.flatten(1).float().cpu())
             ys.append(batch["label"][keep])
     if not ys:
-        xs, y = {k: np.zeros((0, 1), np.float32) for k in kinds}, np.zeros((0,), np.int64)
-    else:
-        xs, y = {k: torch.cat(v).numpy() for k, v in xs.items()}, torch.cat(ys).numpy()
-    return xs, y
+        return {k: np.zeros((0, 1), np.float32) for k in kinds}, np.zeros((0,), np.int64)
+    return {k: torch.cat(v).numpy() for k, v in xs.items()}, torch.cat(ys).numpy()
 
 
 def fit_probe(x_train, y_train, x_test, y_test, max_iter: int = 1000) -> dict:
