@@ -34,9 +34,7 @@ def pca_rgb(tokens: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     comps = vh[:3]
     comps = comps * torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True)))
-    proj = x @ comps.T  # (N, k), k <= 3 when N or D is smaller
-    if proj.shape[1] < 3:
-        proj = torch.cat([proj, torch.zeros(proj.shape[0], 3 - proj.shape[1])], 1)
+    proj = torch.nn.functional.pad(x @ comps.T, (0, 3 - len(comps)))  # (N, 3): zeros where N or D < 3
     lo, hi = proj.min(0).values, proj.max(0).values
     unit = (proj - lo) / (hi - lo).clamp_min(1e-8)
     return (unit.reshape(*grid, 3).numpy() * 255).round().astype(np.uint8)
