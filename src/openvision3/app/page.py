@@ -92,8 +92,7 @@ def build_page(ex: Explorer):
 
         @_guarded(None, None, None)
         def do_reconstruct(path, s):
-            x, _ = ex.image(path)
-            r = ex.reconstruct(x, float(s))
+            r = ex.reconstruct(ex.image(path)[0], float(s))
             text = f"PSNR {r['psnr']:.2f} dB · LPIPS (AlexNet) {r['lpips']:.3f} · σ = {float(s):.2f}"
             return r["original"], r["reconstruction"], r["difference"], text
 
@@ -114,15 +113,13 @@ def build_page(ex: Explorer):
 
         @_guarded(None, None)
         def do_tokens(path, row, col):
-            x, _ = ex.image(path)
-            z = ex.tokens(x)
+            z = ex.tokens(ex.image(path)[0])
             heat, s = ex.similarity(z, int(row or 0), int(col or 0))
             return ex.token_picture(z), heat, similarity_text(s)
 
         @_guarded(None)
         def do_similarity(path, row, col):
-            x, _ = ex.image(path)
-            heat, s = ex.similarity(ex.tokens(x), int(row or 0), int(col or 0))
+            heat, s = ex.similarity(ex.tokens(ex.image(path)[0]), int(row or 0), int(col or 0))
             return heat, similarity_text(s)
 
         def do_click(path, evt: gr.SelectData):
@@ -174,8 +171,7 @@ def build_page(ex: Explorer):
 
         @_guarded(None)
         def do_image_search(path, gallery_spec, top):
-            x, _ = ex.image(path)
-            g, hits = ex.search_image(x, int(top), gallery_spec)
+            g, hits = ex.search_image(ex.image(path)[0], int(top), gallery_spec)
             return [[i + 1, c, round(s, 4)] for i, (c, s) in enumerate(hits)], g.summary()
 
         gr.Markdown("## Generate\nclass-conditional samples of the generator's tokens, decoded to pixels")
