@@ -1,10 +1,21 @@
 """`ov3 bench` in its tiny mode: every key present, every number positive and finite (no timing
 assertions: speed lives in docs/performance.md)."""
 import json
+import math
 
 from openvision3 import cli
 from openvision3.bench.options import COMPONENTS
-from openvision3.bench.report import finite_numbers
+
+
+def finite_numbers(obj) -> bool:
+    """True if every number inside ``obj`` is finite."""
+    if isinstance(obj, dict):
+        return all(finite_numbers(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(finite_numbers(v) for v in obj)
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    return True
 
 
 def test_tiny_bench_reports_every_component_ratio_and_figure(tmp_path, capsys):

@@ -28,17 +28,8 @@ def _fp32(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def _process_group_rank_and_size() -> tuple[int, int]:
-    """(rank, world size) of the default torch.distributed process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class OpenVision3Loss(nn.Module):
     def __init__(self, cfg: LossConfig | None = None):
-        """The rank and world size of the contrastive gather are read from torch.distributed at
-        each call, so the model's own loss is right under DDP/FSDP."""
         super().__init__()
         self.cfg = cfg or LossConfig()
         # One open_clip ClipLoss per (rank, world size), made on first use; kept out of the module
@@ -51,8 +42,10 @@ class OpenVision3Loss(nn.Module):
     def clip_loss(self) -> ClipLoss:
         """Softmax CLIP loss over the global batch: with world size > 1 the features are gathered
         from every rank, with gradients (open_clip's own gather), and each rank scores its images
-        against every rank's captions."""
-        rank, world = _process_group_rank_and_size()
+        against every rank's captions. Rank and world size are read at each call, so the model's own
+        loss is right under DDP/FSDP."""
+        distributed = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         if (rank, world) not in self._clip_losses:
             self._clip_losses[(rank, world)] = ClipLoss(local_loss=False, gather_with_grad=True,
                                                         cache_labels=True, rank=rank, world_size=world)
@@ -85,8 +78,6 @@ class OpenVision3Loss(nn.Module):
             self.lpips.to(device)
         return self.lpips
 
-    # -- reconstruction ------------------------------------------------------------------------
-
     def reconstruction(self, images, recon, latents, pred_latents, lpips_weight: float | None = None) -> dict:
         """images, recon: (B,3,H,W) in [-1,1]; latents (VAE target), pred_latents: (B,C,h,w).
 
@@ -112,8 +103,6 @@ class OpenVision3Loss(nn.Module):
             loss_rec = loss_pixel + cfg.beta_latent * loss_latent + lam * loss_lpips
         return {"loss_pixel": loss_pixel, "loss_latent": loss_latent,
                 "loss_lpips": loss_lpips, "loss_rec": loss_rec}
-
-    # -- understanding -------------------------------------------------------------------------
 
     def understanding(self, image_features, text_features, logit_scale, caption_logits,
                       caption_targets, pad_id: int = 0) -> dict:
@@ -145,8 +134,6 @@ class OpenVision3Loss(nn.Module):
                     loss_cap = logits.sum() * 0.0
             loss_und = cfg.caption_weight * loss_cap + cfg.alpha_contrastive * loss_con
         return {"loss_contrastive": loss_con, "loss_caption": loss_cap, "loss_und": loss_und}
-
-    # -- total ---------------------------------------------------------------------------------
 
     def combine(self, terms: dict) -> dict:
         """Add ``loss`` = w_rec * loss_rec + w_und * loss_und over the enabled branches, plus the

@@ -137,11 +137,9 @@ def build_lpips(net: str = "alex"):
         if state is not None:
             # pnet_rand: build the backbone without torchvision's download, then fill it in
             model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-            mapped = {}
-            for key in model.net.state_dict():  # "slice{s}.{N}.weight" keeps torchvision's index N
-                _, idx, kind = key.split(".")
-                mapped[key] = state[f"features.{idx}.{kind}"]
-            model.net.load_state_dict(mapped, strict=True)
+            # "slice{s}.{N}.weight" keeps torchvision's index N
+            model.net.load_state_dict({key: state["features." + key.split(".", 1)[1]]
+                                       for key in model.net.state_dict()}, strict=True)
         else:
             cached = _torchvision_cached(net)
             # torchvision's download has no timeout: ask once whether its server answers at all

@@ -3,12 +3,15 @@ numbers out. A view whose part the model lacks, or whose input cannot be used, r
 with the line the page shows."""
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..eval.common import to_unit
+from ..eval.zeroshot import class_embeddings, image_embeddings
 from .gallery import Gallery, GalleryError
 from .parts import Parts
 from .pictures import blocks, difference, grid_picture, heat_map, pca_rgb, picture
@@ -42,7 +45,6 @@ class Explorer:
         self.default_gallery = gallery_spec or (f"shapes?captions={m.cfg.data.shapes.captions}" if m else "shapes")
         self._galleries: dict[str, Gallery] = {}
         self._lock = threading.Lock()  # one encoding per gallery, even when two queries arrive at once
-        self._lpips = None
         self.gallery_status = ""
 
     def warm_up(self) -> str:
@@ -50,14 +52,11 @@ class Explorer:
         (a gallery that cannot be opened is said in the page, and the page still starts)."""
         if self.missing("retrieve") is None:
             try:
-                g = self.gallery()
-                self.gallery_status = (f"gallery `{g.spec}`: {len(g)} images, {len(g.texts)} distinct captions, "
-                                       f"encoded in {g.seconds} s")
+                self.gallery_status = self.gallery().summary()
             except ViewError as e:
                 self.gallery_status = f"**{e}**"
         return self.gallery_status
 
-    # ---------------------------------------------------------------- what is there
     @property
     def resolution(self) -> int:
         return self.parts.image_size
@@ -86,7 +85,6 @@ class Explorer:
             raise ViewError(str(e)) from None
         return x.to(self.parts.device), note
 
-    # ---------------------------------------------------------------- reconstruct
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, sigma: float = 0.0, seed: int = 0) -> dict:
         """Original, reconstruction through the whole path with token noise ``sigma`` (per-token
@@ -99,18 +97,15 @@ class Explorer:
             torch.manual_seed(seed)
             latents = m.decoder(z, self.parts.grid, sigma=float(sigma) if sigma > 0 else None)
         r = m.vae.decode(latents).clamp(-1, 1).float()
-        xu, ru = (x.float() + 1) / 2, (r + 1) / 2
-        psnr = float(peak_signal_noise_ratio(ru.clamp(0, 1), xu.clamp(0, 1), data_range=1.0))
+        psnr = float(peak_signal_noise_ratio(to_unit(r), to_unit(x), data_range=1.0))
         return {"original": picture(x[0]), "reconstruction": picture(r[0]), "difference": difference(x[0], r[0]),
-                "psnr": psnr, "lpips": float(self._lpips_net()(r, x.float()).flatten()[0])}
+                "psnr": psnr, "lpips": float(self._lpips(r, x.float()).flatten()[0])}
 
-    def _lpips_net(self):
-        if self._lpips is None:
-            from ..perceptual import build_lpips
-            self._lpips = build_lpips("alex").to(self.parts.device)
-        return self._lpips
+    @functools.cached_property
+    def _lpips(self):
+        from ..perceptual import build_lpips
+        return build_lpips("alex").to(self.parts.device)
 
-    # ---------------------------------------------------------------- tokens
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.parts.encode(x)[0]
 
@@ -142,13 +137,11 @@ class Explorer:
         d = self.token_block
         return min(max(int(y_px) // d, 0), gh - 1), min(max(int(x_px) // d, 0), gw - 1)
 
-    # ---------------------------------------------------------------- understand
     @torch.no_grad()
     def zero_shot(self, x: torch.Tensor, labels_text: str) -> tuple[dict, list[str]]:
         """Probabilities over the typed labels (softmax of the model's logit scale x cosine; each
         label is the prompt as typed) and the words the tokenizer does not know."""
         self._need("understand")
-        from ..eval.zeroshot import class_embeddings, image_embeddings
         labels = parse_labels(labels_text)
         m = self.parts.model
         text = class_embeddings(m, labels, ["{}"])
@@ -160,7 +153,6 @@ class Explorer:
         self._need("understand")
         return self.parts.model.caption(x)[0]
 
-    # ---------------------------------------------------------------- retrieve
     def gallery(self, spec: str | None = None) -> Gallery:
         self._need("retrieve")
         spec = (spec or "").strip() or self.default_gallery
@@ -179,13 +171,10 @@ class Explorer:
         g = self.gallery(spec)
         return g, g.search_text(self.parts.model, query.strip(), k)
 
-    @torch.no_grad()
     def search_image(self, x: torch.Tensor, k: int = 8, spec: str | None = None):
-        from ..eval.zeroshot import image_embeddings
         g = self.gallery(spec)
         return g, g.search_image(image_embeddings(self.parts.model, x)[0], k)
 
-    # ---------------------------------------------------------------- generate
     def class_names(self) -> list[str]:
         return [str(c) for c in self.generator.class_names] if self.generator is not None else []
 

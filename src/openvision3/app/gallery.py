@@ -55,6 +55,10 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.captions)
 
+    def summary(self) -> str:
+        return (f"gallery `{self.spec}`: {len(self)} images, {len(self.texts)} distinct captions, "
+                f"encoded in {self.seconds} s")
+
     @staticmethod
     def _top(features: torch.Tensor, query: torch.Tensor, k: int) -> list[tuple[int, float]]:
         """(E,) normalised query -> [(row, cosine)] best first."""

@@ -2,6 +2,7 @@
 Generate), each with its own message line. Every handler returns a result or a message and never
 raises, so a bad request leaves the server serving the next one."""
 import atexit
+import functools
 import shutil
 import sys
 import tempfile
@@ -18,16 +19,22 @@ CSS = (".pixelated img { image-rendering: pixelated; } "
 EXAMPLES = 8  # held-out pictures to start from: 4 single objects, 4 scenes
 
 
-def _message(text: str) -> str:
-    return f"**{text}**"
-
-
-def _failed(e: Exception) -> str:
-    """A request that failed: one line in the page; the traceback goes to the server's log."""
-    if isinstance(e, ViewError):
-        return _message(str(e))
-    traceback.print_exc(file=sys.stderr)
-    return _message(f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+def _guarded(*blank):
+    """A handler that never raises: a failure becomes one line in its view's message (its last output,
+    the others ``blank``); an unexpected one's traceback goes to the server's log."""
+    def wrap(fn):
+        @functools.wraps(fn)  # gradio reads the handler's parameters
+        def handler(*args):
+            try:
+                return fn(*args)
+            except ViewError as e:
+                text = str(e)
+            except Exception as e:  # noqa: BLE001 - every failure becomes the view's message
+                traceback.print_exc(file=sys.stderr)
+                text = f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            return (*blank, f"**{text}**") if blank else f"**{text}**"
+        return handler
+    return wrap
 
 
 def write_examples(out_dir: Path, resolution: int, n: int = EXAMPLES) -> list[str]:
@@ -46,14 +53,11 @@ def write_examples(out_dir: Path, resolution: int, n: int = EXAMPLES) -> list[st
     return paths
 
 
-def build_page(ex: Explorer, examples_dir: str | Path | None = None):
+def build_page(ex: Explorer):
     """The gr.Blocks page for ``ex``; returns (blocks, examples_dir)."""
     import gradio as gr
-    if examples_dir is None:  # a private folder, removed when the server exits
-        examples_dir = tempfile.mkdtemp(prefix="ov3_serve_examples_")
-        atexit.register(shutil.rmtree, examples_dir, ignore_errors=True)
-    examples_dir = Path(examples_dir)
-    examples_dir.mkdir(parents=True, exist_ok=True)
+    examples_dir = Path(tempfile.mkdtemp(prefix="ov3_serve_examples_"))  # removed when the server exits
+    atexit.register(shutil.rmtree, examples_dir, ignore_errors=True)
     example_files = write_examples(examples_dir, ex.resolution)
     gh, gw = ex.parts.grid
     big = 200  # display size of the model-resolution pictures
@@ -75,7 +79,6 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
                                       height=120, allow_preview=False, format="png", elem_id="examples",
                                       elem_classes=["pixelated"], interactive=False)
 
-        # ------------------------------------------------------------ Reconstruct
         gr.Markdown("## Reconstruct\nimage → VAE → unified tokens (+ σ·ε) → latent decoder → VAE decoder")
         with gr.Row():
             sigma = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="token noise σ (training used U[0, τ])",
@@ -87,16 +90,12 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
             r_diff = img(f"difference |x − x̂| × {DIFF_GAIN}", "recon-diff")
         recon_msg = gr.Markdown(ex.missing("reconstruct") or "", elem_id="recon-message")
 
+        @_guarded(None, None, None)
         def do_reconstruct(path, s):
-            try:
-                x, _ = ex.image(path)
-                r = ex.reconstruct(x, float(s))
-                text = f"PSNR {r['psnr']:.2f} dB · LPIPS (AlexNet) {r['lpips']:.3f} · σ = {float(s):.2f}"
-                return r["original"], r["reconstruction"], r["difference"], text
-            except Exception as e:  # noqa: BLE001 - every failure becomes the view's message
-                return None, None, None, _failed(e)
+            r = ex.reconstruct(ex.image(path)[0], float(s))
+            text = f"PSNR {r['psnr']:.2f} dB · LPIPS (AlexNet) {r['lpips']:.3f} · σ = {float(s):.2f}"
+            return r["original"], r["reconstruction"], r["difference"], text
 
-        # ------------------------------------------------------------ Tokens
         gr.Markdown(f"## Tokens\nthe {gh} × {gw} unified tokens: first three principal components as RGB; "
                     "click a token (or type its row and column) for its cosine similarity to every token")
         with gr.Row():
@@ -112,29 +111,22 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
             return (f"token ({s['row']}, {s['col']}): cosine to itself {s['self']:.2f}, to the others "
                     f"{s['mean_other']:.2f} on average, {s['max_other']:.2f} at most")
 
+        @_guarded(None, None)
         def do_tokens(path, row, col):
-            try:
-                x, _ = ex.image(path)
-                z = ex.tokens(x)
-                heat, s = ex.similarity(z, int(row or 0), int(col or 0))
-                return ex.token_picture(z), heat, similarity_text(s)
-            except Exception as e:  # noqa: BLE001
-                return None, None, _failed(e)
+            z = ex.tokens(ex.image(path)[0])
+            heat, s = ex.similarity(z, int(row or 0), int(col or 0))
+            return ex.token_picture(z), heat, similarity_text(s)
 
+        @_guarded(None)
         def do_similarity(path, row, col):
-            try:
-                x, _ = ex.image(path)
-                heat, s = ex.similarity(ex.tokens(x), int(row or 0), int(col or 0))
-                return heat, similarity_text(s)
-            except Exception as e:  # noqa: BLE001
-                return None, _failed(e)
+            heat, s = ex.similarity(ex.tokens(ex.image(path)[0]), int(row or 0), int(col or 0))
+            return heat, similarity_text(s)
 
         def do_click(path, evt: gr.SelectData):
             row, col = ex.token_at(*evt.index[:2])
             heat, text = do_similarity(path, row, col)
             return row, col, heat, text
 
-        # ------------------------------------------------------------ Understand
         gr.Markdown("## Understand\nzero-shot over your labels (each label is the prompt as typed) and the "
                     "greedy caption")
         with gr.Row():
@@ -146,17 +138,14 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
             caption = gr.Textbox(label="caption (greedy)", interactive=False, elem_id="caption")
         understand_msg = gr.Markdown(ex.missing("understand") or "", elem_id="understand-message")
 
+        @_guarded(None, "")
         def do_understand(path, text):
-            try:
-                x, _ = ex.image(path)
-                p, unknown = ex.zero_shot(x, text)
-                note = (f"not in the model's vocabulary (each read as one unknown word): {', '.join(unknown)}"
-                        if unknown else f"{len(p)} labels")
-                return p, ex.caption(x), note
-            except Exception as e:  # noqa: BLE001
-                return None, "", _failed(e)
+            x, _ = ex.image(path)
+            p, unknown = ex.zero_shot(x, text)
+            note = (f"not in the model's vocabulary (each read as one unknown word): {', '.join(unknown)}"
+                    if unknown else f"{len(p)} labels")
+            return p, ex.caption(x), note
 
-        # ------------------------------------------------------------ Retrieve
         gr.Markdown("## Retrieve\na text query over the gallery's images (text → image), or the image above "
                     "over its captions (image → text); a gallery is encoded once")
         with gr.Row():
@@ -175,25 +164,16 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
                                       elem_id="caption-results", interactive=False)
         retrieve_msg = gr.Markdown(ex.missing("retrieve") or ex.gallery_status, elem_id="retrieve-message")
 
-        def gallery_line(g):
-            return f"gallery `{g.spec}`: {len(g)} images, {len(g.texts)} distinct captions, encoded in {g.seconds} s"
-
+        @_guarded(None)
         def do_search(text, gallery_spec, top):
-            try:
-                g, hits = ex.search_text(text, int(top), gallery_spec)
-                return [(t, f"{s:.3f} · {c}") for t, c, s in hits], gallery_line(g)
-            except Exception as e:  # noqa: BLE001
-                return None, _failed(e)
+            g, hits = ex.search_text(text, int(top), gallery_spec)
+            return [(t, f"{s:.3f} · {c}") for t, c, s in hits], g.summary()
 
+        @_guarded(None)
         def do_image_search(path, gallery_spec, top):
-            try:
-                x, _ = ex.image(path)
-                g, hits = ex.search_image(x, int(top), gallery_spec)
-                return [[i + 1, c, round(s, 4)] for i, (c, s) in enumerate(hits)], gallery_line(g)
-            except Exception as e:  # noqa: BLE001
-                return None, _failed(e)
+            g, hits = ex.search_image(ex.image(path)[0], int(top), gallery_spec)
+            return [[i + 1, c, round(s, 4)] for i, (c, s) in enumerate(hits)], g.summary()
 
-        # ------------------------------------------------------------ Generate
         gr.Markdown("## Generate\nclass-conditional samples of the generator's tokens, decoded to pixels")
         names = ex.class_names()
         gen_msg = gr.Markdown(ex.missing("generate") or "", elem_id="gen-message")
@@ -211,21 +191,16 @@ def build_page(ex: Explorer, examples_dir: str | Path | None = None):
             grid = gr.Image(label="samples", format="png", elem_id="gen-grid", interactive=False, height=big,
                             elem_classes=["pixelated", "upscaled"])
 
+        @_guarded(None)
         def do_generate(c, w, s, count, sd):
-            try:
-                if c is None:
-                    raise ViewError("choose a class")
-                picture = ex.generate(int(c), float(w), int(s), int(count), int(sd or 0))
-                return picture, f"{int(count)} samples of '{names[int(c)]}', guidance {float(w):g}, {int(s)} steps"
-            except Exception as e:  # noqa: BLE001
-                return None, _failed(e)
+            if c is None:
+                raise ViewError("choose a class")
+            picture = ex.generate(int(c), float(w), int(s), int(count), int(sd or 0))
+            return picture, f"{int(count)} samples of '{names[int(c)]}', guidance {float(w):g}, {int(s)} steps"
 
-        # ------------------------------------------------------------ events
+        @_guarded()
         def do_input(path):
-            try:
-                return ex.image(path)[1] if path else ""
-            except Exception as e:  # noqa: BLE001
-                return _failed(e)
+            return ex.image(path)[1] if path else ""
 
         recon_io = dict(fn=do_reconstruct, inputs=[upload, sigma], outputs=[r_orig, r_out, r_diff, recon_msg])
         tokens_io = dict(fn=do_tokens, inputs=[upload, t_row, t_col], outputs=[t_pca, t_sim, tokens_msg])

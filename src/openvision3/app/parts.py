@@ -7,7 +7,6 @@ understanding and retrieval need the parts such a tower does not ship.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,6 @@ class ServeError(ValueError):
 @dataclass
 class Parts:
     source: str
-    kind: str  # "openvision3" | "vision tower"
     vae: torch.nn.Module  # FrozenVAE (a whole model) or the tower's own VAE: has .encode, .downsample
     encoder: torch.nn.Module  # UnifiedEncoder, or the tower's ViT over latents (conv1, proj, width)
     image_size: int
@@ -29,13 +27,8 @@ class Parts:
     tower: torch.nn.Module | None = None  # the transformers tower when that is what was loaded
 
     @property
-    def downsample(self) -> int:
-        """Pixels per token along a side."""
-        return self.vae.downsample * self.encoder.patch_size
-
-    @property
     def grid(self) -> tuple[int, int]:
-        side = self.image_size // self.downsample
+        side = self.image_size // (self.vae.downsample * self.encoder.patch_size)
         return side, side
 
     @property
@@ -57,13 +50,6 @@ class Parts:
                 f"{self.encoder.width} channels")
 
 
-def _is_vision_tower_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type") == "openvision3_vision"
-    except (OSError, ValueError):
-        return False
-
-
 def load_parts(source: str, vae: str = "flux-ov3", device: str | None = None) -> Parts:
     """``source``: a saved OpenVision3 directory, an ``ov3 export hf`` directory, or a released
     tower (hub id, directory or weights file; ``vae`` is the VAE it reads). Raises ServeError."""
@@ -74,10 +60,11 @@ def load_parts(source: str, vae: str = "flux-ov3", device: str | None = None) ->
         from ..models.openvision3 import OpenVision3, is_saved_model
         if is_saved_model(path):
             model = OpenVision3.from_pretrained(path).to(dev).eval()
-            return Parts(str(source), "openvision3", model.vae, model.encoder, model.image_size, model)
+            return Parts(str(source), model.vae, model.encoder, model.image_size, model)
         from ..interop import transformers as hf  # registers the Auto classes
+        from ..interop.hub import is_vision_tower_dir
         from ..interop.official import check_source
-        if path.is_dir() and _is_vision_tower_dir(path):
+        if path.is_dir() and is_vision_tower_dir(path):
             tower = hf.OpenVision3VisionModel.from_pretrained(path)
         else:
             check_source(str(source))  # a mistyped path fails here, before the VAE is fetched
@@ -86,7 +73,7 @@ def load_parts(source: str, vae: str = "flux-ov3", device: str | None = None) ->
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ServeError(f"cannot load model '{source}': {first}") from None
     tower = tower.to(dev).eval()
-    return Parts(str(source), "vision tower", tower.vae, tower.encoder, tower.config.image_size, tower=tower)
+    return Parts(str(source), tower.vae, tower.encoder, tower.config.image_size, tower=tower)
 
 
 def load_generator(run: str, device=None):

@@ -34,9 +34,7 @@ def pca_rgb(tokens: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     comps = vh[:3]
     comps = comps * torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True)))
-    proj = x @ comps.T  # (N, k), k <= 3 when N or D is smaller
-    if proj.shape[1] < 3:
-        proj = torch.cat([proj, torch.zeros(proj.shape[0], 3 - proj.shape[1])], 1)
+    proj = torch.nn.functional.pad(x @ comps.T, (0, 3 - len(comps)))  # (N, 3): zeros where N or D < 3
     lo, hi = proj.min(0).values, proj.max(0).values
     unit = (proj - lo) / (hi - lo).clamp_min(1e-8)
     return (unit.reshape(*grid, 3).numpy() * 255).round().astype(np.uint8)
@@ -52,5 +50,4 @@ def heat_map(values: np.ndarray, vmin: float = -1.0, vmax: float = 1.0) -> np.nd
 def grid_picture(images: torch.Tensor, nrow: int) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> one picture of them in rows of ``nrow``, 2 px white gaps."""
     from torchvision.utils import make_grid
-    g = make_grid(((images.float().cpu() + 1) / 2).clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
-    return (g.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return picture(make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0))  # pad 1.0: white

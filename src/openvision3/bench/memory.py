@@ -1,11 +1,7 @@
-"""Activation memory of one training step, counted rather than measured.
-
-Every tensor autograd saves for the backward pass goes through a saved-tensor hook
-(``torch.autograd.graph.saved_tensors_hooks``); the step's activation memory is the sum of the
-distinct storages among them, parameters excluded. That is what a GPU holds between forward and
-backward on top of weights, gradients and optimizer state, independent of the allocator, so a
-CPU can count it for a GPU user. Counted in fp32 on one image: bf16 autocast stores the matmul
-and convolution outputs in 2 bytes, so a bf16 step needs between half of this and all of it.
+"""Activation memory of one training step, counted rather than measured (docs/performance.md):
+the distinct storages autograd saves for backward, parameters excluded, seen by a saved-tensor hook.
+It does not depend on the allocator, so a CPU can count it for a GPU user. Counted in fp32: a bf16
+step needs between half of this and all of it (autocast stores matmul and conv outputs in 2 bytes).
 """
 from __future__ import annotations
 
@@ -27,14 +23,9 @@ def saved_activation_bytes(model, images, tokens, latents) -> dict:
             seen.setdefault(storage.data_ptr(), (where["part"], storage.nbytes()))
         return t
 
-    def enter(*_):
-        where["part"] = "vae_decoder"
-
-    def leave(*_):
-        where["part"] = "towers_and_losses"
-
     decoder = model.vae.vae.decoder  # the VAE encoder is skipped: latents are given
-    hooks = [decoder.register_forward_pre_hook(enter), decoder.register_forward_hook(leave)]
+    hooks = [decoder.register_forward_pre_hook(lambda *_: where.update(part="vae_decoder")),
+             decoder.register_forward_hook(lambda *_: where.update(part="towers_and_losses"))]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(images, tokens, latents=latents)
@@ -68,8 +59,7 @@ def activation_memory(tiny: bool = False) -> dict:
                 enable_grad_checkpointing(model)
             images = torch.rand(1, 3, res, res) * 2 - 1
             tokens = model.tokenizer(["a red circle left of a blue square"])
-            with torch.no_grad():
-                latents = model.vae.encode(images)
+            latents = model.vae.encode(images)  # no grad: the VAE is frozen
             counted = saved_activation_bytes(model, images, tokens, latents)
             row["grad_checkpointing" if checkpointing else "plain"] = {k: v / 2**30 for k, v in counted.items()}
         out["per_image_gib"][str(res)] = row

@@ -1,12 +1,10 @@
-"""The bench's output: text tables, the bench.json/.md/.png report, and the finiteness check."""
+"""The bench's output: text tables and the bench.json/.md/.png report."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 
-# ------------------------------------------------------------------------------------ output
 def format_bench(r: dict) -> str:
     lines = [f"ov3 bench: {r['config']}, VAE {r['vae']} {r['vae_block_out_channels']}, {r['resolution']} px "
              f"({r['tokens']} tokens), batch {r['batch']}, {r['precision']}, on {r.get('gpu') or r.get('cpu')} "
@@ -85,14 +83,3 @@ def write_report(r: dict, out_dir) -> None:
     fig.tight_layout()
     fig.savefig(out / "bench.png", dpi=100)
     plt.close(fig)
-
-
-def finite_numbers(obj) -> bool:
-    """True if every number inside ``obj`` is finite (tests)."""
-    if isinstance(obj, dict):
-        return all(finite_numbers(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return all(finite_numbers(v) for v in obj)
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    return True

@@ -12,12 +12,9 @@ from .step import StepRunner, _fixed_batch, build_config, encoder_vs_timm, vae_r
 from .timing import _device, _machine, _peak_memory, _precision, alternating_median_seconds, count_flops, gpu_bf16_peak
 
 
-# ------------------------------------------------------------------------------------ the bench
 def run_bench(opts: BenchOptions) -> dict:
     """Everything ``ov3 bench`` prints, as one dict (see the module docstring)."""
     device = _device(opts.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals made CPU steps up to 8x slower
     cfg = build_config(opts, device)
     if cfg.train.batch_size < 1:
         raise BenchError("--batch must be >= 1")
@@ -52,7 +49,6 @@ def run_bench(opts: BenchOptions) -> dict:
     shares = step_shares({k: r["fwd_bwd_s"] for k, r in rows.items()}, top, step_s)
     for k, r in rows.items():
         r["share_of_step"] = shares["components"][k]
-    other = step_s - total
 
     name, peak = gpu_bf16_peak(device)
     result = {
@@ -66,7 +62,7 @@ def run_bench(opts: BenchOptions) -> dict:
         "step_s": step_s, "images_per_s": cfg.train.batch_size / step_s, "step_flops": step_flops,
         "achieved_tflops": step_flops / step_s / 1e12, **mem,
         "mfu": (step_flops / step_s / peak) if peak else None, "mfu_peak_tflops": peak / 1e12 if peak else None,
-        "components": rows, "components_sum_s": total, "other_s": other,
+        "components": rows, "components_sum_s": total, "other_s": step_s - total,
         "other_share": shares["other"], "shares_normalised": shares["normalised"],
         "parts_over_step": total / step_s,
     }
@@ -78,12 +74,7 @@ def run_bench(opts: BenchOptions) -> dict:
         bar.next("encoder vs timm")
         result.update(encoder_vs_timm(runner, repeats))
         bar.next("cache and pixel sub-batch")
-        vr = vae_ratios(runner, repeats)
-        result.update({k: vr[k] for k in ("cache_speedup", "cache_bound", "pixel_subbatch_speedup",
-                                          "pixel_subbatch_bound", "cache_and_pixel_subbatch_speedup",
-                                          "cache_and_pixel_subbatch_bound", "pixel_subbatch")})
-        result["ratio_steps_s"], result["ratio_steps_flops"] = vr["step_s"], vr["step_flops"]
-        result["cache_fraction_of_bound"] = result["cache_speedup"] / result["cache_bound"]
+        result.update(vae_ratios(runner, repeats))
     if memory:
         from .memory import activation_memory
         bar.next("activation memory")
@@ -109,26 +100,24 @@ def step_shares(seconds: dict, top: list, step_s: float) -> dict:
 
 
 class _Progress:
+    """One tick per finished phase, the running phase in the description."""
+
     def __init__(self, enabled: bool, total: int):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc="bench", dynamic_ncols=True, file=sys.stderr)
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=total, desc="bench", dynamic_ncols=True, file=sys.stderr, disable=not enabled)
+        self.started = False
 
     def next(self, what: str):
-        if self.bar is not None:
-            if self.bar.n or self.bar.desc != "bench":
-                self.bar.update(1)
-            self.bar.set_description(f"bench: {what}")
-            self.bar.desc = f"bench: {what}"
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_description_str(f"bench: {what}")
 
     def close(self):
-        if self.bar is not None:
-            self.bar.update(self.bar.total - self.bar.n)
-            self.bar.close()
+        self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
 
 
-# ------------------------------------------------------------------------------------ compare
 def parse_variant(text: str) -> tuple[str, list[str], bool]:
     """``"fused:train.adamw=fused,cached"`` -> ("fused", ["train.adamw=fused"], True): overrides,
     and the flag ``cached`` (steps on cached latents); ``"base:"`` -> no overrides."""
@@ -148,27 +137,24 @@ def compare_steps(opts: BenchOptions, variants: list[str], cached: bool = False)
     """Median s/step of whole training steps for each variant (same batch, alternating rounds);
     ``ratio_vs_first``: the first variant's time / each variant's (> 1: the variant is faster)."""
     device = _device(opts.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
     parsed = [parse_variant(v) for v in variants]
     if len(parsed) < 2:
         raise BenchError("--compare needs at least two variants")
     repeats = opts.repeats or DEFAULTS.get(device.type, DEFAULTS["cpu"])["repeats"]
     base = build_config(opts, device)
     images, captions = _fixed_batch(base, device)  # one batch for every variant
-    runners, info, cache_of = {}, {}, {}
+    runners, info = {}, {}
     for name, over, variant_cached in parsed:
         cfg = build_config(BenchOptions(**{**opts.__dict__, "overrides": list(opts.overrides) + over}), device)
         amp, prec, _ = _precision(cfg.train.precision, device)
         runners[name] = StepRunner(cfg, device, amp, images=images, captions=captions)
         info[name] = {"overrides": over, "precision": prec, "cached_latents": cached or variant_cached}
-        cache_of[name] = cached or variant_cached
     losses = {}
     for k, r in runners.items():  # the first step: same weights, batch and noise for every variant
         torch.manual_seed(1)
-        losses[k] = float(r.step(cached=cache_of[k])["loss"].detach())
-    med, rounds = alternating_median_seconds({k: (lambda r=r, c=cache_of[k]: r.step(cached=c))
-                                              for k, r in runners.items()}, repeats, device, warmup=1)
+        losses[k] = float(r.step(cached=info[k]["cached_latents"])["loss"].detach())
+    med, rounds = alternating_median_seconds({k: (lambda r=r, c=info[k]["cached_latents"]: r.step(cached=c))
+                                              for k, r in runners.items()}, repeats, device)
     first = parsed[0][0]
     return {**_machine(device), "batch": base.train.batch_size, "resolution": base.data.resolution,
             "repeats": repeats, "cached_latents": cached, "variants": info, "first_step_loss": losses,

@@ -36,7 +36,6 @@ def _fixed_batch(cfg, device):
     return images, batch["caption"]
 
 
-# ------------------------------------------------------------------------------------ the step
 class StepRunner:
     """A model, its optimizer and one fixed batch; runs components and whole steps."""
 
@@ -52,11 +51,8 @@ class StepRunner:
             images, captions = _fixed_batch(cfg, device)
         self.images, self.captions = images, captions
         self.tokens = self.model.tokenizer(captions).to(device)
-        with torch.no_grad():
-            self.latents = self.model.vae.encode(images)
-        self.fwd = self.model
-        if cfg.train.compile:
-            self.fwd = torch.compile(self.model)
+        self.latents = self.model.vae.encode(images)  # no grad: the VAE is frozen
+        self.fwd = torch.compile(self.model) if cfg.train.compile else self.model
 
     def ctx(self):
         from ..train.trainer import forward_context
@@ -77,21 +73,27 @@ class StepRunner:
         self.optimizer_step()
         return out
 
-    def optimizer_step(self):
+    def optimizer_step(self, zero_grad: bool = True):
         t = self.cfg.train
         torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else float("inf"))
         self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        if zero_grad:
+            self.opt.zero_grad(set_to_none=True)
 
     # -- components: each returns (forward fn, forward+backward fn) ---------------------------
     def components(self) -> dict:
         m, lf, lc = self.model, self.model.loss_fn, self.model.cfg.loss
         images, tokens, latents = self.images, self.tokens, self.latents
-        with torch.no_grad(), self.ctx():
+        from ..models.text import fit_context
+        with torch.no_grad(), self.ctx():  # the inputs the parts are timed on
             z_u = m.encoder(latents).float()
             pred = m.decoder(z_u).float()
+            tk = fit_context(tokens, m.caption_decoder.context_length)
+            keep = tk[:, 1:] != 0
+            hidden = m.caption_decoder.hidden(z_u, tk[:, :-1])[keep].float()
+            head_targets = tk[:, 1:][keep]
+            text_feats = m.text_encoder(tokens).float()
         n = lc.pixel_subbatch if 0 < lc.pixel_subbatch < images.shape[0] else images.shape[0]
-        lam = lc.lpips_weight
 
         def grad_like(x):
             return torch.ones_like(x) / x.numel()
@@ -118,7 +120,7 @@ class StepRunner:
         def decode_pixel():
             p = leaf(pred)
             recon = m.vae.decode(p[:n])
-            return lf.reconstruction(images[:n], recon, latents, p, lpips_weight=lam)["loss_rec"]
+            return lf.reconstruction(images[:n], recon, latents, p, lpips_weight=lc.lpips_weight)["loss_rec"]
 
         def text():
             f = m.text_encoder(tokens)
@@ -128,20 +130,9 @@ class StepRunner:
             logits, targets = m.caption_decoder(leaf(z_u), tokens)  # the loss as losses.py computes it
             return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=0)
 
-        with torch.no_grad(), self.ctx():
-            from ..models.text import fit_context
-            tk = fit_context(tokens, m.caption_decoder.context_length)
-            keep = tk[:, 1:] != 0
-            hidden = m.caption_decoder.hidden(z_u, tk[:, :-1])[keep].float()
-            head_targets = tk[:, 1:][keep]
-
         def vocab_head():
             logits = m.caption_decoder.lm_head(leaf(hidden))
             return torch.nn.functional.cross_entropy(logits.float(), head_targets)
-
-        text_feats = None
-        with torch.no_grad(), self.ctx():
-            text_feats = m.text_encoder(tokens).float()
 
         def contrastive():
             feats = torch.nn.functional.normalize(m.encoder.pool(leaf(z_u)).float(), dim=-1)
@@ -151,22 +142,14 @@ class StepRunner:
             for p in self.params:  # gradients as after a backward, without timing one
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-            t = self.cfg.train
-            torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-            self.opt.step()
+            self.optimizer_step(zero_grad=False)  # the gradients stay for the next call
 
-        def encode():
-            return m.vae.encode(images)
-
-        comps = {"vae_encode": (run(encode, False), run(encode, False)),
-                 "encoder": (run(encoder, False), run(encoder, True)),
-                 "latent_decoder": (run(decoder, False), run(decoder, True)),
-                 "vae_decode_pixel": (run(decode_pixel, False), run(decode_pixel, True)),
-                 "text_encoder": (run(text, False), run(text, True)),
-                 "caption_decoder": (run(caption, False), run(caption, True)),
-                 "caption_vocab_head": (run(vocab_head, False), run(vocab_head, True)),
-                 "contrastive": (run(contrastive, False), run(contrastive, True)),
-                 "optimizer": (optimizer, optimizer)}
+        # vae_encode runs under no_grad: its "forward+backward" is its forward
+        comps = {name: (run(fn, False), run(fn, True)) for name, fn in (
+            ("vae_encode", lambda: m.vae.encode(images)), ("encoder", encoder), ("latent_decoder", decoder),
+            ("vae_decode_pixel", decode_pixel), ("text_encoder", text), ("caption_decoder", caption),
+            ("caption_vocab_head", vocab_head), ("contrastive", contrastive))}
+        comps["optimizer"] = (optimizer, optimizer)
         if not lf.rec_enabled:
             comps.pop("latent_decoder"), comps.pop("vae_decode_pixel")
         if not lf.und_enabled or lc.caption_weight <= 0:
@@ -208,18 +191,19 @@ def encoder_vs_timm(runner: StepRunner, repeats: int) -> dict:
 
 
 def vae_ratios(runner: StepRunner, repeats: int) -> dict:
-    """cache_speedup / cache_bound / pixel_subbatch_speedup on ``runner``'s model (same run)."""
+    """cache_speedup / cache_bound / pixel_subbatch_speedup on ``runner``'s model (same run), and the
+    steps' times and FLOPs they come from."""
     b = runner.images.shape[0]
     quarter = max(1, b // 4)
     steps = {"on_the_fly": lambda: runner.step(cached=False), "cached": lambda: runner.step(cached=True),
              "cached_pixel_quarter": lambda: runner.step(cached=True, pixel_subbatch=quarter)}
-    med, rounds = alternating_median_seconds(steps, repeats, runner.device)
+    med, _ = alternating_median_seconds(steps, repeats, runner.device)
     flops = {k: count_flops(fn) for k, fn in steps.items()}
     runner.opt.zero_grad(set_to_none=True)
-    return {"cache_speedup": med["on_the_fly"] / med["cached"],
-            "cache_bound": flops["on_the_fly"] / flops["cached"],
+    speedup, bound = med["on_the_fly"] / med["cached"], flops["on_the_fly"] / flops["cached"]
+    return {"cache_speedup": speedup, "cache_bound": bound, "cache_fraction_of_bound": speedup / bound,
             "pixel_subbatch_speedup": med["cached"] / med["cached_pixel_quarter"],
             "pixel_subbatch_bound": flops["cached"] / flops["cached_pixel_quarter"],
             "cache_and_pixel_subbatch_speedup": med["on_the_fly"] / med["cached_pixel_quarter"],
             "cache_and_pixel_subbatch_bound": flops["on_the_fly"] / flops["cached_pixel_quarter"],
-            "pixel_subbatch": quarter, "step_s": med, "step_s_rounds": rounds, "step_flops": flops}
+            "pixel_subbatch": quarter, "ratio_steps_s": med, "ratio_steps_flops": flops}

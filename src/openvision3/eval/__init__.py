@@ -11,9 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from .common import EvalError, has_splits, open_for
+from .report import write_report
 
 __all__ = ["evaluate", "EvalError", "TASKS", "write_report"]
 
@@ -41,11 +40,9 @@ def evaluate(model, data_spec: str, tasks=TASKS, resolution: int | None = None, 
     unless ``write_files`` is False (the demo writes its own report).
     ``probe_train`` defaults to 2 x num_samples (train split; the test split gives num_samples).
     """
-    from .captioning import eval_captioning
-    from .probe import eval_probe
-    from .reconstruction import eval_reconstruction
-    from .retrieval import eval_retrieval
-    from .zeroshot import eval_zeroshot
+    from . import captioning, probe, reconstruction, retrieval, zeroshot
+    plain = {"zeroshot": zeroshot.eval_zeroshot, "retrieval": retrieval.eval_retrieval,  # the same arguments
+             "caption": captioning.eval_captioning}
     tasks = parse_tasks(tasks)
     res = int(resolution or model.image_size)
     data = {t: open_for(t, data_spec, split, res) for t in tasks}
@@ -60,40 +57,25 @@ def evaluate(model, data_spec: str, tasks=TASKS, resolution: int | None = None, 
     model.eval()
     results: dict = {}
     t_start = time.time()
-    try:
-        with torch.no_grad():
-            for t in tasks:
-                t0 = time.time()
-                ds = data[t]
-                if t == "recon":
-                    r = eval_reconstruction(model, ds, num_samples, batch_size, out_dir, inception,
-                                            lpips_nets, progress)
-                elif t == "zeroshot":
-                    r = eval_zeroshot(model, ds, num_samples, batch_size, out_dir, progress)
-                elif t == "retrieval":
-                    r = eval_retrieval(model, ds, num_samples, batch_size, out_dir, progress)
-                elif t == "caption":
-                    r = eval_captioning(model, ds, num_samples, batch_size, out_dir, progress)
-                else:
-                    n_train = probe_train or 2 * num_samples
-                    if has_splits(data_spec):
-                        r = eval_probe(model, open_for(t, data_spec, "train", res), ds, n_train, num_samples,
-                                       batch_size, progress)
-                    else:
-                        r = eval_probe(model, ds, None, n_train, num_samples, batch_size, progress)
-                r["seconds"] = round(time.time() - t0, 2)
-                results[t] = r
+    try:  # every task runs without gradients itself
+        for t in tasks:
+            t0 = time.time()
+            ds = data[t]
+            if t == "recon":
+                r = reconstruction.eval_reconstruction(model, ds, num_samples, batch_size, out_dir, inception,
+                                                       lpips_nets, progress)
+            elif t == "probe":
+                pair = (open_for(t, data_spec, "train", res), ds) if has_splits(data_spec) else (ds, None)
+                r = probe.eval_probe(model, *pair, probe_train or 2 * num_samples, num_samples, batch_size, progress)
+            else:
+                r = plain[t](model, ds, num_samples, batch_size, out_dir, progress)
+            r["seconds"] = round(time.time() - t0, 2)
+            results[t] = r
     finally:
         model.train(was_training)
     results["meta"] = {"data": data_spec, "split": split, "resolution": res, "num_samples": num_samples,
                        "tasks": list(tasks), "seconds": round(time.time() - t_start, 2),
                        "device": str(next(model.parameters()).device)}
     if out_dir is not None and write_files:
-        from .report import write_report
         write_report(results, out_dir, title=title or f"OpenVision 3 evaluation on {data_spec}")
     return results
-
-
-def write_report(*args, **kwargs):
-    from .report import write_report as _w
-    return _w(*args, **kwargs)

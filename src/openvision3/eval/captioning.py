@@ -37,8 +37,7 @@ def eval_captioning(model, ds, num_samples: int, batch_size: int = 64, out_dir=N
         preds += model.caption(batch["image"].to(dev), max_len=max_len)
         refs += list(batch["caption"])
         keys += list(batch["key"])
-        if len(shown) < num_examples:
-            shown += list(batch["image"][: num_examples - len(shown)])
+        shown += list(batch["image"][: num_examples - len(shown)])  # empty once there are enough
     if not preds:
         return {"skipped": "no readable samples"}
     out = {**caption_scores(preds, refs), "n": len(preds), "decoding": f"greedy, max_len {max_len}",

@@ -26,14 +26,15 @@ def has_splits(spec: str) -> bool:
     return parse_spec(spec)[0] in ("shapes", "fashion-mnist")
 
 
-def iterate(ds, n: int, batch_size: int, desc: str, progress: bool = True):
-    """Batches from ``ds`` until ``n`` readable samples were yielded (the last batch trimmed)."""
+def iterate(ds, n: int | None, batch_size: int, desc: str, progress: bool = True, total: int | None = None):
+    """Batches from ``ds`` until ``n`` readable samples were yielded (the last batch trimmed; None: all).
+    ``total``: the progress bar's length when it is not ``n``."""
     from tqdm.auto import tqdm
     seen = 0
-    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=total or n, desc=desc, disable=not progress, leave=False)
     try:
         for batch in make_loader(ds, batch_size=batch_size):
-            take = min(len(batch["caption"]), n - seen)
+            take = len(batch["caption"]) if n is None else min(len(batch["caption"]), n - seen)
             if take <= 0:
                 break
             if take < len(batch["caption"]):
@@ -41,7 +42,7 @@ def iterate(ds, n: int, batch_size: int, desc: str, progress: bool = True):
             seen += take
             bar.update(take)
             yield batch
-            if seen >= n:
+            if n is not None and seen >= n:
                 break
     finally:
         bar.close()
@@ -71,10 +72,8 @@ def wrap_title(text: str, width: int = 40, max_lines: int = 8) -> str:
 
 
 def show_grid(images, titles, path, cols: int = 4, title_width: int = 40, max_title_lines: int = 8):
-    """A grid of images (tensors in [-1, 1]) with wrapped titles, saved to ``path``.
-
-    Each line of a title ("GT: ...\nOURS: ...") is wrapped on its own, and the rows are made tall
-    enough for the longest title, so long captions neither merge nor run into the row above."""
+    """A grid of images (tensors in [-1, 1]) with titles wrapped line by line (``wrap_title``), its rows tall
+    enough for the longest title so that long captions never run into the row above; saved to ``path``."""
     p = plt()
     wrapped = [wrap_title(t, title_width, max_title_lines) for t in titles]
     lines = max([w.count("\n") + 1 for w in wrapped] or [1])

@@ -1,9 +1,7 @@
-"""Use a trained model on files: reconstruct images, caption images, encode a data set.
-
-These back ``ov3 reconstruct``, ``ov3 caption`` and ``ov3 encode`` (docs/evaluation.md).
-Images are read like the evaluation reads them: resize the short side to the resolution
-(the model's own by default), centre crop, scale to [-1, 1]. Unreadable files are returned
-as ``(path, reason)`` pairs and never stop the others.
+"""Use a trained model on files: ``ov3 reconstruct``, ``ov3 caption`` and ``ov3 encode``
+(docs/evaluation.md). Images are read as the evaluation reads them (short side resized to the
+resolution, the model's own by default, centre crop, [-1, 1]); an unreadable file is returned with
+its reason and never stops the others.
 """
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .common import EvalError, device_of, to_unit
+from .common import EvalError, device_of, iterate, to_unit
 from .reconstruction import load_images
 
 
@@ -22,13 +20,9 @@ def _readable_batches(paths, resolution: int, batch_size: int, skipped: list):
     paths = [str(p) for p in paths]
     for i in range(0, len(paths), batch_size):
         x, good, bad = load_images(paths[i:i + batch_size], resolution)
-        skipped += [{"path": p, "reason": _reason(r)} for p, r in bad]
+        skipped += [{"path": p, "reason": r.replace("_", " ")} for p, r in bad]
         if x is not None:
             yield x, good
-
-
-def _reason(reason: str) -> str:
-    return reason.replace("_", " ")
 
 
 def _unique_stem(path: str, used: set) -> str:
@@ -42,12 +36,9 @@ def _unique_stem(path: str, used: set) -> str:
 
 @torch.no_grad()
 def reconstruct_files(model, paths, out_dir, resolution: int | None = None, batch_size: int = 16) -> dict:
-    """For each readable image: ``OUT/<stem>.png`` (the reconstruction) and ``OUT/<stem>_pair.png``
-    (original | reconstruction, side by side), and its PSNR (dB, [0, 1] images, data_range 1).
-
-    Returns ``{"images": [{"path", "psnr", "recon", "pair"}], "skipped": [{"path", "reason"}],
-    "psnr_mean", "resolution"}``.
-    """
+    """For each readable image: ``OUT/<stem>.png`` (the reconstruction), ``OUT/<stem>_pair.png`` (original |
+    reconstruction, side by side) and its PSNR (dB, [0, 1] images, data_range 1). Returns ``{"images":
+    [{"path", "psnr", "recon", "pair"}], "skipped": [{"path", "reason"}], "psnr_mean", "resolution"}``."""
     from torchmetrics.functional.image import peak_signal_noise_ratio
     from torchvision.utils import save_image
     res = int(resolution or model.image_size)
@@ -98,9 +89,8 @@ def encode_data(model, data_spec: str, out_file, num_samples: int | None = None,
     encodes the whole split. Returns a summary dict.
     """
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
 
-    from ..data import make_loader, open_data
+    from ..data import open_data
     out_file = Path(out_file)
     if out_file.suffix != ".safetensors":
         raise EvalError(f"--out '{out_file}' must end in .safetensors")
@@ -108,33 +98,21 @@ def encode_data(model, data_spec: str, out_file, num_samples: int | None = None,
         raise EvalError(f"unknown dtype '{dtype}'; valid: {', '.join(DTYPES)}")
     res = int(resolution or model.image_size)
     ds = open_data(data_spec, split=split, resolution=res, train=False, infinite=False)
-    total = num_samples if num_samples is not None else ds.num_samples
-    if num_samples is not None and ds.num_samples is not None:
-        total = min(num_samples, ds.num_samples)
+    known = [n for n in (num_samples, ds.num_samples) if n is not None]
+    total = min(known) if known else None  # the progress bar's length
     dev = device_of(model)
     tokens, pooled, labels, keys, caps = [], [], [], [], []
     skipped: dict = {}
-    seen = 0
-    bar = tqdm(total=total, desc="encode", unit="img", disable=not progress)
-    try:
-        for batch in make_loader(ds, batch_size=batch_size):
-            for k, v in (batch.get("skipped") or {}).items():
-                skipped[k] = skipped.get(k, 0) + v
-            take = len(batch["caption"]) if num_samples is None else min(len(batch["caption"]), num_samples - seen)
-            if take <= 0:
-                break
-            z = model.encode_image(batch["image"][:take].to(dev))
-            tokens.append(z.to(DTYPES[dtype]).cpu())
-            pooled.append(model.image_features(z).float().to(DTYPES[dtype]).cpu())
-            labels.append(batch["label"][:take].long().cpu())
-            keys += list(batch["key"][:take])
-            caps += list(batch["caption"][:take])
-            seen += take
-            bar.update(take)
-            if num_samples is not None and seen >= num_samples:
-                break
-    finally:
-        bar.close()
+    for batch in iterate(ds, num_samples, batch_size, "encode", progress, total=total):
+        for k, v in (batch.get("skipped") or {}).items():
+            skipped[k] = skipped.get(k, 0) + v
+        z = model.encode_image(batch["image"].to(dev))
+        tokens.append(z.to(DTYPES[dtype]).cpu())
+        pooled.append(model.image_features(z).float().to(DTYPES[dtype]).cpu())
+        labels.append(batch["label"].long().cpu())
+        keys += list(batch["key"])
+        caps += list(batch["caption"])
+    seen = len(keys)
     if not seen:
         raise EvalError(f"no readable samples in '{data_spec}' (split {split})"
                         + (f"; skipped {skipped}" if skipped else ""))

@@ -33,10 +33,8 @@ def features(model, ds, n: int, batch_size: int, desc: str, progress: bool = Tru
                 xs[k].append(f.flatten(1).float().cpu())
             ys.append(batch["label"][keep])
     if not ys:
-        xs, y = {k: np.zeros((0, 1), np.float32) for k in kinds}, np.zeros((0,), np.int64)
-    else:
-        xs, y = {k: torch.cat(v).numpy() for k, v in xs.items()}, torch.cat(ys).numpy()
-    return xs, y
+        return {k: np.zeros((0, 1), np.float32) for k in kinds}, np.zeros((0,), np.int64)
+    return {k: torch.cat(v).numpy() for k, v in xs.items()}, torch.cat(ys).numpy()
 
 
 def fit_probe(x_train, y_train, x_test, y_test, max_iter: int = 1000) -> dict:
@@ -54,28 +52,25 @@ def fit_probe(x_train, y_train, x_test, y_test, max_iter: int = 1000) -> dict:
 
 
 def eval_probe(model, train_ds, test_ds, n_train: int, n_test: int, batch_size: int = 64,
-               progress: bool = True, baselines: bool = True) -> dict:
+               progress: bool = True) -> dict:
     """``test_ds=None``: one stream, the first ``n_train`` samples train, the next ``n_test`` test.
-    With ``baselines``, ``result["baselines"]`` holds the same probe on raw pixels and on the
-    frozen VAE latents ({"pixels": {"top1", ...}, "vae_latents": {...}})."""
+    ``result["baselines"]`` holds the same probe on raw pixels and on the frozen VAE latents
+    ({"pixels": {"top1", "dim"}, "vae_latents": {...}})."""
     if not train_ds.class_names:
         return {"skipped": "data has no class labels (class_names is None)"}
-    kinds = FEATURES if baselines else FEATURES[:1]
     if test_ds is None:
-        x, y = features(model, train_ds, n_train + n_test, batch_size, "probe", progress, kinds)
+        x, y = features(model, train_ds, n_train + n_test, batch_size, "probe", progress, FEATURES)
         split = min(n_train, max(len(y) - n_test, len(y) // 2))
         xtr, ytr = {k: v[:split] for k, v in x.items()}, y[:split]
         xte, yte = {k: v[split:] for k, v in x.items()}, y[split:]
     else:
-        xtr, ytr = features(model, train_ds, n_train, batch_size, "probe train", progress, kinds)
-        xte, yte = features(model, test_ds, n_test, batch_size, "probe test", progress, kinds)
+        xtr, ytr = features(model, train_ds, n_train, batch_size, "probe train", progress, FEATURES)
+        xte, yte = features(model, test_ds, n_test, batch_size, "probe test", progress, FEATURES)
     if len(yte) == 0:
         return {"skipped": "no labelled test samples"}
     out = fit_probe(xtr["tokens"], ytr, xte["tokens"], yte)
     out["dim"] = int(xtr["tokens"].shape[1])
-    if baselines and "top1" in out:
-        out["baselines"] = {}
-        for k in kinds[1:]:
-            r = fit_probe(xtr[k], ytr, xte[k], yte)
-            out["baselines"][k] = {"top1": r.get("top1"), "dim": int(xtr[k].shape[1])}
+    if "top1" in out:
+        out["baselines"] = {k: {"top1": fit_probe(xtr[k], ytr, xte[k], yte).get("top1"), "dim": int(xtr[k].shape[1])}
+                            for k in FEATURES[1:]}
     return out

@@ -31,8 +31,7 @@ def eval_reconstruction(model, ds, num_samples: int, batch_size: int = 64, out_d
     ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(dev)
     lpips_models = {net: build_lpips(net).to(dev) for net in lpips_nets}
     fid, fid_status = fid_metric(inception)
-    if fid is not None:
-        fid = fid.to(dev)
+    fid = fid.to(dev) if fid is not None else None
     psnrs, lp = [], {net: [] for net in lpips_nets}
     shown_x, shown_r = [], []
     for batch in iterate(ds, num_samples, batch_size, "recon", progress):

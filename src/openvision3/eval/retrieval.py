@@ -33,8 +33,7 @@ def eval_retrieval(model, ds, num_samples: int, batch_size: int = 64, out_dir=No
         imgs.append(image_embeddings(model, x).cpu())
         txts.append(F.normalize(model.encode_text(list(batch["caption"])).float(), dim=-1).cpu())
         caps += list(batch["caption"])
-        if len(shown) < 4:
-            shown += list(batch["image"][: 4 - len(shown)])
+        shown += list(batch["image"][: 4 - len(shown)])  # empty once there are enough
     if not caps:
         return {"skipped": "no readable samples"}
     im, tx = torch.cat(imgs), torch.cat(txts)

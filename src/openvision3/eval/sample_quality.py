@@ -1,13 +1,8 @@
-"""Sample quality of generated images (`ov3 gen eval`), each under the name it deserves.
-
-``fd``         Fréchet distance between Gaussians fitted to real and generated *judge* features
-               (the FID formula in another feature space: never call it FID).
-``precision``  share of generated samples inside the real manifold, ``recall`` the share of real
-               samples inside the generated one; manifolds are unions of k-NN balls (Kynkäänniemi
-               et al. 2019, k = 3).
-``gfid``       torchmetrics' FrechetInceptionDistance (fid.py), only when Inception weights are
-               given (the ADM protocol: 50 samples per class, 50k for ImageNet), else None with the
-               reason.
+"""Sample quality of generated images (`ov3 gen eval`), each under the name it deserves
+(docs/generation.md): ``fd`` the FID formula in the judge's feature space (never call it FID),
+``precision`` / ``recall`` on manifolds that are unions of k-NN balls (Kynkäänniemi et al. 2019,
+k = 3), ``gfid`` torchmetrics' FrechetInceptionDistance (fid.py), only with Inception weights (the
+ADM protocol: 50 samples per class), else None with the reason.
 """
 from __future__ import annotations
 

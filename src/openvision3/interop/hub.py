@@ -1,20 +1,16 @@
-"""The Hugging Face Hub: push a saved model with its card.
+"""The Hugging Face Hub: push a saved model with its card (docs/llava.md, "The Hub").
 
     push_model("runs/demo/model", "me/ov3-nano-shapes", private=True)   # `ov3 push`
 
-Either kind of directory goes up as it is: a saved OpenVision3 (``config.yaml`` +
-``model.safetensors`` [+ ``vae/``]), loaded back by ``OpenVision3.from_pretrained("me/...")``, or a
-transformers tower from ``ov3 export hf`` (``config.json`` + ``model.safetensors`` +
-``preprocessor_config.json``), loaded back by ``AutoModel.from_pretrained``. The model card
-(``README.md``) is rewritten first, so it lists the evaluation results found in the directory.
-Loading needs no network once a snapshot is in the local cache (``HF_HUB_OFFLINE=1`` works).
+Either a saved OpenVision3 or an ``ov3 export hf`` tower goes up as it is, its model card
+(``README.md``) rewritten first so that it lists the evaluation results found in the directory.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..config import ConfigError, load_config_file
+from ..config import ConfigError, config_to_dict, load_config_file
 from ..models.openvision3 import is_saved_model
 
 # never uploaded: training state and scratch files a run directory may hold
@@ -30,20 +26,22 @@ def model_kind(directory) -> str:
     d = Path(directory)
     if is_saved_model(d):
         return "openvision3"
-    cfg = d / "config.json"
-    if cfg.is_file() and (d / "model.safetensors").is_file():
-        try:
-            if json.loads(cfg.read_text()).get("model_type") == "openvision3_vision":
-                return "transformers"
-        except json.JSONDecodeError:
-            pass
+    if (d / "model.safetensors").is_file() and is_vision_tower_dir(d):
+        return "transformers"
     raise HubError(f"'{directory}' is not an OpenVision 3 model directory (config.yaml + model.safetensors "
                    "from save_pretrained, or config.json of type openvision3_vision from ov3 export hf)")
 
 
+def is_vision_tower_dir(directory) -> bool:
+    """Whether ``directory``'s ``config.json`` is an ``ov3 export hf`` tower's (model type openvision3_vision)."""
+    try:
+        return json.loads((Path(directory) / "config.json").read_text()).get("model_type") == "openvision3_vision"
+    except (OSError, ValueError):
+        return False
+
+
 def refresh_card(directory) -> Path:
     """Rewrite ``directory/README.md`` from the directory's config and evaluation files."""
-    from ..config import config_to_dict
     from ..models.card import write_card
     kind = model_kind(directory)
     if kind == "openvision3":

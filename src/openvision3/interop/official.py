@@ -23,7 +23,6 @@ from ..models.vit import sincos_2d
 WEIGHT_FILES = ("open_clip_model.safetensors", "model.safetensors", "open_clip_pytorch_model.bin",
                 "pytorch_model.bin")
 CONFIG_FILES = ("open_clip_config.json", "config.json")
-_IGNORED = ("positional_embedding",)  # fixed sin-cos table: recomputed for any grid, checked on load
 
 
 class OfficialWeightsError(ValueError):
@@ -45,9 +44,9 @@ def _read_weights(path: Path) -> dict:
         raise OfficialWeightsError(f"{path}: refused: it pickles Python objects that are not tensors or plain data"
                               f"{f' ({found.group(1)})' if found else ''}, which could run code when loaded; "
                               f"nothing in it was run") from None
+    except FileNotFoundError:
+        raise
     except (RuntimeError, EOFError, OSError) as e:  # truncated / not a torch file
-        if isinstance(e, FileNotFoundError):
-            raise
         raise OfficialWeightsError(f"{path}: not a readable weights file ({type(e).__name__})") from None
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
@@ -84,10 +83,6 @@ def _find_files(source: str) -> tuple[Path, dict]:
     return weights, config
 
 
-def _vision_cfg(config: dict) -> dict:
-    return config.get("model_cfg", config).get("vision_cfg", {})
-
-
 def _strip_prefix(state: dict) -> dict:
     if any(k.startswith("visual.") for k in state):
         state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
@@ -103,7 +98,7 @@ def infer_architecture(state: dict, config: dict | None = None) -> dict:
     layers = len({int(m.group(1)) for k in state if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))})
     if layers == 0:
         raise OfficialWeightsError("not an OV3 vision tower: no transformer.resblocks.* keys")
-    vcfg = _vision_cfg(config or {})
+    vcfg = (config or {}).get("model_cfg", config or {}).get("vision_cfg", {})
     heads = vcfg.get("heads") or width // vcfg.get("head_width", 64)
     mlp = state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
     return {"in_channels": int(in_channels), "patch_size": int(patch), "embed_dim": int(state["proj"].shape[1]),
@@ -132,8 +127,7 @@ def encoder_from_state_dict(state: dict, config: dict | None = None) -> UnifiedE
 
 def load_official_encoder(source: str) -> UnifiedEncoder:
     """A released OV3 vision tower as our encoder: hub id (online), hub-layout dir, or weights file."""
-    weights, config = _find_files(str(source))
-    return encoder_from_state_dict(_read_weights(weights), config)
+    return load_official_tower(source)[0]
 
 
 def load_official_tower(source: str) -> tuple[UnifiedEncoder, int | None]:

@@ -1,25 +1,16 @@
-"""OpenVision 3 as a transformers model: a vision tower that LLaVA uses unchanged.
+"""OpenVision 3 as a transformers model: a vision tower that LLaVA uses unchanged (docs/llava.md).
 
     import openvision3.interop.transformers as ov3hf          # registers the Auto classes
     tower = ov3hf.vision_model_from_openvision3(OpenVision3.from_pretrained("runs/demo/model"))
     tower.save_pretrained("ov3_hf"); tower = AutoModel.from_pretrained("ov3_hf")
     llava = LlavaForConditionalGeneration(llava_config(tower.config, LlamaConfig(...)))
 
-The tower's config and model classes are defined in ``modeling_openvision3.py``, the self-contained
-file that ``save_pretrained`` copies beside the weights (``auto_map`` in ``config.json``), so an
-exported tower also loads where openvision3 is not installed (``trust_remote_code=True``). This
-module builds towers from our models and holds the LLaVA pieces.
-
-Pixels go in (``pixel_values`` in [-1, 1], made by :func:`build_image_processor`); the frozen VAE
-sits inside the model, as in ``OpenVision3.encode_image``, and its weights travel in the same
-``model.safetensors``. The output is CLIPVisionModel's: ``last_hidden_state`` (B, 1 + N, D) and,
-with ``output_hidden_states``, the embedding output and every block's output, each with the
-**class slot first**, so LLaVA-1.5's ``vision_feature_layer=-2`` + ``"default"`` strategy (drop
-the first token) hands the language model the N patch tokens of the penultimate block [P: LLaVA
--1.5 reads CLIP's penultimate layer]. ``hidden_states[-1][:, 1:]`` are our unified tokens z_u.
-
-``pooler_output`` is the contrastive embedding (mean or max over patch tokens, ln_post, proj), as
-``OpenVision3.image_features``.
+The tower's config and model classes live in ``modeling_openvision3.py``, the self-contained file
+that ``save_pretrained`` copies beside the weights, so an exported tower also loads where
+openvision3 is not installed (``trust_remote_code=True``). This module builds towers from our
+models and holds the LLaVA pieces: pixels in [-1, 1] (:func:`build_image_processor`), hidden
+states with the class slot first, read by LLaVA-1.5 at ``vision_feature_layer=-2`` with the
+``"default"`` strategy (drop the class slot) [P: LLaVA-1.5 reads CLIP's penultimate layer].
 """
 from __future__ import annotations
 
@@ -39,28 +30,20 @@ from .modeling_openvision3 import MODEL_TYPE, OpenVision3VisionConfig, OpenVisio
 LLAVA_FEATURE_LAYER, LLAVA_SELECT_STRATEGY = -2, "default"
 
 
-# ---------------------------------------------------------------------------------------------
-# building the tower from our models
-
-
-def _config_for(vae: FrozenVAE, encoder: UnifiedEncoder, image_size: int) -> OpenVision3VisionConfig:
+def vision_model_from_parts(vae: FrozenVAE, encoder: UnifiedEncoder, image_size: int) -> OpenVision3VisionModel:
+    """A tower holding copies of ``vae`` and ``encoder`` (outputs identical to theirs)."""
+    if vae.latent_channels != encoder.in_channels:
+        raise ConfigError(f"the VAE has {vae.latent_channels} latent channels, the encoder expects "
+                          f"{encoder.in_channels}")
     tower = encoder.transformer
-    return OpenVision3VisionConfig(
+    model = OpenVision3VisionModel(OpenVision3VisionConfig(
         hidden_size=encoder.width, num_hidden_layers=tower.layers,
         num_attention_heads=tower.resblocks[0].attn.num_heads if tower.layers else 1,
         mlp_ratio=(tower.resblocks[0].mlp.c_fc.out_features / encoder.width) if tower.layers else 4.0,
         projection_dim=encoder.embed_dim, pool=encoder.pool_type, image_size=image_size,
         patch_size=vae.downsample * encoder.patch_size, latent_patch_size=encoder.patch_size,
         latent_channels=vae.latent_channels, vae_config=dict(vae.vae.config), vae_source=vae.source,
-        vae_convention=vae.convention, vae_scaling_factor=vae.scaling_factor, vae_shift_factor=vae.shift_factor)
-
-
-def vision_model_from_parts(vae: FrozenVAE, encoder: UnifiedEncoder, image_size: int) -> OpenVision3VisionModel:
-    """A tower holding copies of ``vae`` and ``encoder`` (outputs identical to theirs)."""
-    if vae.latent_channels != encoder.in_channels:
-        raise ConfigError(f"the VAE has {vae.latent_channels} latent channels, the encoder expects "
-                          f"{encoder.in_channels}")
-    model = OpenVision3VisionModel(_config_for(vae, encoder, image_size))
+        vae_convention=vae.convention, vae_scaling_factor=vae.scaling_factor, vae_shift_factor=vae.shift_factor))
     model.vae.vae.load_state_dict(vae.vae.state_dict())
     model.encoder.load_state_dict(encoder.state_dict())
     return model.eval()
@@ -95,10 +78,6 @@ def vae_latent_model(vae, image_size: int, latent_patch_size: int = 2) -> OpenVi
         enc.class_embedding.zero_()
         enc.proj.copy_(torch.eye(width))
     return vision_model_from_parts(vae, enc, image_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# the image processor and the LLaVA config
 
 
 def build_image_processor(image_size: int) -> CLIPImageProcessor:
@@ -153,10 +132,6 @@ def set_llava_trainable(model, stage: int) -> list[str]:
         model.model.language_model.requires_grad_(True)
         model.lm_head.requires_grad_(True)
     return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
-# ---------------------------------------------------------------------------------------------
-# export
 
 
 def export_hf(source: str, out_dir, vae: str = "flux-ov3", image_size: int | None = None) -> dict:

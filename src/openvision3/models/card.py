@@ -1,14 +1,11 @@
-"""The model card (``README.md`` with YAML metadata) written beside saved weights.
-
-``OpenVision3.save_pretrained`` writes one for the whole model, ``ov3 export hf`` one for the
-transformers vision tower, ``ov3 push`` refreshes it before uploading. The metadata follows the
-Hub's model-card spec through huggingface_hub's ``ModelCardData``: library, license, tags, the
-evaluation results found in the directory (``eval/eval.json`` from ``ov3 eval``,
-``eval/llava_probe.json`` from ``ov3 probe llava``) as ``model-index``, and, because the tokens
-mean nothing without it, the VAE the encoder reads and its latent convention.
+"""The model card (``README.md`` with Hub metadata) written beside saved weights by ``save_pretrained``,
+``ov3 export hf`` and ``ov3 push`` (docs/llava.md, "The Hub"): through huggingface_hub's
+``ModelCardData``, the evaluation results found in the directory as ``model-index`` and, because the
+tokens mean nothing without it, the VAE the encoder reads and its latent convention.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -26,22 +23,19 @@ _METRICS = {
     ("probe", "top1"): ("image-classification", "accuracy", "linear probe top-1"),
 }
 TAGS = ["openvision3", "unified-visual-encoder", "vision", "image-feature-extraction", "vae-latents"]
+VAE_KEYS = ("source", "convention", "scaling_factor", "shift_factor", "latent_channels")
 
 
 def read_results(directory) -> dict:
     """The evaluation files present in a model directory, by name (see EVAL_FILES)."""
     out = {}
     for name, rel in EVAL_FILES.items():
-        path = Path(directory) / rel
-        if path.is_file():
-            try:
-                out[name] = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue  # a half-written file is no result
+        with contextlib.suppress(OSError, json.JSONDecodeError):  # absent, or half-written: no result
+            out[name] = json.loads((Path(directory) / rel).read_text())
     return out
 
 
-def _eval_results(results: dict, model_name: str) -> list:
+def _eval_results(results: dict) -> list:
     from huggingface_hub import EvalResult
     rows = []
     ev = results.get("eval") or {}
@@ -108,9 +102,7 @@ def build_card(kind: str, info: dict, results: dict, license: str = "apache-2.0"
                 "model = OpenVision3.from_pretrained(\"PATH_OR_HUB_ID\")  # hub ids work offline from the cache",
                 "tokens = model.encode_image(images)   # images (B, 3, H, W) in [-1, 1] -> (B, N, D)", "```"]
     else:
-        vae = {"source": cfg.get("vae_source"), "convention": cfg.get("vae_convention"),
-               "scaling_factor": cfg.get("vae_scaling_factor"), "shift_factor": cfg.get("vae_shift_factor"),
-               "latent_channels": cfg.get("latent_channels")}
+        vae = {k: cfg.get(k if k == "latent_channels" else f"vae_{k}") for k in VAE_KEYS}
         name = info.get("name") or (f"OpenVision 3 vision tower ({cfg.get('hidden_size')} wide, "
                                     f"{cfg.get('num_hidden_layers')} layers, {cfg.get('image_size')} px)")
         library = "transformers"
@@ -128,12 +120,10 @@ def build_card(kind: str, info: dict, results: dict, license: str = "apache-2.0"
                 "Under a language model: `LlavaForConditionalGeneration` with this tower as "
                 "`vision_config` (`openvision3.interop.transformers.llava_config`), "
                 "`vision_feature_layer=-2`, `vision_feature_select_strategy=\"default\"`; see docs/llava.md."]
-    rows = _eval_results(results, name)
-    vae_meta = {k: vae.get(k) for k in ("source", "convention", "scaling_factor", "shift_factor",
-                                        "latent_channels")}
+    rows = _eval_results(results)
     data = ModelCardData(library_name=library, license=license, tags=list(TAGS),
                          pipeline_tag="image-feature-extraction", model_name=name,
-                         eval_results=rows or None, vae=vae_meta)
+                         eval_results=rows or None, vae={k: vae.get(k) for k in VAE_KEYS})
     body = [f"# {name}", "",
             "A unified visual encoder in the OpenVision 3 design (arXiv 2601.15369): a ViT over the "
             "latents of a frozen VAE, trained for reconstruction and for CLIP-style contrastive "
@@ -163,8 +153,7 @@ def write_card(directory, kind: str, info: dict, results: dict | None = None) ->
     vae_cfg = directory / "vae" / "config.json"  # a saved VAE: its factors as resolved, not the config's None
     if kind == "openvision3" and vae_cfg.is_file() and "vae_resolved" not in info:
         vc = json.loads(vae_cfg.read_text())
-        info = {**info, "vae_resolved": {"scaling_factor": vc.get("scaling_factor"),
-                                         "shift_factor": vc.get("shift_factor")}}
+        info = {**info, "vae_resolved": {k: vc.get(k) for k in ("scaling_factor", "shift_factor")}}
     card = build_card(kind, info, read_results(directory) if results is None else results)
     path = directory / "README.md"
     path.write_text(str(card), encoding="utf-8")

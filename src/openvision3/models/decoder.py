@@ -27,10 +27,6 @@ class LatentDecoder(nn.Module):
         self.head = nn.Linear(tower.width, patch_size * patch_size * latent_channels)
         clip_init_(self.transformer)
 
-    def add_noise(self, x: torch.Tensor) -> torch.Tensor:
-        sigma = torch.rand(x.shape[0], 1, 1, device=x.device, dtype=x.dtype) * self.noise_tau
-        return x + sigma * torch.randn_like(x)
-
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None,
                 sigma: float | None = None) -> torch.Tensor:
         """tokens (B, N, D) -> latents (B, C, gh * p, gw * p). Noise only in training mode, unless
@@ -39,8 +35,8 @@ class LatentDecoder(nn.Module):
         x = F.layer_norm(tokens, tokens.shape[-1:])
         if sigma is not None:
             x = x + sigma * torch.randn_like(x)
-        elif self.training and self.noise_tau > 0:
-            x = self.add_noise(x)
+        elif self.training and self.noise_tau > 0:  # sigma ~ U[0, tau] per sample
+            x = x + torch.rand(x.shape[0], 1, 1, device=x.device, dtype=x.dtype) * self.noise_tau * torch.randn_like(x)
         x = self.embed(x) + sincos_2d(self.width, gh, gw, device=x.device, dtype=x.dtype)
         x = self.head(self.ln_out(self.transformer(x)))  # (B, N, p*p*C)
         b, p, c = x.shape[0], self.patch_size, self.latent_channels

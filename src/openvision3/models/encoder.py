@@ -36,9 +36,6 @@ class UnifiedEncoder(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
         clip_init_(self.transformer)
 
-    def grid_size(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
-        return latent_hw[0] // self.patch_size, latent_hw[1] // self.patch_size
-
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B, C, h, w) -> unified tokens (B, h/p * w/p, width)."""
         x = self.transformer(self.embed(latents))
@@ -56,7 +53,7 @@ class UnifiedEncoder(nn.Module):
         x = self.conv1(latents).flatten(2).transpose(1, 2)  # (B, N, D)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        gh, gw = self.grid_size((h, w))
+        gh, gw = h // self.patch_size, w // self.patch_size
         return x + sincos_2d(self.width, gh, gw, cls_token=True, device=x.device, dtype=x.dtype)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:

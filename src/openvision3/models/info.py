@@ -6,16 +6,13 @@ the VAE is described from its config (a hub VAE that is not cached offline is re
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 
 from ..config import Config, get_config, load_config_file
 
 RESOLUTIONS = (128, 224, 256)  # [P] the paper's token grids: 64 / 196 / 256 tokens
-
-
-def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def _towers(cfg: Config, latent_channels: int) -> dict:
@@ -36,8 +33,6 @@ def _towers(cfg: Config, latent_channels: int) -> dict:
 
 def _vae_info(cfg: Config) -> dict:
     """Describe the VAE. Hub VAEs are not fetched here (info must be instant and offline)."""
-    from pathlib import Path
-
     from .vae import FrozenVAE
     source = cfg.model.vae.source
     if source != "inline" and not Path(source).expanduser().exists():
@@ -51,7 +46,6 @@ def _vae_info(cfg: Config) -> dict:
 def model_info(preset: str | None = None, model_dir: str | None = None, config: str | None = None,
                overrides: list[str] | None = None) -> dict:
     if model_dir:
-        from pathlib import Path
         cfg = load_config_file(Path(model_dir) / "config.yaml")
         if cfg.model.vae.source == "vae":
             cfg.model.vae.source = str(Path(model_dir) / "vae")
@@ -59,7 +53,8 @@ def model_info(preset: str | None = None, model_dir: str | None = None, config: 
         extra = [f"model.preset={preset}"] if preset else []
         cfg = get_config(config, extra + list(overrides or []))
     vae = _vae_info(cfg)
-    parts = {name: _count(mod) for name, mod in _towers(copy.deepcopy(cfg), vae["latent_channels"]).items()}
+    towers = _towers(copy.deepcopy(cfg), vae["latent_channels"])
+    parts = {name: sum(p.numel() for p in mod.parameters() if p.requires_grad) for name, mod in towers.items()}
     parts["logit_scale"] = 1
     trainable = sum(parts.values())
     down = vae["downsample"] * cfg.model.patch_size
@@ -79,8 +74,7 @@ def format_info(info: dict) -> str:
     lines = [f"OpenVision 3 model, preset '{info['preset']}' (token dim {info['token_dim']}, "
              f"embed dim {info['embed_dim']}, {info['downsample']}x downsampling)", "",
              "| part | parameters |", "|---|---:|"]
-    for name in ("encoder", "decoder", "text_encoder", "caption_decoder"):
-        lines.append(f"| {name} | {_m(p[name])} |")
+    lines += [f"| {name} | {_m(p[name])} |" for name in ("encoder", "decoder", "text_encoder", "caption_decoder")]
     lines += [f"| trainable total | {_m(p['trainable_total'])} |", f"| VAE (frozen) | {_m(p['vae_frozen'])} |", "",
               "| resolution | token grid | tokens |", "|---:|---:|---:|"]
     lines += [f"| {r} px | {g['grid']}x{g['grid']} | {g['tokens']} |" for r, g in info["token_grids"].items()]

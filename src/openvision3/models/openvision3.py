@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import Config, config_to_yaml, load_config_file
+from ..config import Config, config_to_dict, config_to_yaml, load_config_file
 from ..data.tokenizer import build_tokenizer
 from ..data.tokenizer import vocab_size as text_vocab_size
 from ..losses import OpenVision3Loss
@@ -51,9 +52,7 @@ class OpenVision3(nn.Module):
         self.caption_decoder = CaptionDecoder(m.encoder.width, m.caption, vocab, m.caption_keep_ratio)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(m.logit_scale_init)))  # [P] init 1/0.07
         self.loss_fn = OpenVision3Loss(cfg.loss)
-        self._tokenizer = None
 
-    # ------------------------------------------------------------------ properties and helpers
     @property
     def image_size(self) -> int:
         return self.cfg.model.image_size
@@ -67,26 +66,20 @@ class OpenVision3(nn.Module):
         side = (resolution or self.image_size) // self.downsample
         return side, side
 
-    @property
+    @functools.cached_property
     def tokenizer(self):
         """``model.tokenizer(list_of_str) -> LongTensor`` (``model.tokenizer``: open_clip BPE or a
         closed word list), long enough for both text towers."""
-        if self._tokenizer is None:
-            self._tokenizer = build_tokenizer(self.cfg.model)
-        return self._tokenizer
+        return build_tokenizer(self.cfg.model)
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 
-    def _device(self):
-        return self.logit_scale.device
-
     def _as_tokens(self, tokens):
         if isinstance(tokens, (list, tuple)):
             tokens = self.tokenizer(list(tokens))
-        return tokens.to(self._device())
+        return tokens.to(self.logit_scale.device)
 
-    # ------------------------------------------------------------------ encoding
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> unified tokens (B, N, D)."""
         latents = self.vae.encode(images)
@@ -99,7 +92,6 @@ class OpenVision3(nn.Module):
         """Token ids (B, T) or a list of strings -> text features (B, embed_dim)."""
         return self.text_encoder(self._as_tokens(tokens))
 
-    # ------------------------------------------------------------------ training forward
     def forward(self, images: torch.Tensor, tokens=None, lpips_weight: float | None = None,
                 latents: torch.Tensor | None = None, unified: torch.Tensor | None = None) -> dict:
         """Every loss term and the total ``loss``. ``tokens``: ids (B, T) or captions (list of str).
@@ -137,7 +129,6 @@ class OpenVision3(nn.Module):
         out["logit_scale"] = self.logit_scale.detach().exp()
         return out
 
-    # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Full path, no noise (sigma = 0): images -> tokens -> latents -> images in [-1, 1]."""
@@ -161,7 +152,6 @@ class OpenVision3(nn.Module):
             self.caption_decoder.train(was_training)
         return [tok.decode(row) for row in ids.tolist()]
 
-    # ------------------------------------------------------------------ save / load
     def trainable_state_dict(self) -> dict:
         """Weights to save: no frozen VAE, no loss modules, and each tied tensor once
         (safetensors refuses shared storage; the tie is rebuilt by the constructor)."""
@@ -190,7 +180,6 @@ class OpenVision3(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.trainable_state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "openvision3"})
         (directory / CONFIG_NAME).write_text(config_to_yaml(cfg))
-        from ..config import config_to_dict
         from .card import write_card  # README.md: Hub metadata, the VAE it needs, how to load
         write_card(directory, "openvision3", {"config": config_to_dict(cfg)})
         return directory

@@ -51,14 +51,6 @@ def fit_context(tokens: torch.Tensor, length: int) -> torch.Tensor:
     return cropped
 
 
-def prefix_mask(n_prefix: int, n_text: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Additive attention mask (L, L): full attention inside the prefix, causal after it."""
-    size = n_prefix + n_text
-    mask = torch.full((size, size), float("-inf"), device=device, dtype=dtype).triu_(1)
-    mask[:n_prefix, :n_prefix] = 0
-    return mask
-
-
 class CaptionDecoder(nn.Module):
     def __init__(self, token_dim: int, tower: TextTowerConfig, vocab_size: int, keep_ratio: float = 1.0):
         super().__init__()
@@ -85,11 +77,12 @@ class CaptionDecoder(nn.Module):
     def hidden(self, image_tokens: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden states (B, T, width) at the text positions."""
         prefix = self.image_proj(image_tokens)
-        t = text_in.shape[1]
-        x = torch.cat([prefix, self.token_embedding(text_in) + self.positional_embedding[:t]], dim=1)
-        mask = prefix_mask(prefix.shape[1], t, device=x.device, dtype=x.dtype)
-        x = self.transformer(x, attn_mask=mask)
-        return self.ln_final(x[:, prefix.shape[1]:])
+        n = prefix.shape[1]
+        x = torch.cat([prefix, self.token_embedding(text_in) + self.positional_embedding[:text_in.shape[1]]], dim=1)
+        # additive prefix mask: full attention among the image tokens, causal after them
+        mask = torch.full((x.shape[1],) * 2, float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
+        mask[:n, :n] = 0
+        return self.ln_final(self.transformer(x, attn_mask=mask)[:, n:])
 
     def logits(self, image_tokens: torch.Tensor, text_in: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.hidden(image_tokens, text_in))

@@ -3,13 +3,10 @@
 ``Transformer`` / ``ResidualAttentionBlock`` keep the state-dict layout of open_clip's classes
 (``resblocks.{i}.{ln_1, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj, ln_2, mlp.c_fc,
 mlp.c_proj}``), the layout of the released OV3 towers, so they load and export without renaming.
-They differ in how attention is called in training: the packed in-projection is one ``F.linear``
-on the batch-first tokens and ``F.scaled_dot_product_attention`` runs on views of it.
-``nn.MultiheadAttention`` instead projects a sequence-first transposed view, which torch
-computes as one small matrix product per token position, and copies around it (docs/
-performance.md, "The encoder against timm's"). At inference (eval mode, no gradients, no mask)
-the block calls the fused kernel ``nn.MultiheadAttention`` itself calls there, so a released
-tower gives open_clip's outputs bit for bit.
+In training the packed in-projection is one ``F.linear`` on the batch-first tokens and SDPA runs on
+views of it, not ``nn.MultiheadAttention``'s slower sequence-first path (docs/performance.md, "The
+encoder against timm's"). At inference (eval mode, no gradients, no mask) the block calls the fused
+kernel ``nn.MultiheadAttention`` calls there, so a released tower gives open_clip's outputs bit for bit.
 
 Gradient checkpointing (``grad_checkpointing = True``) recomputes each block in backward on
 the path its forward took: the same SDPA kernels (a ``sdpa_kernel`` context around the forward

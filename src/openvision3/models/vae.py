@@ -1,7 +1,5 @@
 """FrozenVAE: the fixed pixel <-> latent map under the unified encoder.
 
-images in [-1, 1] (B,3,H,W) --encode--> normalised latents (B,C,H/f,W/f) --decode--> images.
-
 * ``encode`` returns the posterior mean, runs under ``torch.no_grad`` and in fp32 by default.
 * ``decode`` is differentiable w.r.t. its input, so pixel / LPIPS losses reach the latent decoder
   that predicted the latents; the VAE's own weights never require grad.
@@ -14,6 +12,7 @@ images in [-1, 1] (B,3,H,W) --encode--> normalised latents (B,C,H/f,W/f) --decod
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import typing
 from pathlib import Path
@@ -63,11 +62,6 @@ def build_autoencoder(arch: VAEArchConfig, scaling_factor: float = 1.0, shift_fa
     return vae
 
 
-def _inline_vae(cfg: VAEConfig):
-    # a random VAE has no calibrated factors: identity unless the config says otherwise
-    return build_autoencoder(cfg, 1.0 if cfg.scaling_factor is None else cfg.scaling_factor, cfg.shift_factor)
-
-
 def load_autoencoder(source: str):
     """AutoencoderKL from an alias, a local diffusers directory, or a hub id (``owner/name[/subfolder]``).
 
@@ -98,10 +92,8 @@ def load_autoencoder(source: str):
     kwargs["low_cpu_mem_usage"] = False  # avoids diffusers' accelerate nag; the VAE is small
     cached = cached_snapshot(repo)
     if cached is not None:
-        try:
+        with contextlib.suppress(Exception):  # an incomplete snapshot: download what is missing below
             return AutoencoderKL.from_pretrained(str(cached), **kwargs)
-        except Exception:  # an incomplete snapshot: download what is missing below
-            pass
     reason = hub_unreachable_reason()
     if reason is None:
         prefix = f"{subfolder}/" if subfolder else ""
@@ -118,20 +110,17 @@ def load_autoencoder(source: str):
 class FrozenVAE(nn.Module):
     """A frozen diffusers ``AutoencoderKL`` with OV3's latent normalisation."""
 
-    def __init__(self, cfg: VAEConfig | None = None, compute_dtype: torch.dtype | None = None,
-                 autoencoder=None):
-        """``autoencoder``: an ``AutoencoderKL`` already built (e.g. from a config whose weights come
-        with the enclosing checkpoint, as the transformers vision tower does); ``cfg.source`` is then
-        only recorded."""
+    def __init__(self, cfg: VAEConfig | None = None, compute_dtype: torch.dtype | None = None):
         super().__init__()
         cfg = cfg or VAEConfig()
         if cfg.convention not in CONVENTIONS:
             raise ConfigError(f"unknown vae.convention '{cfg.convention}'; valid: {', '.join(CONVENTIONS)}")
         self.source, self.convention = cfg.source, cfg.convention
-        if autoencoder is not None:
-            self.vae = autoencoder
+        if cfg.source == "inline":  # a random VAE: identity factors unless the config says otherwise
+            scaling = 1.0 if cfg.scaling_factor is None else cfg.scaling_factor
+            self.vae = build_autoencoder(cfg, scaling, cfg.shift_factor)
         else:
-            self.vae = _inline_vae(cfg) if cfg.source == "inline" else load_autoencoder(cfg.source)
+            self.vae = load_autoencoder(cfg.source)
         self.vae.requires_grad_(False)
         self.vae.eval()
         vc = self.vae.config
@@ -152,8 +141,6 @@ class FrozenVAE(nn.Module):
         # Frozen: stays in eval mode whatever the parent module asks.
         return super().train(False)
 
-    # -- helpers -------------------------------------------------------------------------------
-
     def _precision(self, x: torch.Tensor, autocast_dtype: torch.dtype | None):
         dtype = autocast_dtype if autocast_dtype is not None else self.compute_dtype
         if dtype is None or dtype == torch.float32:
@@ -169,12 +156,9 @@ class FrozenVAE(nn.Module):
         if hi > _RANGE_LIMIT or lo < -_RANGE_LIMIT:
             raise ValueError(f"FrozenVAE.encode expects images in [-1, 1], got values in [{lo:.3g}, {hi:.3g}] "
                              "(0..255 input? scale it with x / 127.5 - 1)")
-        self._check_size(images.shape[-2:], self.downsample, "image")
-
-    @staticmethod
-    def _check_size(hw, f, what):
-        if hw[0] % f or hw[1] % f:
-            raise ValueError(f"{what} size {hw[0]}x{hw[1]} is not divisible by the VAE downsample factor {f}")
+        (h, w), f = images.shape[-2:], self.downsample
+        if h % f or w % f:
+            raise ValueError(f"image size {h}x{w} is not divisible by the VAE downsample factor {f}")
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -188,8 +172,6 @@ class FrozenVAE(nn.Module):
         if self.convention == "shift_scale":
             return latents / self.scaling_factor + self.shift_factor
         return latents / self.scaling_factor
-
-    # -- the two maps --------------------------------------------------------------------------
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -208,8 +190,6 @@ class FrozenVAE(nn.Module):
         with self._precision(latents, autocast_dtype):
             images = self.vae.decode(self._layout(self.denormalize(latents.float()))).sample
         return images.float().contiguous()
-
-    # -- persistence / reporting ---------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike):
         """Diffusers format; the resolved factors are written into its config so that

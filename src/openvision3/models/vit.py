@@ -1,9 +1,5 @@
-"""Shared transformer parts: the towers' Transformer, fixed 2-D sin-cos positions, CLIP init.
-
-Every tower is a ``models.transformer.Transformer``: open_clip's parameter names, which are
-exactly those of the released OV3 vision towers [C], so importing and exporting them needs no
-renaming, with attention called through SDPA directly.
-"""
+"""Shared transformer parts: the towers' Transformer (models/transformer.py), fixed 2-D sin-cos
+positions, CLIP init."""
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +27,6 @@ def attention_kernels(device: torch.device, choice: str = "auto"):
 
 
 def build_transformer(tower: TowerConfig) -> Transformer:
-    if tower.width % tower.heads:
-        raise ValueError(f"tower width {tower.width} is not divisible by heads {tower.heads}")
     return Transformer(tower.width, tower.layers, tower.heads, tower.mlp_ratio)
 
 
@@ -46,14 +40,12 @@ def clip_init_(transformer: Transformer) -> None:
     attn_std = width ** -0.5
     fc_std = (2 * width) ** -0.5
     for block in transformer.resblocks:
-        nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
-        nn.init.zeros_(block.attn.in_proj_bias)
-        nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-        nn.init.zeros_(block.attn.out_proj.bias)
-        nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
-        nn.init.zeros_(block.mlp.c_fc.bias)
-        nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
-        nn.init.zeros_(block.mlp.c_proj.bias)
+        attn, mlp = block.attn, block.mlp
+        for weight, std in ((attn.in_proj_weight, attn_std), (attn.out_proj.weight, proj_std),
+                            (mlp.c_fc.weight, fc_std), (mlp.c_proj.weight, proj_std)):  # the RNG's order
+            nn.init.normal_(weight, std=std)
+        for bias in (attn.in_proj_bias, attn.out_proj.bias, mlp.c_fc.bias, mlp.c_proj.bias):
+            nn.init.zeros_(bias)
 
 
 @lru_cache(maxsize=32)
