@@ -8,7 +8,8 @@ import sys
 
 
 class UserError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
+    """Bad input from the user: printed as one line, exit code 2 (as the library's own bad-input
+    errors, cli/__init__.py _USER_ERRORS)."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -19,8 +20,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def print_json(obj) -> None:
-    print(json.dumps(obj, default=str))
+def print_json(args, obj) -> None:
+    """With --json: ``obj`` as one JSON object, the last line on stdout."""
+    if args.json:
+        print(json.dumps(obj, default=str))
 
 
 class Stopped(Exception):

@@ -56,13 +56,10 @@ def _add_eval(sub):
 def _run_eval(args):
     from pathlib import Path
 
-    from ..eval import TASKS, EvalError, evaluate, parse_tasks
+    from ..eval import TASKS, evaluate, parse_tasks
     from ..eval.report import format_summary, jsonable
     from ..perceptual import LPIPS_NETS
-    try:
-        tasks = parse_tasks(args.tasks) if args.tasks is not None else None
-    except EvalError as e:
-        raise UserError(str(e)) from None
+    tasks = parse_tasks(args.tasks) if args.tasks is not None else None
     nets = tuple(n.strip() for n in args.lpips.split(",") if n.strip() and n.strip() != "none")
     bad = [n for n in nets if n not in LPIPS_NETS]
     if bad:
@@ -79,16 +76,13 @@ def _run_eval(args):
                            inception=args.inception, progress=not args.no_progress,
                            require_labels=tasks is not None, lpips_nets=nets, probe_train=args.probe_train,
                            split=args.split)
-    except EvalError as e:
-        raise UserError(str(e)) from None
     except RuntimeError as e:
         if "LPIPS" not in str(e):
             raise
         raise UserError(str(e)) from None
     print(format_summary(results))
     print(f"report: {Path(out) / 'eval.md'} (numbers: {Path(out) / 'eval.json'})")
-    if args.json:
-        print_json(jsonable(results))
+    print_json(args, jsonable(results))
 
 
 def _run_reconstruct(args):
@@ -103,8 +97,7 @@ def _run_reconstruct(args):
         print(f"{im['path']}\tPSNR {im['psnr']:.2f} dB\t{im['pair']}")
     print(f"{len(r['images'])} reconstructed ({r['resolution']} px), mean PSNR {r['psnr_mean']:.2f} dB, "
           f"{len(r['skipped'])} skipped; PNGs in {args.out}")
-    if args.json:
-        print_json(jsonable(r))
+    print_json(args, jsonable(r))
 
 
 def _run_caption(args):
@@ -117,21 +110,14 @@ def _run_caption(args):
         raise UserError(f"none of the {len(args.images)} image(s) could be read")
     for c in r["captions"]:
         print(f"{c['path']}\t{c['caption']}")
-    if args.json:
-        print_json(r)
+    print_json(args, r)
 
 
 def _run_encode(args):
-    from ..eval import EvalError
     from ..eval.inference import encode_data
     model = _load_model(args.model, args.device)
-    try:
-        r = encode_data(model, args.data, args.out, num_samples=args.num_samples, batch_size=args.batch_size,
-                        split=args.split, resolution=args.resolution, dtype=args.dtype,
-                        progress=not args.no_progress)
-    except EvalError as e:
-        raise UserError(str(e)) from None
+    r = encode_data(model, args.data, args.out, num_samples=args.num_samples, batch_size=args.batch_size,
+                    split=args.split, resolution=args.resolution, dtype=args.dtype, progress=not args.no_progress)
     shapes = ", ".join(f"{k} {tuple(v)}" for k, v in r["shapes"].items())
     print(f"encoded {r['n']} samples ({r['resolution']} px): {shapes} -> {r['out']} (+ {r['sidecar']})")
-    if args.json:
-        print_json(r)
+    print_json(args, r)
