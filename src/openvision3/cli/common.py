@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 class UserError(Exception):
@@ -68,11 +67,6 @@ def _load_model(path: str, device: str | None):
     except (RuntimeError, AssertionError) as e:
         raise UserError(f"cannot use device '{dev}': {str(e).splitlines()[0]}") from None
     return model.eval()
-
-
-def _report_skipped(command: str, skipped) -> None:
-    for s in skipped:
-        print(f"ov3 {command}: skipped {s['path']}: {s['reason']}", file=sys.stderr)
 
 
 def command_group(sub, name: str, help: str):

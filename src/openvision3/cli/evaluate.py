@@ -1,7 +1,9 @@
 """`ov3 eval`, `ov3 reconstruct`, `ov3 caption` and `ov3 encode`."""
 from __future__ import annotations
 
-from .common import UserError, _add_model_args, _load_model, _positive_int, _report_skipped, print_json
+import sys
+
+from .common import UserError, _add_model_args, _load_model, _positive_int, print_json
 
 
 # --- ov3 eval / reconstruct / caption / encode (eval/ owner) ----------------------------------
@@ -85,14 +87,21 @@ def _run_eval(args):
     print_json(args, jsonable(results))
 
 
+def _on_images(args, run, done: str, **kw) -> dict:
+    """``run(model, IMAGE...)``; each unreadable image is one line on stderr, none readable is bad input."""
+    r = run(_load_model(args.model, args.device), args.images, resolution=args.resolution,
+            batch_size=args.batch_size, **kw)
+    for s in r["skipped"]:
+        print(f"ov3 {args.command}: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    if not r[done]:
+        raise UserError(f"none of the {len(args.images)} image(s) could be read")
+    return r
+
+
 def _run_reconstruct(args):
     from ..eval.inference import reconstruct_files
     from ..eval.report import jsonable
-    model = _load_model(args.model, args.device)
-    r = reconstruct_files(model, args.images, args.out, resolution=args.resolution, batch_size=args.batch_size)
-    _report_skipped(args.command, r["skipped"])
-    if not r["images"]:
-        raise UserError(f"none of the {len(args.images)} image(s) could be read")
+    r = _on_images(args, reconstruct_files, "images", out_dir=args.out)
     for im in r["images"]:
         print(f"{im['path']}\tPSNR {im['psnr']:.2f} dB\t{im['pair']}")
     print(f"{len(r['images'])} reconstructed ({r['resolution']} px), mean PSNR {r['psnr_mean']:.2f} dB, "
@@ -102,12 +111,7 @@ def _run_reconstruct(args):
 
 def _run_caption(args):
     from ..eval.inference import caption_files
-    model = _load_model(args.model, args.device)
-    r = caption_files(model, args.images, resolution=args.resolution, batch_size=args.batch_size,
-                      max_len=args.max_len)
-    _report_skipped(args.command, r["skipped"])
-    if not r["captions"]:
-        raise UserError(f"none of the {len(args.images)} image(s) could be read")
+    r = _on_images(args, caption_files, "captions", max_len=args.max_len)
     for c in r["captions"]:
         print(f"{c['path']}\t{c['caption']}")
     print_json(args, r)

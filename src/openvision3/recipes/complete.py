@@ -270,8 +270,8 @@ def train_heads(cfg: Config, out_dir, resume: str | None = None, overwrite: bool
     source = load_source(cfg.train.init_encoder)
     cfg = apply_source(cfg, source)
     task = CompleteTask(cfg, source, eval_fn, progress)
-    return run_task(task, task.settings(launched_world_size()), out_dir, config_yaml=config_to_yaml(cfg), resume=resume,
-                    overwrite=overwrite, progress=progress)
+    return run_task(task, task.settings(launched_world_size()), out_dir, config_yaml=config_to_yaml(cfg),
+                    resume=resume, overwrite=overwrite, progress=progress)
 
 
 __all__ = ["CompleteTask", "CachedHeadsData", "EncoderSource", "apply_source", "check_against_model", "load_source",
