@@ -29,16 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error_types() -> tuple[type, ...]:
-    """The exception types that mean bad input. Looked up in sys.modules, not imported: a module
-    that was never imported cannot have raised its error, and importing ``openvision3.data`` would
-    pull torch and open_clip into ``ov3 --help`` (seconds instead of milliseconds)."""
-    found = [UserError, FileNotFoundError]
-    for module, name in (("openvision3.config", "ConfigError"), ("openvision3.data.errors", "DataSpecError"),
-                         ("openvision3.train.run_lock", "RunLockError")):
-        if module in sys.modules:
-            found.append(getattr(sys.modules[module], name))
-    return tuple(found)
+# The library's errors that mean bad input (one line, exit 2), by defining module; with UserError and
+# FileNotFoundError. The subcommands let them through rather than each catching its own few.
+_USER_ERRORS = (("openvision3.config_build", "ConfigError"), ("openvision3.data.errors", "DataSpecError"),
+               ("openvision3.train.run_lock", "RunLockError"), ("openvision3.train.checkpoint", "CheckpointError"),
+               ("openvision3.train.run", "TrainError"), ("openvision3.eval.common", "EvalError"),
+               ("openvision3.generation.generator", "GeneratorError"),
+               ("openvision3.generation.token_cache", "CacheError"), ("openvision3.bench.options", "BenchError"),
+               ("openvision3.app.parts", "ServeError"), ("openvision3.recipes.demo", "DemoRefused"),
+               ("openvision3.recipes.llava_probe", "ProbeError"))
+
+
+def _loaded(table) -> tuple[type, ...]:
+    """The classes of ``table`` whose modules are loaded. Looked up in sys.modules, not imported: a
+    module that was never imported cannot have raised its error, and importing ``openvision3.data``
+    would pull torch and open_clip into ``ov3 --help`` (seconds instead of milliseconds)."""
+    return tuple(getattr(sys.modules[module], name) for module, name in table if module in sys.modules)
 
 
 def main(argv=None) -> int:
@@ -48,15 +54,12 @@ def main(argv=None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         args.func(args)
-    except Stopped as e:
-        print(f"ov3 {args.command}: stopped: {' '.join(str(e).split())}", file=sys.stderr)
-        return 3
     except Exception as e:
-        run_stopped = getattr(sys.modules.get("openvision3.train.run"), "RunStopped", None)
-        if run_stopped is not None and isinstance(e, run_stopped):  # a run a command needed (e.g. the judge)
+        # a run stopped before its end (ours, or one a command needed, e.g. the judge): the same command resumes it
+        if isinstance(e, (Stopped, *_loaded([("openvision3.train.run", "RunStopped")]))):
             print(f"ov3 {args.command}: stopped: {' '.join(str(e).split())}", file=sys.stderr)
             return 3
-        if isinstance(e, _user_error_types()):
+        if isinstance(e, (UserError, FileNotFoundError, *_loaded(_USER_ERRORS))):
             what = str(e)
         elif isinstance(e, OSError):  # the machine said no (permissions, a path through a file, a full disk)
             what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else (str(e) or type(e).__name__)

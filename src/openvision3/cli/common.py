@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 class UserError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
+    """Bad input from the user: printed as one line, exit code 2 (as the library's own bad-input
+    errors, cli/__init__.py _USER_ERRORS)."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -19,8 +19,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def print_json(obj) -> None:
-    print(json.dumps(obj, default=str))
+def print_json(args, obj) -> None:
+    """With --json: ``obj`` as one JSON object, the last line on stdout."""
+    if args.json:
+        print(json.dumps(obj, default=str))
 
 
 class Stopped(Exception):
@@ -65,11 +67,6 @@ def _load_model(path: str, device: str | None):
     except (RuntimeError, AssertionError) as e:
         raise UserError(f"cannot use device '{dev}': {str(e).splitlines()[0]}") from None
     return model.eval()
-
-
-def _report_skipped(command: str, skipped) -> None:
-    for s in skipped:
-        print(f"ov3 {command}: skipped {s['path']}: {s['reason']}", file=sys.stderr)
 
 
 def command_group(sub, name: str, help: str):

@@ -21,8 +21,7 @@ def _run_info(args):
     info = model_info(preset=args.preset, model_dir=args.model, config=args.config,
                       overrides=args.overrides)
     print(format_info(info))
-    if args.json:
-        print_json(info)
+    print_json(args, info)
 
 
 # --- ov3 data (data/ owner) ------------------------------------------------------------------
@@ -70,8 +69,7 @@ def _run_data_inspect(args):
     from ..data.inspect import format_report, inspect_data
     report = inspect_data(args.spec, split=args.split, limit=args.limit, grid=args.grid, kind=args.kind)
     print(format_report(report))
-    if args.json:
-        print_json(report)
+    print_json(args, report)
 
 
 def _run_data_pack(args):
@@ -80,8 +78,7 @@ def _run_data_pack(args):
                   resolution=args.resolution, image_format=args.format, limit=args.limit, kind=args.kind)
     print(f"wrote {r['samples']} samples in {r['shards']} shards to {r['out']}; "
           f"{r['skipped']} skipped {r['skipped_by_reason'] or ''}".rstrip())
-    if args.json:
-        print_json(r)
+    print_json(args, r)
 
 
 def _run_data_cache_latents(args):
@@ -91,5 +88,4 @@ def _run_data_cache_latents(args):
                       limit=args.limit, device=args.device, kind=args.kind)
     print(f"cached {r['samples']} samples (latent {tuple(r['latent_shape'])} + flip) in {r['shards']} shards "
           f"to {r['out']}; train with data.latent_cache={r['out']}")
-    if args.json:
-        print_json(r)
+    print_json(args, r)

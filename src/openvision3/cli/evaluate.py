@@ -1,7 +1,9 @@
 """`ov3 eval`, `ov3 reconstruct`, `ov3 caption` and `ov3 encode`."""
 from __future__ import annotations
 
-from .common import UserError, _add_model_args, _load_model, _positive_int, _report_skipped, print_json
+import sys
+
+from .common import UserError, _add_model_args, _load_model, _positive_int, print_json
 
 
 # --- ov3 eval / reconstruct / caption / encode (eval/ owner) ----------------------------------
@@ -56,13 +58,10 @@ def _add_eval(sub):
 def _run_eval(args):
     from pathlib import Path
 
-    from ..eval import TASKS, EvalError, evaluate, parse_tasks
+    from ..eval import TASKS, evaluate, parse_tasks
     from ..eval.report import format_summary, jsonable
     from ..perceptual import LPIPS_NETS
-    try:
-        tasks = parse_tasks(args.tasks) if args.tasks is not None else None
-    except EvalError as e:
-        raise UserError(str(e)) from None
+    tasks = parse_tasks(args.tasks) if args.tasks is not None else None
     nets = tuple(n.strip() for n in args.lpips.split(",") if n.strip() and n.strip() != "none")
     bad = [n for n in nets if n not in LPIPS_NETS]
     if bad:
@@ -79,59 +78,50 @@ def _run_eval(args):
                            inception=args.inception, progress=not args.no_progress,
                            require_labels=tasks is not None, lpips_nets=nets, probe_train=args.probe_train,
                            split=args.split)
-    except EvalError as e:
-        raise UserError(str(e)) from None
     except RuntimeError as e:
         if "LPIPS" not in str(e):
             raise
         raise UserError(str(e)) from None
     print(format_summary(results))
     print(f"report: {Path(out) / 'eval.md'} (numbers: {Path(out) / 'eval.json'})")
-    if args.json:
-        print_json(jsonable(results))
+    print_json(args, jsonable(results))
+
+
+def _on_images(args, run, done: str, **kw) -> dict:
+    """``run(model, IMAGE...)``; each unreadable image is one line on stderr, none readable is bad input."""
+    r = run(_load_model(args.model, args.device), args.images, resolution=args.resolution,
+            batch_size=args.batch_size, **kw)
+    for s in r["skipped"]:
+        print(f"ov3 {args.command}: skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    if not r[done]:
+        raise UserError(f"none of the {len(args.images)} image(s) could be read")
+    return r
 
 
 def _run_reconstruct(args):
     from ..eval.inference import reconstruct_files
     from ..eval.report import jsonable
-    model = _load_model(args.model, args.device)
-    r = reconstruct_files(model, args.images, args.out, resolution=args.resolution, batch_size=args.batch_size)
-    _report_skipped(args.command, r["skipped"])
-    if not r["images"]:
-        raise UserError(f"none of the {len(args.images)} image(s) could be read")
+    r = _on_images(args, reconstruct_files, "images", out_dir=args.out)
     for im in r["images"]:
         print(f"{im['path']}\tPSNR {im['psnr']:.2f} dB\t{im['pair']}")
     print(f"{len(r['images'])} reconstructed ({r['resolution']} px), mean PSNR {r['psnr_mean']:.2f} dB, "
           f"{len(r['skipped'])} skipped; PNGs in {args.out}")
-    if args.json:
-        print_json(jsonable(r))
+    print_json(args, jsonable(r))
 
 
 def _run_caption(args):
     from ..eval.inference import caption_files
-    model = _load_model(args.model, args.device)
-    r = caption_files(model, args.images, resolution=args.resolution, batch_size=args.batch_size,
-                      max_len=args.max_len)
-    _report_skipped(args.command, r["skipped"])
-    if not r["captions"]:
-        raise UserError(f"none of the {len(args.images)} image(s) could be read")
+    r = _on_images(args, caption_files, "captions", max_len=args.max_len)
     for c in r["captions"]:
         print(f"{c['path']}\t{c['caption']}")
-    if args.json:
-        print_json(r)
+    print_json(args, r)
 
 
 def _run_encode(args):
-    from ..eval import EvalError
     from ..eval.inference import encode_data
     model = _load_model(args.model, args.device)
-    try:
-        r = encode_data(model, args.data, args.out, num_samples=args.num_samples, batch_size=args.batch_size,
-                        split=args.split, resolution=args.resolution, dtype=args.dtype,
-                        progress=not args.no_progress)
-    except EvalError as e:
-        raise UserError(str(e)) from None
+    r = encode_data(model, args.data, args.out, num_samples=args.num_samples, batch_size=args.batch_size,
+                    split=args.split, resolution=args.resolution, dtype=args.dtype, progress=not args.no_progress)
     shapes = ", ".join(f"{k} {tuple(v)}" for k, v in r["shapes"].items())
     print(f"encoded {r['n']} samples ({r['resolution']} px): {shapes} -> {r['out']} (+ {r['sidecar']})")
-    if args.json:
-        print_json(r)
+    print_json(args, r)

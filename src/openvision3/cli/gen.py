@@ -58,26 +58,13 @@ def _add_gen(sub):
     c.set_defaults(func=_run_gen_compare)
 
 
-def _gen_errors():
-    from ..generation.generator import GeneratorError
-    from ..generation.token_cache import CacheError
-    from ..train.checkpoint import CheckpointError
-    from ..train.run import TrainError
-    return GeneratorError, CacheError, CheckpointError, TrainError
-
-
 def _run_gen_train(args):
     from ..generation.config import get_gen_config
     from ..generation.trainer import train_generator
     overrides = list(args.overrides) + ([f"encoder={args.encoder}"] if args.encoder else [])
     cfg = get_gen_config(args.config, overrides)
-    try:
-        r = train_generator(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-                            progress=not args.no_progress)
-    except _gen_errors() as e:
-        raise UserError(str(e)) from None
-    if args.json:
-        print_json(r)
+    r = train_generator(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    print_json(args, r)
     if r["status"] != "finished":  # exit 3, as `ov3 train`
         raise Stopped(f"{r['status']} at step {r['step']}/{r['total_steps']}; continue it with --resume auto "
                       f"(run in {r['out_dir']})")
@@ -94,53 +81,38 @@ def _run_gen_sample(args):
         raise UserError(f"--classes expects comma-separated integers, got '{args.classes}'") from None
     if not classes:
         raise UserError("--classes is empty")
-    try:
-        gen = Generator.load(args.run, args.device or "cpu")
-        gen.check_classes(classes)
-        labels = [c for c in classes for _ in range(args.n)]
-        images = gen.sample_images(labels, cfg_scale=args.cfg_scale, steps=args.steps, seed=args.seed,
-                                   method=args.sampler)
-    except _gen_errors() as e:
-        raise UserError(str(e)) from None
+    gen = Generator.load(args.run, args.device or "cpu")
+    gen.check_classes(classes)
+    labels = [c for c in classes for _ in range(args.n)]
+    images = gen.sample_images(labels, cfg_scale=args.cfg_scale, steps=args.steps, seed=args.seed,
+                               method=args.sampler)
     from pathlib import Path
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, labels, gen.class_names, Path(args.out), per_row=args.n, max_rows=len(classes))
     print(f"{len(labels)} samples of classes {classes} -> {args.out}", file=sys.stderr)
-    if args.json:
-        print_json({"out": args.out, "classes": classes, "n": args.n, "seed": args.seed,
-                    "cfg_scale": args.cfg_scale if args.cfg_scale is not None else gen.cfg.flow.cfg_scale,
-                    "steps": args.steps or gen.cfg.flow.steps})
+    print_json(args, {"out": args.out, "classes": classes, "n": args.n, "seed": args.seed,
+                      "cfg_scale": args.cfg_scale if args.cfg_scale is not None else gen.cfg.flow.cfg_scale,
+                      "steps": args.steps or gen.cfg.flow.steps})
 
 
 def _run_gen_eval(args):
     from ..generation.evaluate import evaluate_generator
     if args.inception and not __import__("pathlib").Path(args.inception).is_file():
         raise UserError(f"--inception: no such file '{args.inception}'")
-    try:
-        r = evaluate_generator(args.run, cfg_scale=args.cfg_scale, steps=args.steps,
-                               samples_per_class=args.samples_per_class, sweep=not args.no_sweep,
-                               inception=args.inception, seed=args.seed, out_dir=args.out, device=args.device,
-                               progress=not args.no_progress)
-    except _gen_errors() as e:
-        raise UserError(str(e)) from None
+    r = evaluate_generator(args.run, cfg_scale=args.cfg_scale, steps=args.steps,
+                           samples_per_class=args.samples_per_class, sweep=not args.no_sweep,
+                           inception=args.inception, seed=args.seed, out_dir=args.out, device=args.device,
+                           progress=not args.no_progress)
     print(f"judge_top1 {r['judge_top1']:.3f} (judge on real held-out: {r['judge_real_top1']:.3f}), fd {r['fd']:.3f}, "
           f"precision {r['precision']:.3f}, recall {r['recall']:.3f}, gFID "
           f"{'n/a' if r['gfid'] is None else format(r['gfid'], '.2f')} at w={r['cfg_scale']}, {r['steps']} steps; "
           f"report: {args.out or args.run}/gen_eval.md")
-    if args.json:
-        print_json(r)
+    print_json(args, r)
 
 
 def _run_gen_compare(args):
-    from ..train.run import RunStopped
     from ..recipes.gen_compare import run_compare
     overrides = list(args.overrides) + ([f"encoder={args.encoder}"] if args.encoder else [])
-    try:
-        r = run_compare(args.config, args.out, overrides=overrides, progress=not args.no_progress)
-    except _gen_errors() as e:
-        raise UserError(str(e)) from None
-    except RunStopped as e:  # a signal stopped a run: exit 3, the same command resumes it
-        raise Stopped(str(e)) from None
+    r = run_compare(args.config, args.out, overrides=overrides, progress=not args.no_progress)
     print(r["table"])
-    if args.json:
-        print_json({k: v for k, v in r.items() if k != "table"})
+    print_json(args, {k: v for k, v in r.items() if k != "table"})

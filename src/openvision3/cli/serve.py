@@ -33,13 +33,10 @@ def _run_serve(args):
         raise UserError("ov3 serve needs gradio: pip install -e '.[app]'") from None
     from ..app.explorer import Explorer
     from ..app.page import launch
-    from ..app.parts import ServeError, load_generator, load_parts
+    from ..app.parts import load_generator, load_parts
     t0 = time.perf_counter()
-    try:
-        parts = load_parts(args.model, vae=args.vae, device=args.device)
-        generator = load_generator(args.generator, device=args.device) if args.generator else None
-    except ServeError as e:
-        raise UserError(str(e)) from None
+    parts = load_parts(args.model, vae=args.vae, device=args.device)
+    generator = load_generator(args.generator, device=args.device) if args.generator else None
     ex = Explorer(parts, generator, gallery_spec=args.gallery, gallery_size=args.gallery_size)
     status = ex.warm_up()
     print(f"ov3 serve: {parts.describe()}" + (f"; generator {args.generator}" if generator else ""), flush=True)

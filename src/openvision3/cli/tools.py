@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import command_group, Stopped, UserError, _positive_int, print_json
+from .common import command_group, UserError, _positive_int, print_json
 
 
 # --- ov3 demo --------------------------------------------------------------------------------
@@ -22,17 +22,11 @@ def _add_demo(sub):
 
 
 def _run_demo(args):
-    from ..train.run import RunStopped
-    from ..recipes.demo import DemoRefused, run_demo
-    try:
-        results = run_demo(args.out, overrides=args.overrides, num_samples=args.num_samples, seed=args.seed,
-                           train_vae=args.train_vae)
-    except RunStopped as e:  # the same command resumes it: exit 3
-        raise Stopped(str(e)) from None
-    except DemoRefused as e:  # another --out or a fix is needed first: exit 2
-        raise UserError(str(e)) from None
-    if args.json:
-        print_json(results)
+    from ..recipes.demo import run_demo
+    # RunStopped: exit 3, the same command resumes it; DemoRefused: exit 2, another --out or a fix first
+    results = run_demo(args.out, overrides=args.overrides, num_samples=args.num_samples, seed=args.seed,
+                       train_vae=args.train_vae)
+    print_json(args, results)
 
 
 # --- ov3 bench ---------------------------------------------------------------------------------
@@ -63,23 +57,18 @@ def _add_bench(sub):
 
 
 def _run_bench(args):
-    from ..bench import BenchError, BenchOptions, compare_steps, format_bench, format_compare, run_bench
+    from ..bench import BenchOptions, compare_steps, format_bench, format_compare, run_bench
     opts = BenchOptions(config=args.config, preset=args.preset, overrides=args.overrides,
                         resolution=args.resolution, batch=args.batch, device=args.device, precision=args.precision,
                         repeats=args.repeats, tiny=args.tiny, ratios=not args.no_ratios,
-                        memory=not args.no_memory, out=args.out,
-                        progress=not args.no_progress)
-    try:
-        if args.compare:
-            r = compare_steps(opts, args.compare, cached=args.cached)
-            print(format_compare(r))
-        else:
-            r = run_bench(opts)
-            print(format_bench(r))
-    except BenchError as e:
-        raise UserError(str(e)) from None
-    if args.json:
-        print_json(r)
+                        memory=not args.no_memory, out=args.out, progress=not args.no_progress)
+    if args.compare:
+        r = compare_steps(opts, args.compare, cached=args.cached)
+        print(format_compare(r))
+    else:
+        r = run_bench(opts)
+        print(format_bench(r))
+    print_json(args, r)
 
 
 # --- ov3 ablate synergy (recipes/synergy.py) ------------------------------------------------
@@ -103,23 +92,13 @@ def _add_ablate(sub):
 
 
 def _run_ablate_synergy(args):
-    from ..eval import EvalError
     from ..eval.report import jsonable
-    from ..train.run import RunStopped
     from ..recipes.synergy import run_synergy
-    from ..train.checkpoint import CheckpointError
-    from ..train.run import TrainError
-    try:
-        summary = run_synergy(args.config, args.out, steps=args.steps, seeds=args.seeds, arms=args.arms,
-                              overrides=args.overrides, tasks=args.tasks, num_samples=args.num_samples,
-                              progress=not args.no_progress)
-    except (EvalError, CheckpointError, TrainError) as e:
-        raise UserError(str(e)) from None
-    except RunStopped as e:  # a signal stopped an arm: exit 3, the same command resumes it
-        raise Stopped(str(e)) from None
+    summary = run_synergy(args.config, args.out, steps=args.steps, seeds=args.seeds, arms=args.arms,
+                          overrides=args.overrides, tasks=args.tasks, num_samples=args.num_samples,
+                          progress=not args.no_progress)
     print("verdicts: " + ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()), file=sys.stderr)
-    if args.json:
-        print_json(jsonable(summary))
+    print_json(args, jsonable(summary))
 
 
 # --- ov3 export hf / push / probe llava (interop/ and recipes/llava_probe.py) -----------------
@@ -158,8 +137,7 @@ def _run_export_hf(args):
     print(f"wrote a transformers vision tower ({r['hidden_size']} wide, {r['layers']} layers, {r['image_size']} px, "
           f"{r['image_tokens']} image tokens) to {r['out']}; load it with AutoModel.from_pretrained("
           "..., trust_remote_code=True), or without it after `import openvision3.interop.transformers`")
-    if args.json:
-        print_json(r)
+    print_json(args, r)
 
 
 def _add_push(sub):
@@ -176,8 +154,7 @@ def _run_push(args):
     from ..interop.hub import push_model
     r = push_model(args.model, args.repo_id, private=args.private, commit_message=args.message)
     print(f"pushed {r['kind']} model {args.model} to {r['repo_id']}{' (private)' if r['private'] else ''}: {r['url']}")
-    if args.json:
-        print_json(r)
+    print_json(args, r)
 
 
 def _add_probe(sub):
@@ -209,29 +186,22 @@ def _add_probe(sub):
 def _run_probe_llava(args):
     from pathlib import Path
 
-    from ..recipes.llava_probe import ProbeError, probe_config, run_llava_probe
+    from ..recipes.llava_probe import probe_config, run_llava_probe
     from ..recipes.llava_probe_data import QUESTION_TYPES
-    from ..train.checkpoint import CheckpointError
-    from ..train.run import TrainError
     out = args.out or (Path(args.model) / "eval" if Path(args.model).is_dir() else None)
     overrides = list(args.overrides)
     if args.train_images:
         overrides.append(f"train_images={args.train_images}")
     if args.test_images:
         overrides.append(f"test_images={args.test_images}")
-    pcfg = probe_config(overrides)
-    try:
-        r = run_llava_probe(args.model, out_dir=out, steps=args.steps, seed=args.seed, features=args.features,
-                            vision_feature_layer=args.vision_feature_layer, pcfg=pcfg,
-                            progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)
-    except (ProbeError, TrainError, CheckpointError) as e:
-        raise UserError(str(e)) from None
+    r = run_llava_probe(args.model, out_dir=out, steps=args.steps, seed=args.seed, features=args.features,
+                        vision_feature_layer=args.vision_feature_layer, pcfg=probe_config(overrides),
+                        progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)
     for t in QUESTION_TYPES:
         if t in r["per_type"]:
             print(f"{t:9s} {r['per_type'][t]:.3f}  (majority baseline {r['baselines'][t]:.3f}, "
                   f"{r['n_per_type'][t]} questions)")
     print(f"overall   {r['accuracy']:.3f}  (majority baseline {r['baselines']['overall']:.3f}); "
           f"{r['seconds']} s; report {Path(out) / 'llava_probe.md' if out else '(not written)'}")
-    if args.json:
-        print_json({k: r[k] for k in ("accuracy", "per_type", "baselines", "steps", "seconds", "seed", "features",
-                                      "vision_feature_layer", "n_per_type", "model")})
+    print_json(args, {k: r[k] for k in ("accuracy", "per_type", "baselines", "steps", "seconds", "seed", "features",
+                                "vision_feature_layer", "n_per_type", "model")})

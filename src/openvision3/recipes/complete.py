@@ -147,20 +147,19 @@ def tokens_frozen(model) -> bool:
 
 
 # ------------------------------------------------------------------------------------ cached data
-class CachedHeadsData:
+class CachedHeadsData(TokenBatches):
     """The heads' batches from a token cache: the unified tokens, VAE latents and image of each
-    sample (all three flipped together when the flip is drawn) and its caption. The order and the
-    flips are TokenBatches' (seeded by epoch, resumable exactly: ``state_dict``)."""
+    sample (all three flipped together when the flip is drawn) and its caption. The order, the
+    flips and the position are TokenBatches' (seeded by epoch, resumable exactly)."""
 
     def __init__(self, cache, space: TokenSpace, batch_size: int, seed: int, rank: int, world_size: int):
         if cache.captions is None or "latents" not in cache.extras:
             raise CacheError(f"token cache '{cache.path}' holds no captions or latents (a generation cache?)")
-        self.cache = cache
-        self.picker = TokenBatches(cache, space, batch_size, seed, rank, world_size)
+        super().__init__(cache, space, batch_size, seed, rank, world_size)
 
     def next(self, device) -> dict:
         c = self.cache
-        idx, flip = self.picker.next_indices()
+        idx, flip = self.next_indices()
         tokens, latents, images = c.tokens[idx], c.extras["latents"][idx], c.extras["images"][idx]
         if flip is not None:
             tokens = torch.where(flip[:, None, None], c.tokens_flip[idx], tokens)
@@ -169,15 +168,6 @@ class CachedHeadsData:
         pixels = images.float().div(255).sub(0.5).div(0.5)  # as the evaluation transform makes them
         return {"unified": tokens.to(device).float(), "latent": latents.to(device).float(),
                 "image": pixels.to(device), "caption": [c.captions[i] for i in idx.tolist()]}
-
-    def state_dict(self) -> dict:
-        return self.picker.state_dict()
-
-    def load_state_dict(self, d: dict) -> None:
-        self.picker.load_state_dict(d)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.picker.set_epoch(epoch)
 
 
 # ------------------------------------------------------------------------------------ the task
@@ -247,7 +237,7 @@ class CompleteTask(OpenVision3Task):
         stage = self._stage_at(step)
         if stage is not self.stage:  # a new batch size (the resolution is the cache's)
             self.stage = stage
-            self.cached.picker.batch_size = stage.batch_size // info.world_size
+            self.cached.batch_size = stage.batch_size // info.world_size
         out = self.cached.next(info.device)
         captions = out.pop("caption")
         if self.first_batch and info.is_main:
@@ -280,9 +270,8 @@ def train_heads(cfg: Config, out_dir, resume: str | None = None, overwrite: bool
     source = load_source(cfg.train.init_encoder)
     cfg = apply_source(cfg, source)
     task = CompleteTask(cfg, source, eval_fn, progress)
-    world_size = launched_world_size()
-    return run_task(task, task.settings(world_size), out_dir, config_yaml=config_to_yaml(cfg), resume=resume,
-                    overwrite=overwrite, progress=progress)
+    return run_task(task, task.settings(launched_world_size()), out_dir, config_yaml=config_to_yaml(cfg),
+                    resume=resume, overwrite=overwrite, progress=progress)
 
 
 __all__ = ["CompleteTask", "CachedHeadsData", "EncoderSource", "apply_source", "check_against_model", "load_source",

@@ -15,6 +15,7 @@ directory holding another seed's or recipe's run raises ``DemoRefused``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -39,15 +40,12 @@ def default_out(seed: int) -> str:
     return "runs/demo" if seed == 0 else f"runs/demo_seed{seed}"
 
 
+@contextlib.contextmanager
 def _phase(name: str, timings: dict):
-    class _Timer:
-        def __enter__(self):
-            print(f"\n== demo: {name} ==", flush=True)
-            self.t0 = time.perf_counter()
-
-        def __exit__(self, *exc):
-            timings[name] = round(time.perf_counter() - self.t0, 1)
-    return _Timer()
+    print(f"\n== demo: {name} ==", flush=True)
+    t0 = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t0, 1)
 
 
 def _floor_table(results: dict) -> str:

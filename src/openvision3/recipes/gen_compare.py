@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
 import time
 from pathlib import Path
 
 from ..train.run import RunStopped
+from .synergy import mean_std
 
 ARMS = {"joint": ("tokens", "(a) joint OV3 tokens"), "und_only": ("tokens", "(b) understanding-only tokens"),
         "vae": ("vae", "(c) VAE latents")}
@@ -32,15 +32,13 @@ PAPER = {"joint": "OV3 + RAE: gFID 1.89 / IS 289.2", "und_only": "CLIP + RAE: gF
 METRICS = ("judge_top1", "fd", "precision", "recall")
 
 
-
-
 def _finished(summary: dict, run_dir: Path) -> None:
     if summary["status"] != "finished":
         raise RunStopped(f"{run_dir}: {summary['status']} at step {summary['step']}; run the same command "
                             "again to resume")
 
 
-def _train_und_encoder(cfg, joint_dir: Path, out: Path, progress: bool) -> Path:
+def _train_und_encoder(cfg, joint_dir: Path, out: Path) -> Path:
     """Phase 1: understanding losses only; phase 2: the latent decoder on its frozen tokens."""
     from ..config import get_config
     from ..models.openvision3 import is_saved_model
@@ -58,10 +56,6 @@ def _train_und_encoder(cfg, joint_dir: Path, out: Path, progress: bool) -> Path:
             "train.freeze=[encoder.]", f"train.steps={cc.decoder_steps}", "train.stages=[]"])
         _finished(train(c2, dec_dir, resume="auto" if (dec_dir / "checkpoints").is_dir() else None), dec_dir)
     return dec_dir / "model"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def _figure(summary: dict, path: Path) -> None:
@@ -118,7 +112,7 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
                     encoder = Path(cc.und_encoder.replace("{seed}", str(seed)))
                 else:
                     t = time.perf_counter()
-                    trained_und = trained_und or _train_und_encoder(cfg, joint, out, progress)
+                    trained_und = trained_und or _train_und_encoder(cfg, joint, out)
                     timings.setdefault("und_encoder_seconds", round(time.perf_counter() - t, 1))
                     encoder = trained_und
             run_dir = out / f"seed_{seed}" / arm
@@ -138,7 +132,7 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
 
     summary = {}
     for arm, rs in runs.items():
-        summary[arm] = {k: dict(zip(("mean", "std"), _mean_std([r[k] for r in rs])))
+        summary[arm] = {k: dict(zip(("mean", "std"), mean_std([r[k] for r in rs])))
                         for k in (*METRICS, "train_seconds")}
         summary[arm]["per_seed"] = {k: [r[k] for r in rs] for k in METRICS}
     table = _table(summary, cc.seeds)

@@ -14,16 +14,9 @@ Stages (LLaVA-1.5 [P: Liu et al. 2023, "Improved Baselines with Visual Instructi
   1. feature alignment: the projector alone learns to caption images (LM and tower frozen) [P];
   2. visual instruction tuning: projector + LM on templated questions, several turns per image in
      random order as LLaVA-1.5's conversations [P]; the tower stays frozen [P].
-Questions about `shapes` images (1-3 objects), one answer word each: the colour of a named object
-(named by its shape, asked only when that shape is unique in the image), the number of objects,
-where one object is relative to another (left/right/above/below, as the captions' relations) and
-whether a colour-shape pair exists (half the "no" questions keep one attribute of an object that is
-there). Held-out exact match on the `test` split, per type and overall, with each type's
-majority-answer baseline (the most frequent training answer of that type, scored on the test
-questions) beside it.
-
-The tokenizer is a closed word-level vocabulary built with the `tokenizers` library (WordLevel +
-whitespace/punctuation splitting), wrapped as a PreTrainedTokenizerFast so LlavaProcessor uses it.
+Questions about `shapes` images (1-3 objects), one answer word each (llava_probe_data.py): colour,
+count, relation, exists. Held-out exact match on the `test` split, per type and overall, beside each
+type's majority-answer baseline (``majority_baselines``). The tokenizer is a closed word-level one.
 """
 from __future__ import annotations
 
@@ -33,7 +26,7 @@ import json
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +75,6 @@ class ProbeConfig:
     cache_features: bool = True
     seed: int = 0
     data_seed: int = 0  # the `shapes` generator seed (the data itself)
-    notes: dict = field(default_factory=dict)
 
 
 # Bounds of the probe's numeric keys, checked as key=value sets them (config_build.BOUNDS).
@@ -152,15 +144,16 @@ def build_llava(tower, tok, pcfg: ProbeConfig, layer: int):
 
 
 class ProbeBatches:
-    """Endless random batches: ``sequences(i)`` -> (ids, labels) of sample i; ``images`` (None for
-    text only) go in as ``batch[key]``: pixel values, or cached ``image_features``. Its position is
-    the state of the random streams it draws from (``rngs``: the batch draw, and any the sequences
-    use), so a stopped stage continues with the very next batch."""
+    """Endless random batches of ``n`` samples: ``sequences(i)`` -> (ids, labels) of sample i; ``images``
+    (None for text only) go in as ``batch[key]``: pixel values, or cached ``image_features``. Its
+    position is the state of the random streams it draws from (``rngs``: the batch draw, and any the
+    sequences use), so a stopped stage continues with the very next batch."""
 
-    def __init__(self, sequences, images, batch_size: int, tok, rngs: dict, key: str = "pixel_values"):
+    def __init__(self, sequences, images, batch_size: int, tok, rngs: dict, key: str = "pixel_values",
+                 n: int | None = None):
         self.sequences, self.images, self.batch_size, self.tok, self.rngs, self.key = (
             sequences, images, batch_size, tok, rngs, key)
-        self.n = len(images) if images is not None else sequences.n
+        self.n = n or len(images)
 
     def __iter__(self):
         return self
@@ -220,6 +213,8 @@ class ProbeStageTask(Task):
 def _train_stage(task: ProbeStageTask, run_dir: Path, resume, overwrite: bool, progress: bool) -> float:
     """Train one stage in ``run_dir`` (or take a stage finished before: its final checkpoint's
     weights and random streams); returns its mean loss over the last 20 steps."""
+    import yaml
+
     from ..train.checkpoint import load_checkpoint
     from ..train.distributed import load_full_state_dict
     from ..train.logging import read_metrics
@@ -229,19 +224,14 @@ def _train_stage(task: ProbeStageTask, run_dir: Path, resume, overwrite: bool, p
         load_full_state_dict(task.llava, ckpt["model"])
         task.batches.load_state_dict(ckpt["trainer_state"]["data"][0])
     else:
-        summary = run_task(task, task.settings(), run_dir, config_yaml=_stage_yaml(task), resume=resume,
-                           overwrite=overwrite, progress=progress)
+        stage = {"stage": task.name, "steps": task.steps, "lr": task.lr_peak, "probe": asdict(task.pcfg)}
+        summary = run_task(task, task.settings(), run_dir, config_yaml=yaml.safe_dump(stage, sort_keys=False),
+                           resume=resume, overwrite=overwrite, progress=progress)
         if summary["status"] != "finished":
             raise RunStopped(f"{task.name} {summary['status']} at step {summary['step']}/{summary['total_steps']}; "
                              f"run the same command with --resume auto to continue it")
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r and r["step"] > task.steps - 20]
     return float(np.mean([r["loss"] for r in rows])) if rows else float("nan")
-
-
-def _stage_yaml(task: ProbeStageTask) -> str:
-    import yaml
-    return yaml.safe_dump({"stage": task.name, "steps": task.steps, "lr": task.lr_peak,
-                           "probe": {k: v for k, v in asdict(task.pcfg).items() if k != "notes"}}, sort_keys=False)
 
 
 @torch.no_grad()
@@ -374,24 +364,15 @@ def run_llava_probe(model_dir: str, out_dir=None, steps: int | None = None, seed
         images, image_key = pixel_values, "pixel_values"
     timings["data"] = round(time.perf_counter() - t0, 1)
 
-    class _Seq:  # index -> (ids, labels) with a fixed length for the batcher
-        def __init__(self, fn, n):
-            self.fn, self.n = fn, n
-
-        def __call__(self, i):
-            return self.fn(i)
-
     conv_rng = random.Random(seed + 1)
-    text_seq = _Seq(lambda i: ([tok.bos_token_id] + _ids(tok, train_caps[i]) + [tok.eos_token_id],) * 2,
-                    len(train_caps))
-    cap_seq = _Seq(lambda i: caption_sequence(tok, train_caps[i], n_image, image_id), len(train_caps))
-    vqa_seq = _Seq(lambda i: conversation_sequence(tok, train_qas[i], n_image, image_id, conv_rng),
-                   len(train_qas))
+    text_seq = lambda i: ([tok.bos_token_id] + _ids(tok, train_caps[i]) + [tok.eos_token_id],) * 2  # noqa: E731
+    cap_seq = lambda i: caption_sequence(tok, train_caps[i], n_image, image_id)  # noqa: E731
+    vqa_seq = lambda i: conversation_sequence(tok, train_qas[i], n_image, image_id, conv_rng)  # noqa: E731
     bs = pcfg.batch_size
     # (name, trained parts: 2 = projector + LM, 1 = projector; steps, lr, batches); the batch draw
     # continues from one stage into the next
     stages = [("stage 0 (LM on caption text)", "lm", pcfg.stage0_steps, pcfg.lr0,  # [?] the LM learns the words
-               ProbeBatches(text_seq, None, bs, tok, {"batch": rng})),
+               ProbeBatches(text_seq, None, bs, tok, {"batch": rng}, n=len(train_caps))),
               ("stage 1 (projector, captions)", 1, pcfg.stage1_steps, pcfg.lr1,  # [P]
                ProbeBatches(cap_seq, images, bs, tok, {"batch": rng}, image_key)),
               ("stage 2 (projector + LM, questions)", 2, pcfg.stage2_steps, pcfg.lr2,  # [P]
@@ -427,7 +408,7 @@ def run_llava_probe(model_dir: str, out_dir=None, steps: int | None = None, seed
                           "projector": sum(p.numel() for p in llava.model.multi_modal_projector.parameters()),
                           "vision_encoder": sum(p.numel() for p in llava.model.vision_tower.encoder.parameters())},
            "final_loss": losses,
-           "examples": result["examples"], "config": {k: v for k, v in asdict(pcfg).items() if k != "notes"}}
+           "examples": result["examples"], "config": asdict(pcfg)}
     if out_dir is not None:
         write_probe_report(out, out_dir)
     return out

@@ -15,15 +15,12 @@ CAPTION_INSTRUCTION = "describe the image ."  # [P] LLaVA stage 1: a brief-descr
 # questions
 
 
-def _relation(a: dict, b: dict) -> str:
-    from ..data.shapes import _relation as shapes_relation  # the geometry the captions' relations use
-    return shapes_relation(a, b)
-
-
 def questions_for(objs: list[dict], rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """(type, question, answer) for one image's objects; colour and relation only where the named
-    shapes are unique in the image, so each question has one right answer."""
-    from ..data.shapes import COLOR_NAMES, SHAPES
+    """(type, question, answer) for one image's objects: the colour of a shape, the number of objects,
+    where one shape is relative to another (left/right/above/below), whether a colour-shape pair
+    exists. Colour and relation only where the named shapes are unique in the image, so each
+    question has one right answer."""
+    from ..data.shapes import COLOR_NAMES, SHAPES, _relation  # the geometry the captions' relations use
     shapes = [o["shape"] for o in objs]
     unique = [o for o in objs if shapes.count(o["shape"]) == 1]
     out = []
@@ -73,8 +70,9 @@ def render_pool(n: int, split: str, resolution: int, seed: int, single_fraction:
 
 
 def build_tokenizer(texts: list[str]):
-    """A WordLevel ``tokenizers.Tokenizer`` over the words of ``texts``, as a PreTrainedTokenizerFast
-    with LLaVA's special tokens (pad, unk, bos, eos, and the image placeholder)."""
+    """A WordLevel ``tokenizers.Tokenizer`` over the words of ``texts`` (whitespace and punctuation
+    splitting), as a PreTrainedTokenizerFast, so LlavaProcessor uses it, with LLaVA's special tokens
+    (pad, unk, bos, eos, and the image placeholder)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     pre = pre_tokenizers.Whitespace()  # words and punctuation marks

@@ -10,11 +10,8 @@ Three arms, each trained from the same initialisation on the same batches in the
   und_only  loss.w_rec = 0: only understanding shapes the tokens; the latent decoder still trains
             on detached tokens, so the reconstruction losses are measured the same way
 
-The paper's claims, checked as four verdicts over seeds (each true only beyond one std):
-  und_lowers_rec       und_only's reconstruction loss ends below its start
-  rec_leaves_und_flat  rec_only's understanding loss ends within FLAT_TOLERANCE of its start
-  joint_best_rec       no other arm ends with a lower reconstruction loss than joint
-  joint_best_und       no other arm ends with a lower understanding loss than joint
+The paper's claims (CLAIMS) are checked as four verdicts over seeds, each true only beyond one
+std (``verdicts`` gives each one's margin).
 
 Layout: OUT/seed_S/ARM/ is an ordinary `ov3 train` run directory (config.yaml, metrics.jsonl,
 checkpoints/, model/) with its held-out evaluation in OUT/seed_S/ARM/eval/. OUT/synergy.json,
@@ -50,8 +47,6 @@ DEFAULT_TASKS = ("recon", "zeroshot", "retrieval", "caption", "probe")
 HEADLINE = [("recon", "psnr", "PSNR dB"), ("recon", "ssim", "SSIM"), ("zeroshot", "top1", "zero-shot top-1"),
             ("retrieval", "t2i_r5", "t2i R@5"), ("retrieval", "i2t_r1", "i2t R@1"),
             ("caption", "bleu4", "BLEU-4"), ("caption", "cider", "CIDEr"), ("probe", "top1", "probe top-1")]
-
-
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -110,6 +105,7 @@ def run_arm(config: str, arm: str, seed: int, run_dir: Path, steps: int | None, 
     validation losses, evaluation and timings."""
     from ..eval import evaluate
     from ..models.openvision3 import OpenVision3, is_saved_model
+    from ..train.logging import read_metrics
     from ..train.trainer import train
 
     cfg = arm_config(config, arm, seed, steps, overrides)
@@ -134,14 +130,9 @@ def run_arm(config: str, arm: str, seed: int, run_dir: Path, steps: int | None, 
                            out_dir=run_dir / "eval", progress=progress,
                            title=f"synergy ablation: {arm}, seed {seed}")
         timings["eval_s"] = round(time.perf_counter() - t0, 1)
-    rows = read_rows(run_dir / "metrics.jsonl")
+    rows = read_metrics(run_dir / "metrics.jsonl")
     val = {k[4:]: v for r in rows for k, v in r.items() if k.startswith("val_loss")}
     return {"curves": curves(rows), "val": val, "eval": results, "timings": timings}
-
-
-def read_rows(path: Path) -> list[dict]:
-    from ..train.logging import read_metrics
-    return read_metrics(path)
 
 
 def curves(rows: list[dict]) -> dict:
@@ -187,7 +178,7 @@ def verdicts(first_last_by_arm: dict) -> tuple[dict, dict]:
                            when some arm is lower beyond one std (mean < -std)
     A verdict whose arms did not run is None. Returns (verdicts, margins)."""
     fl = first_last_by_arm
-    out, margins = {}, {}
+    out, margins = dict.fromkeys(CLAIMS), {}
 
     def drop(arm, branch):
         return [(f - last) / f if f else 0.0 for f, last in fl[arm][branch]]
@@ -196,8 +187,6 @@ def verdicts(first_last_by_arm: dict) -> tuple[dict, dict]:
         m = _stat(drop("und_only", "loss_rec"))
         margins["und_lowers_rec"] = {"relative_drop": m}
         out["und_lowers_rec"] = m["mean"] > m["std"]
-    else:
-        out["und_lowers_rec"] = None
     if "rec_only" in fl:
         d = drop("rec_only", "loss_und")
         m = _stat([FLAT_TOLERANCE - x for x in d])
@@ -207,20 +196,13 @@ def verdicts(first_last_by_arm: dict) -> tuple[dict, dict]:
             margins["rec_leaves_und_flat"]["drop_vs_joint"] = _stat(
                 [a / b if b else 0.0 for a, b in zip(d, drop("joint", "loss_und"))])
         out["rec_leaves_und_flat"] = m["mean"] > m["std"]
-    else:
-        out["rec_leaves_und_flat"] = None
+    others = [a for a in ARMS if a != "joint" and a in fl]
     for name, branch in (("joint_best_rec", "loss_rec"), ("joint_best_und", "loss_und")):
-        others = [a for a in ARMS if a != "joint" and a in fl]
         if "joint" not in fl or not others:
-            out[name] = None
             continue
-        margins[name] = {}
-        ok = True
-        for other in others:
-            m = _stat([lo - lj for (_, lo), (_, lj) in zip(fl[other][branch], fl["joint"][branch])])
-            margins[name][f"vs_{other}"] = m
-            ok = ok and not (m["mean"] < -m["std"])
-        out[name] = ok
+        margins[name] = {f"vs_{o}": _stat([lo - lj for (_, lo), (_, lj) in zip(fl[o][branch], fl["joint"][branch])])
+                         for o in others}
+        out[name] = all(not m["mean"] < -m["std"] for m in margins[name].values())
     return out, margins
 
 
@@ -281,7 +263,7 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_curves(per_arm: dict, path: Path, title: str = "") -> Path:
+def plot_curves(per_arm: dict, path: Path, title: str = "") -> None:
     """One panel per loss, one line per arm (mean over seeds), a band of +-1 std over seeds."""
     from ..eval.common import plt
     p = plt()
@@ -314,13 +296,10 @@ def plot_curves(per_arm: dict, path: Path, title: str = "") -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     p.close(fig)
-    return path
 
 
-def _pm(d: dict, key: str, fmt: str = "{:.3f}") -> str:
-    if key not in d:
-        return "-"
-    return fmt.format(d[key]) + " ± " + fmt.format(d.get(f"{key}_std", 0.0))
+def _pm(d: dict, key: str) -> str:
+    return f"{d[key]:.3f} ± {d.get(f'{key}_std', 0.0):.3f}" if key in d else "-"
 
 
 CLAIMS = {
