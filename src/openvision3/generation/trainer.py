@@ -19,7 +19,6 @@ import torch
 
 from ..config import ConfigError, config_to_yaml
 from ..models.openvision3 import is_saved_model
-from ..models.vit import attention_kernels
 from ..train.distributed import barrier, launched_world_size, seed_everything
 from ..train.optim import LRSchedule
 from ..train.run import Parts, Run, RunSettings, Task, run_task
@@ -76,7 +75,7 @@ class GeneratorTask(Task):
         t = self.cfg.train
         return RunSettings(steps=t.steps, seed=self.cfg.seed, precision=t.precision, grad_clip=t.grad_clip,
                            max_bad_steps=t.max_bad_steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                           keep_last=t.keep_last, ema_decay=t.ema_decay, find_unused=False)
+                           keep_last=t.keep_last, ema_decay=t.ema_decay, find_unused=False, attention_kernel="auto")
 
     def build(self, run: Run) -> Parts:
         cfg, t, info = self.cfg, self.cfg.train, run.info
@@ -111,8 +110,7 @@ class GeneratorTask(Task):
         return {"x": x, "y": y}
 
     def losses(self, batch: dict, step: int) -> dict:
-        with attention_kernels(self.run.device):
-            return {"loss": flow_loss(self.run.model, batch["x"], batch["y"], self.cfg.flow, self.shift)}
+        return {"loss": flow_loss(self.run.model, batch["x"], batch["y"], self.cfg.flow, self.shift)}
 
     def state_dict(self) -> dict:
         return {"generator_meta": self.meta}
