@@ -84,7 +84,7 @@ def _build(cls, values: dict, prefix: str = "", base=None):
     obj = base if base is not None else cls()
     for key, value in values.items():
         if key not in names:
-            moved = _registered(MOVED, cls, key)
+            moved = MOVED.get(cls.__name__, {}).get(key)
             if moved:
                 raise ConfigError(f"config key '{prefix}{key}' is now '{prefix}{moved}'")
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
@@ -119,11 +119,6 @@ def build_with_preset(cls, values: dict, section: str, presets: dict):
 # Keys that moved, by dataclass name: old key -> its new dotted path below the same section, so an
 # old name is one line naming the new one instead of a list of valid keys.
 MOVED: dict[str, dict[str, str]] = {}
-
-
-def _registered(table: dict, cls, key: str):
-    """``table``'s entry for ``key`` under ``cls``'s name or the first base class that has one."""
-    return next((table[k.__name__][key] for k in cls.__mro__ if key in table.get(k.__name__, {})), None)
 
 
 def _check_bounds(hint, value, dotted: str) -> None:

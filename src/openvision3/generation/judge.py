@@ -45,7 +45,6 @@ class JudgeNet(nn.Module):
         self.features = nn.Sequential(*stage(3, w, True), *stage(w, 2 * w, True), *stage(2 * w, 4 * w, False),
                                       nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(4 * w, num_classes)
-        self.num_classes, self.width = num_classes, width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

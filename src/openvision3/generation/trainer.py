@@ -116,7 +116,7 @@ class GeneratorTask(Task):
         return {"generator_meta": self.meta}
 
     def finish(self, run: Run) -> dict:
-        if run.is_main:
+        if run.info.is_main:
             weights = run.ema.module.state_dict() if run.ema is not None else self.dit.state_dict()
             Generator.save(run.out / EXPORT_DIR, self.cfg, weights, self.cache.stats,
                            {**self.meta, "steps": self.cfg.train.steps, "parameters": count_parameters(self.dit),

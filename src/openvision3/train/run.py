@@ -140,10 +140,6 @@ class Run:
     def device(self) -> torch.device:
         return self.info.device
 
-    @property
-    def is_main(self) -> bool:
-        return self.info.is_main
-
 
 # ------------------------------------------------------------------------------------ run directory
 def prepare_out_dir(out: Path, resume: str | None, overwrite: bool, is_main: bool) -> None:
