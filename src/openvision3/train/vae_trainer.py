@@ -12,6 +12,7 @@ Run directory: the engine's files, ``model/`` (the final VAE, diffusers format, 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -81,15 +82,10 @@ def _open_images(spec: str, split: str, n: int, resolution: int, data_cfg: DataC
     from ..data import make_loader, open_data
 
     ds = open_data(spec, split=split, resolution=resolution, train=False, cfg=data_cfg)
-    out, got = [], 0
-    for batch in make_loader(ds, batch_size=min(64, n)):  # batches lose their skipped samples
-        out.append(batch["image"])
-        got += len(batch["image"])
-        if got >= n:
-            break
-    if not out:
+    images = list(itertools.islice((x for b in make_loader(ds, batch_size=min(64, n)) for x in b["image"]), n))
+    if not images:
         raise ConfigError(f"data spec '{spec}' split '{split}' yielded no images")
-    return torch.cat(out)[:n]
+    return torch.stack(images)
 
 
 # ------------------------------------------------------------------------------------ the trainer
