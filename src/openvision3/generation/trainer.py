@@ -12,7 +12,6 @@ weights + stats, EMA, optimizer, trainer state), generator/ (the finished genera
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -128,7 +127,7 @@ class GeneratorTask(Task):
                 "cache_seconds": round(self.cache_seconds, 1),
                 "train_seconds": round(time.perf_counter() - self.t_start, 1), "shift": self.shift,
                 "parameters": count_parameters(self.dit), "generator_dir": None,
-                "skipped": dict(Counter(self.cache.meta.get("skipped", {})))}
+                "skipped": dict(self.cache.meta.get("skipped", {}))}
 
 
 def train_generator(cfg: GenConfig, out_dir, resume: str | None = None, overwrite: bool = False,
