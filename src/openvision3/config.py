@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 # The builder (coercion, bounds, overrides, YAML) is config_build.py's, shared with the other trees.
-from .config_build import (BOUNDS, MOVED, ConfigError, _at_least_1, _decay, _deep_merge, _fraction, _non_negative,
-                           _open_fraction, _positive, build_with_preset, parse_overrides, read_yaml)
+from .config_build import (MOVED, ConfigError, Decay, Fraction, NonNegFloat, NonNegInt, OpenFraction, PosFloat, PosInt,
+                           _deep_merge, build_with_preset, parse_overrides, read_yaml)
 
 
 PoolType = typing.Literal["mean", "max"]  # model.pool, see models/encoder.py
@@ -36,15 +36,15 @@ AdamWImpl = typing.Literal["auto", "fused", "foreach"]  # train.adamw, see train
 class TowerConfig:
     """Size of one transformer tower."""
 
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    mlp_ratio: float = 4.0
+    width: PosInt = 768
+    layers: PosInt = 12
+    heads: PosInt = 12
+    mlp_ratio: PosFloat = 4.0
 
 
 @dataclass
 class TextTowerConfig(TowerConfig):
-    context_length: int = 80  # [C] OpenVision text encoder context; caption decoder uses 128
+    context_length: PosInt = 80  # [C] OpenVision text encoder context; caption decoder uses 128
 
 
 @dataclass
@@ -53,10 +53,10 @@ class VAEArchConfig:
     the keys of ``model.vae`` for ``source: inline``, and ``arch`` of ``ov3 train-vae``
     (train/vae_config.py, with its own defaults). Downsampling is 2 ** (len(block_out_channels) - 1)."""
 
-    latent_channels: int = 16
+    latent_channels: PosInt = 16
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
-    layers_per_block: int = 1
-    norm_num_groups: int = 32
+    layers_per_block: PosInt = 1
+    norm_num_groups: PosInt = 32
     mid_block_attention: bool = True  # diffusers' default; costly at small sizes
     # The encoder's log-variance bias at init (None: diffusers' init). diffusers starts near 0 (std
     # 1 noise on the latents), which a decoder in training must first learn to ignore; near -8 the
@@ -84,8 +84,8 @@ class VAEConfig(VAEArchConfig):
 @dataclass
 class ModelConfig:
     preset: str = "b2"  # size preset, applied before the other model keys (see MODEL_PRESETS)
-    image_size: int = 256  # [P] stage-2 resolution; the trainer sets it per stage
-    patch_size: int = 2  # [P] ViT patch over VAE latents -> 16x total downsampling
+    image_size: PosInt = 256  # [P] stage-2 resolution; the trainer sets it per stage
+    patch_size: PosInt = 2  # [P] ViT patch over VAE latents -> 16x total downsampling
     encoder: TowerConfig = field(default_factory=TowerConfig)  # [P] B/2: 768/12/12, MLP 3072
     # [S] decoder-size ablation: M -> B clearly better, L unstable; so a B decoder by default.
     decoder: TowerConfig = field(default_factory=TowerConfig)
@@ -96,16 +96,16 @@ class ModelConfig:
         default_factory=lambda: TextTowerConfig(width=512, layers=12, heads=8, context_length=128))
     # [C] released towers average the tokens; "max" is our option for short CPU runs (encoder.py)
     pool: PoolType = "mean"
-    embed_dim: int = 512  # [?] contrastive embedding width (open_clip B-size convention)
-    vocab_size: int = 49408  # [?] open_clip BPE (OpenVision used BERT WordPiece; not shipped offline)
+    embed_dim: PosInt = 512  # [?] contrastive embedding width (open_clip B-size convention)
+    vocab_size: PosInt = 49408  # [?] open_clip BPE (OpenVision used BERT WordPiece; not shipped offline)
     # [?] ours: "words" = a closed word-level vocabulary (model.words; vocab_size is then ignored)
     # for small synthetic caption sets, where a 49,408-way caption softmax is most of a CPU step.
     tokenizer: TokenizerKind = "bpe"
     words: list[str] = field(default_factory=list)
     # [?] tau is unpublished; RAE uses 0.8 on per-token-normalised features [C]. Our tokens pass
     # through a final LayerNorm, so they have unit scale per token as in RAE -> 0.8.
-    noise_tau: float = 0.8
-    caption_keep_ratio: float = 1.0  # [?] OpenVision 2 keeps 25-35 % [C]; OV3 does not say
+    noise_tau: NonNegFloat = 0.8
+    caption_keep_ratio: OpenFraction = 1.0  # [?] OpenVision 2 keeps 25-35 % [C]; OV3 does not say
     logit_scale_init: float = 14.285714  # [P] learnable temperature, init 1/0.07
     vae: VAEConfig = field(default_factory=VAEConfig)
 
@@ -115,12 +115,12 @@ class ShapesConfig:
     """Options of the embedded ``shapes`` data (``data.shapes``, see data/shapes.py). A spec's own
     query overrides three of them for that spec: ``shapes?single=F&captions=C&single_size=S``."""
 
-    single_fraction: float = 0.5  # [?] share of single-object samples in `shapes`
+    single_fraction: Fraction = 0.5  # [?] share of single-object samples in `shapes`
     # [?] ours, a curriculum: the first `single_switch` training samples of a run use this share of
     # single objects instead (None: off). Singles first teach the shape words, the multi-object
     # scenes after them bind words to objects (docs/experiments.md)
-    single_fraction_start: float | None = None
-    single_switch: int = 0
+    single_fraction_start: Fraction | None = None
+    single_switch: NonNegInt = 0
     # [?] ours: the sizes single objects may take during those first samples (None: all three).
     # [medium, large] lets shape be learnt first where it is visible (docs/experiments.md)
     single_sizes_start: list[str] | None = None
@@ -128,7 +128,7 @@ class ShapesConfig:
     captions: CaptionStyle = "rich"
     # [?] `compact` captions only: share of single-object captions that also name the size
     # ("small red star"); the rest stay the bare class name the zero-shot prompts use
-    single_size: float = 0.0
+    single_size: Fraction = 0.0
     # [?] ours: keep every rendered training sample in memory (about 3 KB each at 32 px), so a run
     # that repeats a small set (`shapes?n=10240`) renders each sample once per curriculum phase
     memo: bool = False
@@ -138,12 +138,12 @@ class ShapesConfig:
 class DataConfig:
     train: str = "shapes"  # data spec: shapes | wds:PATTERN | folder:DIR | fashion-mnist
     val: str = "shapes"
-    resolution: int = 128  # [P] stage 1 at 128 px; stages may change it
-    num_workers: int = 0
-    shuffle_buffer: int = 1000
+    resolution: PosInt = 128  # [P] stage 1 at 128 px; stages may change it
+    num_workers: NonNegInt = 0
+    shuffle_buffer: PosInt = 1000
     augment: bool = True
-    min_crop_area: float = 0.4  # [C] OpenVision inception crop, min area 40 %
-    color_jitter: float = 0.4  # [C] OpenVision colour jitter
+    min_crop_area: OpenFraction = 0.4  # [C] OpenVision inception crop, min area 40 %
+    color_jitter: NonNegFloat = 0.4  # [C] OpenVision colour jitter
     hflip: bool = True  # [?] captions with left/right words make flips wrong; shapes turns it off
     # options of the embedded `shapes` data (data/shapes.py)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
@@ -157,34 +157,34 @@ class StageConfig:
     """One training stage; a None field inherits the value from the train/data/loss section."""
 
     name: str = "stage"
-    resolution: int | None = None
-    steps: int | None = None
-    epochs: float | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    lpips_weight: float | None = None
-    warmup_steps: int | None = None
+    resolution: PosInt | None = None
+    steps: PosInt | None = None
+    epochs: PosFloat | None = None
+    batch_size: PosInt | None = None
+    lr: NonNegFloat | None = None
+    lpips_weight: NonNegFloat | None = None
+    warmup_steps: NonNegInt | None = None
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    epochs: float | None = None  # if set, overrides steps using data.epoch_size
-    epoch_size: int = 1_281_167  # [S] one epoch ~ 1.28 M samples
-    batch_size: int = 256  # global batch
-    lr: float = 8e-6  # [S] stage-1 base LR, scaled by batch/256 [C]
+    steps: PosInt = 1000
+    epochs: PosFloat | None = None  # if set, overrides steps using data.epoch_size
+    epoch_size: PosInt = 1_281_167  # [S] one epoch ~ 1.28 M samples
+    batch_size: PosInt = 256  # global batch
+    lr: NonNegFloat = 8e-6  # [S] stage-1 base LR, scaled by batch/256 [C]
     lr_scale_by_batch: bool = True  # [C] OpenVision: lr = base_lr * batch / 256
-    min_lr_ratio: float = 0.0  # [C] cosine to zero
-    warmup_steps: int = 100
-    weight_decay: float = 0.2  # [C]
+    min_lr_ratio: Fraction = 0.0  # [C] cosine to zero
+    warmup_steps: NonNegInt = 100
+    weight_decay: NonNegFloat = 0.2  # [C]
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # [C]
-    grad_clip: float = 1.0  # [?] (RAE [C] uses 1.0)
-    ema_decay: float = 0.0  # 0 = off; timm ModelEmaV3 when > 0
+    grad_clip: NonNegFloat = 1.0  # [?] (RAE [C] uses 1.0)
+    ema_decay: Decay = 0.0  # 0 = off; timm ModelEmaV3 when > 0
     # [?] ours: keep the frozen VAE's latents of up to this many distinct training images in memory
     # and encode an image again only when it is new (0 = off); pays when a run repeats a small set
     # without augmentation, as the demo does (train/latent_memo.py; 16 KB an image at 32 px)
-    latent_memo: int = 0
-    grad_accum_steps: int = 1
+    latent_memo: NonNegInt = 0
+    grad_accum_steps: PosInt = 1
     # [?] ours: AdamW kernel. auto = fused on CUDA, foreach on CPU (measured: docs/performance.md)
     adamw: AdamWImpl = "auto"
     precision: Precision = "auto"  # auto: bf16 on CUDA or on CPUs with native bf16 (train/precision.py)
@@ -196,10 +196,10 @@ class TrainConfig:
     fsdp: bool = False
     grad_checkpointing: bool = False
     checkpoint_every: int = 500
-    keep_last: int = 3
+    keep_last: NonNegInt = 3
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end
-    max_bad_steps: int = 5  # non-finite steps in a row before the run stops
+    max_bad_steps: PosInt = 5  # non-finite steps in a row before the run stops
     init_from: str | None = None  # a saved model dir to start from (e.g. stage 2 after stage 1)
     # [?] ours: parameter-name prefixes kept frozen (e.g. [encoder.] to train a latent decoder on an
     # encoder's frozen tokens, as `ov3 gen compare` does for the understanding-only encoder)
@@ -214,27 +214,27 @@ class TrainConfig:
     # their flips) are computed once into this directory and the heads train on them
     # (generation/token_cache.py); null: the frozen encoder runs forward (no backward) every step
     token_cache: str | None = "runs/token_cache"
-    token_cache_samples: int = 0  # samples of data.train the cache holds; 0: all (a finite data set)
+    token_cache_samples: NonNegInt = 0  # samples of data.train the cache holds; 0: all (a finite data set)
     stages: list[StageConfig] = field(default_factory=list)
 
 
 @dataclass
 class LossConfig:
-    w_rec: float = 0.5  # [S] omega_rec
-    w_und: float = 1.0  # [S] omega_und
-    beta_latent: float = 0.4  # [S] beta, latent L1
-    lpips_weight: float = 0.0  # [S] lambda: 0 in stage 1, 0.5 in stage 2
-    alpha_contrastive: float = 1.0  # [S] alpha
-    caption_weight: float = 1.0  # [S] L_und = L_caption + alpha * L_con
+    w_rec: NonNegFloat = 0.5  # [S] omega_rec
+    w_und: NonNegFloat = 1.0  # [S] omega_und
+    beta_latent: NonNegFloat = 0.4  # [S] beta, latent L1
+    lpips_weight: NonNegFloat = 0.0  # [S] lambda: 0 in stage 1, 0.5 in stage 2
+    alpha_contrastive: NonNegFloat = 1.0  # [S] alpha
+    caption_weight: NonNegFloat = 1.0  # [S] L_und = L_caption + alpha * L_con
     lpips_net: LpipsNet = "alex"  # [?] the paper does not name the LPIPS backbone
-    pixel_subbatch: int = 0  # [?] our CPU option: pixel/LPIPS losses on the first N images; 0 = all
+    pixel_subbatch: NonNegInt = 0  # [?] our CPU option: pixel/LPIPS losses on the first N images; 0 = all
     # [?] our CPU option: the whole reconstruction branch (latent decoder, latent L1, then the pixel
     # sub-batch) on the first N images, 0 = all; the understanding losses still see every image
-    rec_subbatch: int = 0
+    rec_subbatch: NonNegInt = 0
     # [?] our CPU option: the caption loss on the first N images of the batch, 0 = all (the
     # contrastive loss always sees the whole batch; a cheaper alternative to caption_keep_ratio
     # that keeps every token of the images it reads)
-    caption_subbatch: int = 0
+    caption_subbatch: NonNegInt = 0
     # [?] ours, for the synergy ablation (recipes/synergy.py): a branch whose weight (w_rec or
     # w_und) is 0 is still trained, with weight 1, on *detached* unified tokens, so its losses
     # measure what the encoder learnt without ever shaping it. The token-producing encoder gets no
@@ -245,8 +245,8 @@ class LossConfig:
 @dataclass
 class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["recon", "zeroshot", "retrieval", "caption"])
-    num_samples: int = 500
-    batch_size: int = 64
+    num_samples: PosInt = 500
+    batch_size: PosInt = 64
 
 
 @dataclass
@@ -282,33 +282,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-
-# Bounds of this tree's numeric keys (config_build.BOUNDS: by dataclass name, base classes included).
-BOUNDS.update({
-    "TowerConfig": dict(width=_at_least_1, layers=_at_least_1, heads=_at_least_1, mlp_ratio=_positive),
-    "TextTowerConfig": dict(context_length=_at_least_1),
-    "ModelConfig": dict(image_size=_at_least_1, patch_size=_at_least_1, embed_dim=_at_least_1,
-                        vocab_size=_at_least_1, noise_tau=_non_negative, caption_keep_ratio=_open_fraction),
-    "VAEArchConfig": dict(latent_channels=_at_least_1, layers_per_block=_at_least_1, norm_num_groups=_at_least_1),
-    "DataConfig": dict(resolution=_at_least_1, num_workers=_non_negative, shuffle_buffer=_at_least_1,
-                       min_crop_area=_open_fraction, color_jitter=_non_negative),
-    "ShapesConfig": dict(single_fraction=_fraction, single_size=_fraction, single_fraction_start=_fraction,
-                         single_switch=_non_negative),
-    "StageConfig": dict(resolution=_at_least_1, steps=_at_least_1, epochs=_positive, batch_size=_at_least_1,
-                        lr=_non_negative, lpips_weight=_non_negative, warmup_steps=_non_negative),
-    "TrainConfig": dict(steps=_at_least_1, epochs=_positive, epoch_size=_at_least_1, batch_size=_at_least_1,
-                        lr=_non_negative, min_lr_ratio=_fraction, warmup_steps=_non_negative,
-                        weight_decay=_non_negative, grad_clip=_non_negative, ema_decay=_decay,
-                        latent_memo=_non_negative,
-                        grad_accum_steps=_at_least_1, keep_last=_non_negative, max_bad_steps=_at_least_1,
-                        token_cache_samples=_non_negative),
-    "LossConfig": dict(w_rec=_non_negative, w_und=_non_negative, beta_latent=_non_negative,
-                       lpips_weight=_non_negative, alpha_contrastive=_non_negative, caption_weight=_non_negative,
-                       pixel_subbatch=_non_negative, caption_subbatch=_non_negative,
-                       rec_subbatch=_non_negative),
-    "EvalConfig": dict(num_samples=_at_least_1, batch_size=_at_least_1),
-})
 
 
 # The `shapes` options were flat `data.shapes_*` keys before they got their own section.

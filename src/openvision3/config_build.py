@@ -13,13 +13,25 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A bad config key, value or file. The message is one line meant for the user."""
+
+
+# Numeric types with bounds, (what the error says it must be, the check), for the fields of every
+# config tree: checked as YAML or key=value sets them, so an impossible value is one line naming
+# the key instead of a crash minutes later.
+PosInt = Annotated[int, (">= 1", lambda v: v >= 1)]
+NonNegInt = Annotated[int, (">= 0", lambda v: v >= 0)]
+PosFloat = Annotated[float, ("> 0", lambda v: v > 0)]
+NonNegFloat = Annotated[float, (">= 0", lambda v: v >= 0)]
+Fraction = Annotated[float, ("between 0 and 1", lambda v: 0 <= v <= 1)]
+OpenFraction = Annotated[float, ("in (0, 1]", lambda v: 0 < v <= 1)]
+Decay = Annotated[float, ("in [0, 1)", lambda v: 0 <= v < 1)]
 
 
 def _strip_optional(tp):
@@ -67,12 +79,12 @@ def _coerce(value, tp, key: str):
 
 def _build(cls, values: dict, prefix: str = "", base=None):
     """Instantiate dataclass ``cls`` from ``values`` on top of ``base`` (or defaults)."""
-    hints = typing.get_type_hints(cls)
+    hints, bounded = typing.get_type_hints(cls), typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     obj = base if base is not None else cls()
     for key, value in values.items():
         if key not in names:
-            moved = _registered(MOVED, cls, key)
+            moved = MOVED.get(cls.__name__, {}).get(key)
             if moved:
                 raise ConfigError(f"config key '{prefix}{key}' is now '{prefix}{moved}'")
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
@@ -85,7 +97,7 @@ def _build(cls, values: dict, prefix: str = "", base=None):
             _build(tp, value, f"{prefix}{key}.", base=current)
         else:
             setattr(obj, key, _coerce(value, hints[key], prefix + key))
-            _check_bounds(cls, key, getattr(obj, key), prefix + key)
+            _check_bounds(bounded[key], getattr(obj, key), prefix + key)
     return obj
 
 
@@ -104,30 +116,16 @@ def build_with_preset(cls, values: dict, section: str, presets: dict):
     return _build(cls, values, "", base=obj)
 
 
-# Bounds a numeric key may carry: (what the error says it must be, the check).
-_at_least_1 = (">= 1", lambda v: v >= 1)
-_positive = ("> 0", lambda v: v > 0)
-_non_negative = (">= 0", lambda v: v >= 0)
-_fraction = ("between 0 and 1", lambda v: 0 <= v <= 1)
-_open_fraction = ("in (0, 1]", lambda v: 0 < v <= 1)
-_decay = ("in [0, 1)", lambda v: 0 <= v < 1)
-# Bounds of numeric keys by dataclass name (base classes included), registered by each config
-# module for its own tree and checked as YAML or key=value sets them, so an impossible value is one
-# line naming the key instead of a crash minutes later.
-BOUNDS: dict[str, dict] = {}
 # Keys that moved, by dataclass name: old key -> its new dotted path below the same section, so an
 # old name is one line naming the new one instead of a list of valid keys.
 MOVED: dict[str, dict[str, str]] = {}
 
 
-def _registered(table: dict, cls, key: str):
-    """``table``'s entry for ``key`` under ``cls``'s name or the first base class that has one."""
-    return next((table[k.__name__][key] for k in cls.__mro__ if key in table.get(k.__name__, {})), None)
-
-
-def _check_bounds(cls, key: str, value, dotted: str) -> None:
-    bound, numeric = _registered(BOUNDS, cls, key), isinstance(value, (int, float)) and not isinstance(value, bool)
-    if bound is not None and numeric and not bound[1](value):
+def _check_bounds(hint, value, dotted: str) -> None:
+    """``value`` against the bound of its field's hint (e.g. ``PosInt | None``), if it has one."""
+    hint, _ = _strip_optional(hint)
+    bound = hint.__metadata__[0] if typing.get_origin(hint) is Annotated else None
+    if bound is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and not bound[1](value):
         raise ConfigError(f"config key '{dotted}' must be {bound[0]}, got {value!r}")
 
 

@@ -34,7 +34,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
     spec = spec.strip()
     scheme, _, rest = spec.partition(":")
     query = {}
-    if scheme in ("shapes", "fashion-mnist") or scheme.split("?")[0] in ("shapes", "fashion-mnist"):
+    if scheme.split("?")[0] in ("shapes", "fashion-mnist"):
         head, _, q = spec.partition("?")
         scheme, _, rest = head.partition(":")
         query = dict(parse_qsl(q, keep_blank_values=True))

@@ -32,7 +32,6 @@ class FolderSource(MapSource):
         classes = self.root / "classes.txt"
         self.class_names = ([ln.strip() for ln in classes.read_text(encoding="utf-8").splitlines()
                              if ln.strip()] if classes.is_file() else None)
-        self.templates = ["a photo of a {}."]
 
     def _read_jsonl(self):
         path, out, bad = self.root / "captions.jsonl", {}, 0

@@ -66,12 +66,10 @@ def check_cache(directory, vae, resolutions) -> dict:
     if info.get("latent_cache") != CACHE_FORMAT:
         raise DataSpecError(f"latent cache '{directory}': info.json is not a latent cache's "
                             f"(format {info.get('latent_cache')!r}, expected {CACHE_FORMAT})")
-    made = info["key"]
-    fields = ("vae_fingerprint", "convention", "scaling_factor", "shift_factor", "resolution", "crop")
-    fingerprint = weights_fingerprint(vae.vae.state_dict())
+    made, fingerprint = info["key"], weights_fingerprint(vae.vae.state_dict())
     for res in sorted(set(int(r) for r in resolutions)):
         want = cache_key(vae, res, fingerprint)
-        if any(made.get(f) != want[f] for f in fields):
+        if any(made.get(f) != want[f] for f in want if f != "vae"):  # the VAE may have moved (path, hub id)
             raise LatentCacheMismatch(f"latent cache '{directory}' was made with {_describe(made)}; "
                                       f"this run needs {_describe(want)}")
     return info

@@ -117,13 +117,11 @@ class StreamDataset(IterableDataset):
                     continue
                 produced += 1
                 yield {"image": self._apply(image, epoch, key), "caption": caption, "label": label,
-                       "key": key, "_skipped": dict(pending), "_part": part,
-                       "_cursor": (epoch, i), "_num_parts": num_parts}
+                       "key": key, "_skipped": dict(pending), "_state": (part, (epoch, i), num_parts)}
                 pending = Counter()
             if not self.infinite:
                 if pending:
-                    yield {"_skip_only": True, "_skipped": dict(pending), "_part": part,
-                           "_cursor": (epoch, i), "_num_parts": num_parts}
+                    yield {"_skip_only": True, "_skipped": dict(pending), "_state": (part, (epoch, i), num_parts)}
                 return
             if produced == 0 and pos == 0:
                 raise DataSpecError(f"{self.spec}: no readable samples in split '{self.split}' "
@@ -159,11 +157,9 @@ def collate(items: list[dict]) -> dict:
         images = [im["image"] for im in images]
     if images and isinstance(images[0], torch.Tensor):
         images = torch.stack(images)
-    last = items[-1]
     return {"image": images, **extra, "caption": [x["caption"] for x in real],
             "label": torch.tensor([x["label"] for x in real], dtype=torch.long),
-            "key": [x["key"] for x in real], "skipped": skipped,
-            "_state": (last["_part"], last["_cursor"], last["_num_parts"])}
+            "key": [x["key"] for x in real], "skipped": skipped, "_state": items[-1]["_state"]}
 
 
 class Loader:

@@ -29,12 +29,10 @@ def train_transform(resolution: int, min_crop_area: float = 0.4, hflip: bool = T
     return v2.Compose(ops + _to_unit_range())
 
 
-def build_transform(resolution: int, train: bool, cfg=None, augment: bool = True):
-    """The transform for one split; ``augment=False`` (e.g. ``shapes``) trains on eval crops."""
-    if not (train and augment and (cfg is None or cfg.augment)):
+def build_transform(resolution: int, train: bool, cfg, augment: bool = True):
+    """The transform for one split (``cfg``: a DataConfig); ``augment=False`` (e.g. ``shapes``) trains on eval crops."""
+    if not (train and augment and cfg.augment):
         return eval_transform(resolution)
-    if cfg is None:
-        return train_transform(resolution)
     return train_transform(resolution, cfg.min_crop_area, cfg.hflip, cfg.color_jitter)
 
 

@@ -106,11 +106,7 @@ def evaluate_generator(run_dir, *, cfg_scale: float | None = None, steps: int | 
     sweep_rows = []
     if sweep and e.cfg_scales:
         n_sweep = e.sweep_samples_per_class or per_class
-        for w in e.cfg_scales:
-            if w == scale and n_sweep == per_class:
-                sweep_rows.append(main)
-            else:
-                sweep_rows.append(run(w, n_sweep)[2])
+        sweep_rows = [main if w == scale and n_sweep == per_class else run(w, n_sweep)[2] for w in e.cfg_scales]
         save_sweep_plot(sweep_rows, out / "guidance_sweep.png", f"{Path(run_dir).name}: {cfg.space}")
     results = {"judge_top1": main["judge_top1"], "judge_real_top1": jinfo["judge_real_top1"],
                "fd": main["fd"], "precision": main["precision"], "recall": main["recall"],

@@ -68,18 +68,16 @@ def time_grid(steps: int, shift: float, device=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(velocity, noise: torch.Tensor, steps: int = 50, shift: float = 1.0, method: str = "euler",
-           progress: bool = False) -> torch.Tensor:
+def sample(velocity, noise: torch.Tensor, steps: int = 50, shift: float = 1.0, method: str = "euler") -> torch.Tensor:
     """Integrate dx/dt = velocity(x, t) from t = 1 (``noise``) to t = 0 (data).
 
     ``velocity(x, t)`` takes t as a (B,) tensor. Euler takes ``steps`` evaluations, Heun about twice
     as many (Heun's correction at every step, the last one included)."""
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown sampler '{method}'; choose euler or heun")
-    from tqdm.auto import tqdm
     grid = time_grid(steps, shift, device=noise.device)
     x = noise
-    for i in tqdm(range(steps), desc="sample", leave=False, disable=not progress):
+    for i in range(steps):
         t, t_next = grid[i], grid[i + 1]
         dt = float(t_next - t)
         tb = torch.full((x.shape[0],), float(t), device=x.device)

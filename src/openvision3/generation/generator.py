@@ -113,7 +113,7 @@ class Generator:
         def velocity(x, t):
             return guided_velocity(self.dit, x, t, labels, self.dit.null_class, scale,
                                    interval if interval is not None else f.cfg_interval)
-        from ..train.trainer import forward_context
+        from ..train.run import forward_context
         with forward_context(self.space.device, None):
             x = sample(velocity, noise, steps or f.steps, self.shift, method or f.sampler)
         return self.stats.denormalize(x)

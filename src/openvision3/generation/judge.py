@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -45,7 +46,6 @@ class JudgeNet(nn.Module):
         self.features = nn.Sequential(*stage(3, w, True), *stage(w, 2 * w, True), *stage(2 * w, 4 * w, False),
                                       nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(4 * w, num_classes)
-        self.num_classes, self.width = num_classes, width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -70,20 +70,12 @@ def load_labelled(spec: str, split: str, resolution: int, n: int, data_cfg, prog
 
     from ..data import make_loader, open_data
     ds = open_data(spec, split=split, resolution=resolution, train=False, cfg=data_cfg, infinite=False)
-    images, labels, got = [], [], 0
-    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
-    for batch in make_loader(ds, 256):
-        keep = batch["label"] >= 0
-        images.append(batch["image"][keep])
-        labels.append(batch["label"][keep])
-        got += int(keep.sum())
-        bar.update(int(keep.sum()))
-        if got >= n:
-            break
-    bar.close()
-    if got == 0:
+    labelled = ((x, y) for b in make_loader(ds, 256) for x, y in zip(b["image"], b["label"]) if y >= 0)
+    pairs = list(tqdm(itertools.islice(labelled, n), total=n, desc=desc, disable=not progress, leave=False))
+    if not pairs:
         raise ValueError(f"data spec '{spec}' split '{split}' has no labelled images")
-    return torch.cat(images)[:n], torch.cat(labels)[:n], list(ds.class_names or [])
+    images, labels = zip(*pairs)
+    return torch.stack(images), torch.stack(labels), list(ds.class_names or [])
 
 
 def _judge_key(cfg) -> dict:

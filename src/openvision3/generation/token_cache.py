@@ -55,14 +55,9 @@ def cache_path(cache_dir: str | Path, enc_id: str, space: str, resolution: int, 
 
 
 def weights_id(*modules) -> str:
-    """sha256 over the names and values of the modules' tensors: an encoder that is no directory of
-    files (a released tower loaded from a .bin) gets an id the way ``encoder_id`` gives one."""
-    h = hashlib.sha256()
-    for i, module in enumerate(modules):
-        for name, t in sorted(module.state_dict().items()):
-            h.update(f"{i}.{name}".encode())
-            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """The weights fingerprint of modules in memory: an encoder that is no directory of files (a
+    released tower loaded from a .bin) gets an id the way ``encoder_id`` gives one."""
+    return weights_fingerprint({f"{i}.{k}": v for i, m in enumerate(modules) for k, v in m.state_dict().items()})
 
 
 @torch.no_grad()

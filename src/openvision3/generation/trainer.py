@@ -12,14 +12,12 @@ weights + stats, EMA, optimizer, trainer state), generator/ (the finished genera
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 
 from ..config import ConfigError, config_to_yaml
 from ..models.openvision3 import is_saved_model
-from ..models.vit import attention_kernels
 from ..train.distributed import barrier, launched_world_size, seed_everything
 from ..train.optim import LRSchedule
 from ..train.run import Parts, Run, RunSettings, Task, run_task
@@ -76,7 +74,7 @@ class GeneratorTask(Task):
         t = self.cfg.train
         return RunSettings(steps=t.steps, seed=self.cfg.seed, precision=t.precision, grad_clip=t.grad_clip,
                            max_bad_steps=t.max_bad_steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                           keep_last=t.keep_last, ema_decay=t.ema_decay, find_unused=False)
+                           keep_last=t.keep_last, ema_decay=t.ema_decay, find_unused=False, attention_kernel="auto")
 
     def build(self, run: Run) -> Parts:
         cfg, t, info = self.cfg, self.cfg.train, run.info
@@ -111,14 +109,13 @@ class GeneratorTask(Task):
         return {"x": x, "y": y}
 
     def losses(self, batch: dict, step: int) -> dict:
-        with attention_kernels(self.run.device):
-            return {"loss": flow_loss(self.run.model, batch["x"], batch["y"], self.cfg.flow, self.shift)}
+        return {"loss": flow_loss(self.run.model, batch["x"], batch["y"], self.cfg.flow, self.shift)}
 
     def state_dict(self) -> dict:
         return {"generator_meta": self.meta}
 
     def finish(self, run: Run) -> dict:
-        if run.is_main:
+        if run.info.is_main:
             weights = run.ema.module.state_dict() if run.ema is not None else self.dit.state_dict()
             Generator.save(run.out / EXPORT_DIR, self.cfg, weights, self.cache.stats,
                            {**self.meta, "steps": self.cfg.train.steps, "parameters": count_parameters(self.dit),
@@ -130,7 +127,7 @@ class GeneratorTask(Task):
                 "cache_seconds": round(self.cache_seconds, 1),
                 "train_seconds": round(time.perf_counter() - self.t_start, 1), "shift": self.shift,
                 "parameters": count_parameters(self.dit), "generator_dir": None,
-                "skipped": dict(Counter(self.cache.meta.get("skipped", {})))}
+                "skipped": dict(self.cache.meta.get("skipped", {}))}
 
 
 def train_generator(cfg: GenConfig, out_dir, resume: str | None = None, overwrite: bool = False,

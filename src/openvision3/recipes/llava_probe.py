@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config_build import BOUNDS, _at_least_1, _build, _fraction, _non_negative, parse_overrides
+from ..config_build import Fraction, NonNegFloat, PosInt, _build, parse_overrides
 from ..train.optim import LRSchedule
 from ..train.run import Parts, Run, RunSettings, RunStopped, Task, run_task
 
@@ -48,25 +48,25 @@ class ProbeError(ValueError):
 class ProbeConfig:
     """Sizes and schedule; [P] LLaVA-1.5's published choice, [?] ours for 2 CPU cores."""
 
-    train_images: int = 4000  # [?] rendered once; stage 2 sees each about (steps x batch / n) times
-    test_images: int = 500  # [?] held-out `test` split, every applicable question of each image
-    single_fraction: float = 1 / 3  # [?] 1, 2 and 3 objects equally often (balanced counts)
+    train_images: PosInt = 4000  # [?] rendered once; stage 2 sees each about (steps x batch / n) times
+    test_images: PosInt = 500  # [?] held-out `test` split, every applicable question of each image
+    single_fraction: Fraction = 1 / 3  # [?] 1, 2 and 3 objects equally often (balanced counts)
     # [?] a Llama of ~0.5 M parameters (LLaVA-1.5: Vicuna 7B/13B [P]) and a schedule sized by
     # FLOPs (about 6 x params x tokens) to fit 10 min on 2 CPU cores with the demo's 64 image tokens
-    lm_width: int = 96
-    lm_layers: int = 4
-    lm_heads: int = 4
-    lm_mlp: int = 384
-    stage0_steps: int = 100
-    stage1_steps: int = 200
-    stage2_steps: int = 800
-    batch_size: int = 32  # [?] LLaVA-1.5: 256 in stage 1, 128 in stage 2 [P]
-    lr0: float = 1e-3  # [?]
-    lr1: float = 1e-3  # [P] LLaVA-1.5 stage 1
-    lr2: float = 5e-4  # [?] LLaVA-1.5 stage 2 uses 2e-5 on a pretrained LM [P]; ours is from scratch
-    warmup_ratio: float = 0.03  # [P] LLaVA-1.5, cosine decay after it [P]
-    weight_decay: float = 0.0  # [P] LLaVA-1.5
-    max_new_tokens: int = 3
+    lm_width: PosInt = 96
+    lm_layers: PosInt = 4
+    lm_heads: PosInt = 4
+    lm_mlp: PosInt = 384
+    stage0_steps: PosInt = 100
+    stage1_steps: PosInt = 200
+    stage2_steps: PosInt = 800
+    batch_size: PosInt = 32  # [?] LLaVA-1.5: 256 in stage 1, 128 in stage 2 [P]
+    lr0: NonNegFloat = 1e-3  # [?]
+    lr1: NonNegFloat = 1e-3  # [P] LLaVA-1.5 stage 1
+    lr2: NonNegFloat = 5e-4  # [?] LLaVA-1.5 stage 2 uses 2e-5 on a pretrained LM [P]; ours is from scratch
+    warmup_ratio: Fraction = 0.03  # [P] LLaVA-1.5, cosine decay after it [P]
+    weight_decay: NonNegFloat = 0.0  # [P] LLaVA-1.5
+    max_new_tokens: PosInt = 3
     vision_feature_layer: int = -2  # [P] LLaVA-1.5: the penultimate layer
     # [?] the frozen tower's features computed once per training image (tower_features) instead of
     # on every step: the same numbers up to float rounding, a stage-2 step 1.42x faster on 2 CPU
@@ -75,15 +75,6 @@ class ProbeConfig:
     cache_features: bool = True
     seed: int = 0
     data_seed: int = 0  # the `shapes` generator seed (the data itself)
-
-
-# Bounds of the probe's numeric keys, checked as key=value sets them (config_build.BOUNDS).
-BOUNDS.update({"ProbeConfig": dict(
-    train_images=_at_least_1, test_images=_at_least_1, single_fraction=_fraction, lm_width=_at_least_1,
-    lm_layers=_at_least_1, lm_heads=_at_least_1, lm_mlp=_at_least_1, stage0_steps=_at_least_1,
-    stage1_steps=_at_least_1, stage2_steps=_at_least_1, batch_size=_at_least_1, lr0=_non_negative,
-    lr1=_non_negative, lr2=_non_negative, warmup_ratio=_fraction, weight_decay=_non_negative,
-    max_new_tokens=_at_least_1)})
 
 
 def probe_config(overrides: list[str] | None = None) -> ProbeConfig:

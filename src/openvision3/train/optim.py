@@ -25,8 +25,7 @@ def build_optimizer(model: nn.Module, train_cfg, lr: float, device: torch.device
     """AdamW over ``param_groups``; ``train.adamw`` picks the kernel: ``fused`` (one kernel for
     every tensor), ``foreach`` (batched per op), ``auto`` = fused on CUDA, foreach elsewhere (on our
     CPU the fused kernel was no faster: docs/performance.md)."""
-    impl = getattr(train_cfg, "adamw", "auto")
-    fused = device.type == "cuda" if impl == "auto" else impl == "fused"
+    fused = device.type == "cuda" if train_cfg.adamw == "auto" else train_cfg.adamw == "fused"
     return torch.optim.AdamW(param_groups(model, train_cfg.weight_decay), lr=lr,
                              betas=tuple(train_cfg.betas), fused=fused, foreach=None if fused else True)
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..models.vit import attention_kernels
 from . import checkpoint as ckpt_lib
 from .distributed import (DistInfo, all_reduce_mean, any_rank, barrier, cleanup, full_state_dict, gather_objects,
                           init_distributed, load_full_state_dict, reshard_fsdp, seed_everything, set_grad_sync,
@@ -70,6 +71,7 @@ class RunSettings:
     fsdp: bool = False
     compile: bool = False
     find_unused: bool | None = None  # DDP's flag (None: wrap_model derives it for an OpenVision 3 model)
+    attention_kernel: str | None = None  # the towers' SDPA kernels (models/vit.py); None: torch's own choice
     device: str | None = None  # None: cuda:LOCAL_RANK when there is a GPU, else cpu
     distributed: bool = True  # join torchrun's process group when launched by it
 
@@ -138,15 +140,6 @@ class Run:
     def device(self) -> torch.device:
         return self.info.device
 
-    @property
-    def is_main(self) -> bool:
-        return self.info.is_main
-
-    def autocast(self):
-        """bf16 autocast when the run's precision is bf16, nothing otherwise."""
-        dtype = self.precision.dtype
-        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
 
 # ------------------------------------------------------------------------------------ run directory
 def prepare_out_dir(out: Path, resume: str | None, overwrite: bool, is_main: bool) -> None:
@@ -192,9 +185,18 @@ def split_batch(batch: dict, n: int) -> list[dict]:
             for i in range(n)]
 
 
+@contextlib.contextmanager
+def forward_context(device: torch.device, amp_dtype, attention_kernel: str | None = "auto"):
+    """bf16 autocast (when ``amp_dtype``) and the attention kernel choice (None: leave torch's) for
+    one forward pass; every trainer's step runs under it (``RunSettings``)."""
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    with attention_kernels(device, attention_kernel) if attention_kernel else contextlib.nullcontext(), autocast:
+        yield
+
+
 def forward_backward(model: nn.Module, losses, batch: dict, accum: int, context) -> dict:
     """One optimizer step's forward and backward over ``accum`` micro-batches of ``batch``:
-    ``losses(micro_batch) -> {"loss": ..., ...}`` under ``context()`` (autocast); returns the
+    ``losses(micro_batch) -> {"loss": ..., ...}`` under ``context()`` (forward_context); returns the
     mean of every term. The gradient all-reduce runs once, on the last micro-batch."""
     totals: dict = {}
     for i, micro in enumerate(split_batch(batch, accum)):
@@ -351,8 +353,9 @@ class _Engine:
 
     def _forward_backward(self, run: Run, batch: dict, step: int) -> dict:
         n = self.s.grad_accum_steps
+        context = lambda: forward_context(run.device, run.precision.dtype, self.s.attention_kernel)  # noqa: E731
         try:
-            return forward_backward(run.model, lambda micro: self.task.losses(micro, step), batch, n, run.autocast)
+            return forward_backward(run.model, lambda micro: self.task.losses(micro, step), batch, n, context)
         except torch.OutOfMemoryError:
             raise TrainError(
                 f"out of memory at step {step} with {_batch_size(batch)} samples per device ({n} micro-batch"
@@ -444,5 +447,5 @@ class _Engine:
                 parts.data.set_epoch(int(st["data"][0].get("epoch", 0)) + 1)
 
 
-__all__ = ["Parts", "Run", "RunSettings", "RunStopped", "Task", "TrainError", "forward_backward", "hold_run_dir",
-           "prepare_out_dir", "run_task", "split_batch"]
+__all__ = ["Parts", "Run", "RunSettings", "RunStopped", "Task", "TrainError", "forward_backward", "forward_context",
+           "hold_run_dir", "prepare_out_dir", "run_task", "split_batch"]

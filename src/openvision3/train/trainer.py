@@ -9,7 +9,6 @@ the stages (resolution, batch, LPIPS weight and LR schedule change between them)
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -18,11 +17,10 @@ import torch
 
 from ..config import Config, ConfigError, config_to_yaml
 from ..models.openvision3 import OpenVision3
-from ..models.vit import attention_kernels
 from .distributed import all_reduce_mean, enable_grad_checkpointing, full_state_dict, launched_world_size
 from .latent_memo import LatentMemo
 from .optim import LRSchedule, build_optimizer, scaled_lr
-from .run import Parts, Run, RunSettings, Task, TrainError, run_task
+from .run import Parts, Run, RunSettings, Task, TrainError, forward_context, run_task
 from .run import forward_backward as forward_backward_micro
 
 VAL_BATCHES = 4  # validation losses are the mean over this many batches per rank
@@ -69,30 +67,19 @@ def build_stages(cfg: Config, world_size: int = 1) -> list[Stage]:
 
 
 # ------------------------------------------------------------------------------------ the step
-@contextlib.contextmanager
-def forward_context(device: torch.device, amp_dtype, attention_kernel: str = "auto"):
-    """bf16 autocast (when ``amp_dtype``) and the attention kernel choice for one forward pass."""
-    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-    with attention_kernels(device, attention_kernel), autocast:
-        yield
-
-
 def forward_backward(model, images, tokens, lpips_weight, accum: int, amp_dtype, attention_kernel: str = "auto",
                      latents=None) -> dict:
     """One OpenVision 3 step's forward and backward outside a run (benchmarks, switch tests): the
     engine's ``forward_backward`` with this trainer's loss call. ``latents``: the images' VAE
     latents when they come from a latent cache."""
     batch = {"image": images, "tokens": tokens, **({} if latents is None else {"latent": latents})}
-    autocast = lambda: torch.autocast(images.device.type, dtype=amp_dtype or torch.float32,  # noqa: E731
-                                      enabled=amp_dtype is not None)
-    return forward_backward_micro(model, lambda b: _model_losses(model, b, lpips_weight, attention_kernel), batch,
-                                  accum, autocast)
+    context = lambda: forward_context(images.device, amp_dtype, attention_kernel)  # noqa: E731
+    return forward_backward_micro(model, lambda b: _model_losses(model, b, lpips_weight), batch, accum, context)
 
 
-def _model_losses(model, batch: dict, lpips_weight: float, attention_kernel: str) -> dict:
-    with attention_kernels(batch["image"].device, attention_kernel):
-        return model(batch["image"], batch["tokens"], lpips_weight=lpips_weight,
-                     **({"latents": batch["latent"]} if "latent" in batch else {}))
+def _model_losses(model, batch: dict, lpips_weight: float) -> dict:
+    return model(batch["image"], batch["tokens"], lpips_weight=lpips_weight,
+                 **({"latents": batch["latent"]} if "latent" in batch else {}))
 
 
 # ------------------------------------------------------------------------------------ the trainer
@@ -111,7 +98,8 @@ class OpenVision3Task(Task):
         return RunSettings(steps=self.stages[-1].end, seed=self.cfg.seed, precision=t.precision,
                            grad_clip=t.grad_clip, grad_accum_steps=t.grad_accum_steps, max_bad_steps=t.max_bad_steps,
                            log_every=t.log_every, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
-                           keep_last=t.keep_last, ema_decay=t.ema_decay, fsdp=t.fsdp, compile=t.compile)
+                           keep_last=t.keep_last, ema_decay=t.ema_decay, fsdp=t.fsdp, compile=t.compile,
+                           attention_kernel=t.attention_kernel)
 
     def build(self, run: Run) -> Parts:
         from ..data import open_data
@@ -176,7 +164,7 @@ class OpenVision3Task(Task):
         return out
 
     def losses(self, batch: dict, step: int) -> dict:
-        return _model_losses(self.run.model, batch, self._stage_at(step).lpips_weight, self.cfg.train.attention_kernel)
+        return _model_losses(self.run.model, batch, self._stage_at(step).lpips_weight)
 
     def log_extras(self, step: int) -> dict:
         stage = self._stage_at(step - 1)

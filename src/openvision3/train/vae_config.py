@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import DataConfig, LpipsNet, Precision, VAEArchConfig, load_values
-from ..config_build import BOUNDS, _at_least_1, _build, _fraction, _non_negative
+from ..config_build import Fraction, NonNegFloat, NonNegInt, PosInt, _build
 
 
 @dataclass
@@ -19,44 +19,32 @@ class VAETrainConfig:
     # Mild/no augmentation: the VAE should reproduce the images the OV3 model will see.
     data: DataConfig = field(default_factory=lambda: DataConfig(resolution=64, augment=False))
     val_split: str = "val"  # held-out split of data.val used for the final PSNR / SSIM
-    eval_samples: int = 256
-    steps: int = 400
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
+    eval_samples: PosInt = 256
+    steps: PosInt = 400
+    batch_size: PosInt = 16
+    lr: NonNegFloat = 2e-3
+    warmup_steps: NonNegInt = 20
+    min_lr_ratio: Fraction = 0.0
+    weight_decay: NonNegFloat = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    grad_clip: float = 1.0
-    max_bad_steps: int = 5  # non-finite steps in a row before the run stops (train/run.py)
-    l1_weight: float = 1.0
+    grad_clip: NonNegFloat = 1.0
+    max_bad_steps: PosInt = 5  # non-finite steps in a row before the run stops (train/run.py)
+    l1_weight: NonNegFloat = 1.0
     # L1's gradient has the same size at every pixel, so small objects (a few % of the pixels) are
     # learnt late; an MSE term weighs their large errors more (and PSNR is an MSE metric).
-    mse_weight: float = 0.0
-    kl_weight: float = 1e-6  # tiny, as in SD/FLUX VAEs: a regulariser, not a bottleneck
-    lpips_weight: float = 0.0
+    mse_weight: NonNegFloat = 0.0
+    kl_weight: NonNegFloat = 1e-6  # tiny, as in SD/FLUX VAEs: a regulariser, not a bottleneck
+    lpips_weight: NonNegFloat = 0.0
     lpips_net: LpipsNet = "alex"
-    lpips_start: float = 0.0  # fraction of the steps after which LPIPS is on (its backward is costly)
-    gan_weight: float = 0.0  # PatchGAN hinge loss; 0 = off (no discriminator is built)
-    gan_start: float = 0.5  # fraction of the steps after which the GAN loss is on
+    lpips_start: Fraction = 0.0  # fraction of the steps after which LPIPS is on (its backward is costly)
+    gan_weight: NonNegFloat = 0.0  # PatchGAN hinge loss; 0 = off (no discriminator is built)
+    gan_start: Fraction = 0.5  # fraction of the steps after which the GAN loss is on
     precision: Precision = "auto"  # auto: bf16 on CUDA or on CPUs with native bf16 (train/precision.py)
     log_every: int = 10
     eval_every: int = 0  # steps between held-out PSNR evaluations; 0 = only at the end
     checkpoint_every: int = 200
-    keep_last: int = 1
+    keep_last: NonNegInt = 1
     seed: int = 0
-
-
-# Bounds of this tree's numeric keys (config_build.BOUNDS), checked as YAML or key=value sets them.
-BOUNDS.update({
-    "VAETrainConfig": dict(eval_samples=_at_least_1, steps=_at_least_1,
-                           batch_size=_at_least_1, lr=_non_negative, warmup_steps=_non_negative,
-                           min_lr_ratio=_fraction, weight_decay=_non_negative, grad_clip=_non_negative,
-                           max_bad_steps=_at_least_1,
-                           l1_weight=_non_negative, mse_weight=_non_negative, kl_weight=_non_negative,
-                           lpips_weight=_non_negative, lpips_start=_fraction, gan_weight=_non_negative,
-                           gan_start=_fraction, keep_last=_non_negative),
-})
 
 
 def get_vae_config(name_or_yaml: str | None = None, overrides: list[str] | None = None) -> VAETrainConfig:

@@ -12,6 +12,7 @@ Run directory: the engine's files, ``model/`` (the final VAE, diffusers format, 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..losses import autoencoder_losses, hinge_discriminator_loss, hinge_generat
 from ..models.autoencoder import Autoencode, PatchDiscriminator
 from ..models.vae import build_autoencoder
 from .optim import LRSchedule
-from .run import Parts, Run, RunSettings, Task, run_task
+from .run import Parts, Run, RunSettings, Task, forward_context, run_task
 from .vae_config import VAETrainConfig
 
 
@@ -37,7 +38,7 @@ def evaluate(vae, images: torch.Tensor, dtype: torch.dtype | None, batch_size: i
     parts = []  # per batch: PSNR, SSIM, reconstructions, latents
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with forward_context(device, dtype, None):
             z = vae.encode(x).latent_dist.mean
             y = vae.decode(z).sample
         y = y.float().clamp(-1, 1)
@@ -68,7 +69,7 @@ def decoder_backward_seconds(vae, latents: torch.Tensor, dtype: torch.dtype | No
     for _ in range(repeats):
         z = latents.detach().to(device).requires_grad_(True)
         t = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with forward_context(device, dtype, None):
             y = vae.decode(z).sample
         y.float().abs().mean().backward()
         best = min(best, time.perf_counter() - t)
@@ -81,15 +82,10 @@ def _open_images(spec: str, split: str, n: int, resolution: int, data_cfg: DataC
     from ..data import make_loader, open_data
 
     ds = open_data(spec, split=split, resolution=resolution, train=False, cfg=data_cfg)
-    out, got = [], 0
-    for batch in make_loader(ds, batch_size=min(64, n)):  # batches lose their skipped samples
-        out.append(batch["image"])
-        got += len(batch["image"])
-        if got >= n:
-            break
-    if not out:
+    images = list(itertools.islice((x for b in make_loader(ds, batch_size=min(64, n)) for x in b["image"]), n))
+    if not images:
         raise ConfigError(f"data spec '{spec}' split '{split}' yielded no images")
-    return torch.cat(out)[:n]
+    return torch.stack(images)
 
 
 # ------------------------------------------------------------------------------------ the trainer
@@ -101,7 +97,7 @@ class AutoencoderTask(Task):
         res, self.downsample = cfg.data.resolution, 2 ** (len(cfg.arch.block_out_channels) - 1)
         if res % self.downsample:
             raise ConfigError(f"data.resolution {res} is not divisible by the VAE downsample factor {self.downsample}")
-        self.schedule = LRSchedule(cfg.lr, cfg.steps, cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
+        self.lr = LRSchedule(cfg.lr, cfg.steps, cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
 
     def settings(self) -> RunSettings:
         c = self.cfg
@@ -133,9 +129,6 @@ class AutoencoderTask(Task):
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
             others["discriminator"] = (self.disc, self.disc_opt)
         return Parts(Autoencode(self.vae), opt, ds, others=others)
-
-    def lr(self, step: int) -> float:
-        return self.schedule(step)
 
     def batch(self, step: int) -> dict:
         return {"image": next(self.loader)["image"].to(self.run.device)}
