@@ -22,7 +22,7 @@ from openvision3.config import get_config
 from openvision3.data import make_loader, open_data
 from openvision3.models.openvision3 import OpenVision3
 from openvision3.train.precision import resolve_precision
-from openvision3.train.trainer import forward_context
+from openvision3.train.run import forward_context
 
 
 def main():

@@ -20,6 +20,7 @@ import torch
 
 from openvision3.interop import transformers as ov3hf
 from openvision3.recipes import llava_probe as lp
+from openvision3.recipes import llava_probe_data as lpd
 
 
 def main(argv=None):
@@ -35,29 +36,27 @@ def main(argv=None):
 
     pcfg = lp.ProbeConfig(train_images=args.images)
     tower = lp.load_tower(args.model)
-    imgs, caps, qas = lp.render_pool(args.images, "train", tower.config.image_size, 0, pcfg.single_fraction)
-    tok = lp.build_tokenizer(caps + [f"{q} {a}" for qs in qas for _, q, a in qs]
-                             + ["user : assistant :", lp.CAPTION_INSTRUCTION])
+    imgs, caps, qas = lpd.render_pool(args.images, "train", tower.config.image_size, 0, pcfg.single_fraction)
+    tok = lpd.build_tokenizer(caps + [f"{q} {a}" for qs in qas for _, q, a in qs]
+                              + ["user : assistant :", lpd.CAPTION_INSTRUCTION])
     llava = lp.build_llava(tower, tok, pcfg, pcfg.vision_feature_layer)
     pixels = ov3hf.llava_processor(tower.config, tok).image_processor(imgs, return_tensors="pt")["pixel_values"]
     t0 = time.perf_counter()
     feats = lp.tower_features(llava, pixels)
     feature_s = time.perf_counter() - t0
-    n_image, image_id = ov3hf.num_image_tokens(tower.config), tok.convert_tokens_to_ids(lp.SPECIAL["image"])
+    n_image, image_id = ov3hf.num_image_tokens(tower.config), tok.convert_tokens_to_ids(lpd.SPECIAL["image"])
 
-    class Seq:
-        n = len(qas)
-
-        def __call__(self, i):
-            return lp.conversation_sequence(tok, qas[i], n_image, image_id, random.Random(i))
+    def sequence(i):
+        return lpd.conversation_sequence(tok, qas[i], n_image, image_id, random.Random(i))
 
     ov3hf.set_llava_trainable(llava, 2)
     llava.train()
     llava.model.vision_tower.eval()
     params = [p for p in llava.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    sources = {"pixels": lp._batches(Seq(), pixels, pcfg, random.Random(1), tok),
-               "cached": lp._batches(Seq(), feats, pcfg, random.Random(1), tok, "image_features")}
+    sources = {"pixels": lp.ProbeBatches(sequence, pixels, pcfg.batch_size, tok, {"batch": random.Random(1)}),
+               "cached": lp.ProbeBatches(sequence, feats, pcfg.batch_size, tok, {"batch": random.Random(1)},
+                                         key="image_features")}
 
     def step(batches):
         loss = lp.llava_forward(llava, next(batches)).loss

@@ -120,7 +120,7 @@ def test_text_encoder_pools_at_end_of_text():
 def _attention_ops(choice: str) -> set[str]:
     """The SDPA ops a forward + backward of the unified encoder runs under ``choice``."""
     from torch.profiler import profile
-    from openvision3.train.trainer import forward_context
+    from openvision3.train.run import forward_context
     enc = UnifiedEncoder(16, SMALL, embed_dim=32)
     latents = torch.randn(2, 16, 8, 8)
     with profile() as prof:

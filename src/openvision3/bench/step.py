@@ -55,7 +55,7 @@ class StepRunner:
         self.fwd = torch.compile(self.model) if cfg.train.compile else self.model
 
     def ctx(self):
-        from ..train.trainer import forward_context
+        from ..train.run import forward_context
         return forward_context(self.device, self.amp, self.cfg.train.attention_kernel)
 
     def step(self, cached: bool = False, pixel_subbatch: int | None = None):
