@@ -169,7 +169,7 @@ def test_a_signal_stopped_recipe_exits_3_with_one_line(tmp_path, capsys, monkeyp
 
 
 def test_compare_refuses_to_go_on_after_a_stopped_run(tmp_path):
-    from openvision3.recipes.gen_compare import _finished
-    _finished({"status": "finished", "step": 4}, tmp_path)
+    from openvision3.recipes import train_or_resume
+    assert train_or_resume(lambda *a, **k: {"status": "finished", "step": 4}, None, tmp_path, "x")["step"] == 4
     with pytest.raises(RunStopped, match="stopped by SIGUSR1 at step 2; run the same command again"):
-        _finished({"status": "stopped by SIGUSR1", "step": 2}, tmp_path)
+        train_or_resume(lambda *a, **k: {"status": "stopped by SIGUSR1", "step": 2}, None, tmp_path, "x")

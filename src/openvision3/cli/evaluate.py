@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .common import UserError, _add_model_args, _load_model, _positive_int, print_json
 
@@ -56,8 +57,6 @@ def _add_eval(sub):
 
 
 def _run_eval(args):
-    from pathlib import Path
-
     from ..eval import TASKS, evaluate, parse_tasks
     from ..eval.report import format_summary, jsonable
     from ..perceptual import LPIPS_NETS

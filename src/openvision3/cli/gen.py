@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from .common import command_group, Stopped, UserError, _positive_int, print_json
+from .common import command_group, UserError, _positive_int, print_json
 
 
 # --- ov3 gen (generation/ owner) -------------------------------------------------------------
@@ -59,15 +60,14 @@ def _add_gen(sub):
 
 
 def _run_gen_train(args):
+    from functools import partial
+
     from ..generation.config import get_gen_config
     from ..generation.trainer import train_generator
+    from .train import _train
     overrides = list(args.overrides) + ([f"encoder={args.encoder}"] if args.encoder else [])
-    cfg = get_gen_config(args.config, overrides)
-    r = train_generator(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print_json(args, r)
-    if r["status"] != "finished":  # exit 3, as `ov3 train`
-        raise Stopped(f"{r['status']} at step {r['step']}/{r['total_steps']}; continue it with --resume auto "
-                      f"(run in {r['out_dir']})")
+    # a stop exits 3 saying how to resume, as `ov3 train`
+    r = _train(args, partial(train_generator, progress=not args.no_progress), get_gen_config(args.config, overrides))
     print(f"{r['status']} at step {r['step']}/{r['total_steps']} ({r['train_seconds']} s; cache of "
           f"{r['cache_samples']} samples); run in {r['out_dir']}", file=sys.stderr)
 
@@ -86,7 +86,6 @@ def _run_gen_sample(args):
     labels = [c for c in classes for _ in range(args.n)]
     images = gen.sample_images(labels, cfg_scale=args.cfg_scale, steps=args.steps, seed=args.seed,
                                method=args.sampler)
-    from pathlib import Path
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, labels, gen.class_names, Path(args.out), per_row=args.n, max_rows=len(classes))
     print(f"{len(labels)} samples of classes {classes} -> {args.out}", file=sys.stderr)
@@ -97,7 +96,7 @@ def _run_gen_sample(args):
 
 def _run_gen_eval(args):
     from ..generation.evaluate import evaluate_generator
-    if args.inception and not __import__("pathlib").Path(args.inception).is_file():
+    if args.inception and not Path(args.inception).is_file():
         raise UserError(f"--inception: no such file '{args.inception}'")
     r = evaluate_generator(args.run, cfg_scale=args.cfg_scale, steps=args.steps,
                            samples_per_class=args.samples_per_class, sweep=not args.no_sweep,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .common import command_group, UserError, _positive_int, print_json
 
@@ -116,8 +117,6 @@ def _add_export(sub):
 
 
 def _run_export_hf(args):
-    from pathlib import Path
-
     from ..interop.official import OfficialWeightsError, check_source
     from ..interop.transformers import export_hf
     from ..models.openvision3 import is_saved_model
@@ -184,16 +183,11 @@ def _add_probe(sub):
 
 
 def _run_probe_llava(args):
-    from pathlib import Path
-
     from ..recipes.llava_probe import probe_config, run_llava_probe
     from ..recipes.llava_probe_data import QUESTION_TYPES
     out = args.out or (Path(args.model) / "eval" if Path(args.model).is_dir() else None)
-    overrides = list(args.overrides)
-    if args.train_images:
-        overrides.append(f"train_images={args.train_images}")
-    if args.test_images:
-        overrides.append(f"test_images={args.test_images}")
+    overrides = list(args.overrides) + [f"{k}={getattr(args, k)}" for k in ("train_images", "test_images")
+                                        if getattr(args, k)]
     r = run_llava_probe(args.model, out_dir=out, steps=args.steps, seed=args.seed, features=args.features,
                         vision_feature_layer=args.vision_feature_layer, pcfg=probe_config(overrides),
                         progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .common import Stopped, print_json
 
@@ -33,7 +34,6 @@ def _add_train(sub):
 def _train(args, train, cfg) -> dict:
     """``train(cfg, --out)``, its summary as --json; a run that stopped before its end exits 3 (a requeue
     script can tell a stop from the end) saying where and how to resume."""
-    from pathlib import Path
     summary = train(cfg, args.out or str(Path("runs") / Path(args.config).stem), resume=args.resume,
                     overwrite=args.overwrite)
     print_json(args, summary)

@@ -95,12 +95,6 @@ def load_source(source: str) -> EncoderSource:
     return EncoderSource("released", str(source), encoder, grid)
 
 
-def _tower_shape(encoder: UnifiedEncoder) -> TowerConfig:
-    blocks = encoder.transformer.resblocks
-    return TowerConfig(width=encoder.width, layers=len(blocks), heads=blocks[0].attn.num_heads,
-                       mlp_ratio=blocks[0].mlp.c_fc.out_features / encoder.width)
-
-
 def apply_source(cfg: Config, src: EncoderSource) -> Config:
     """A copy of ``cfg`` with the tower's shape (layers, heads, MLP, patch, embedding, pooling) and,
     for a saved model, its VAE; a width other than the config's is refused: the heads are sized for it."""
@@ -110,7 +104,10 @@ def apply_source(cfg: Config, src: EncoderSource) -> Config:
         raise ConfigError(f"train.init_encoder '{src.source}' is {enc.width} wide but model.encoder.width is "
                           f"{m.encoder.width}, the width the heads are sized for; use a config made for this "
                           f"tower (configs/complete_*.yaml) or set model.encoder.width={enc.width}")
-    m.encoder, m.patch_size, m.embed_dim, m.pool = _tower_shape(enc), enc.patch_size, enc.embed_dim, enc.pool_type
+    blocks = enc.transformer.resblocks
+    m.encoder = TowerConfig(width=enc.width, layers=len(blocks), heads=blocks[0].attn.num_heads,
+                            mlp_ratio=blocks[0].mlp.c_fc.out_features / enc.width)
+    m.patch_size, m.embed_dim, m.pool = enc.patch_size, enc.embed_dim, enc.pool_type
     if src.vae is not None:
         if src.vae.convention != m.vae.convention:
             raise ConfigError(f"train.init_encoder '{src.source}' was trained over latents of convention "

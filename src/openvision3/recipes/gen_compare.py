@@ -22,20 +22,14 @@ import json
 import time
 from pathlib import Path
 
-from ..train.run import RunStopped
-from .synergy import mean_std
+from . import train_or_resume
+from .synergy import _stat
 
 ARMS = {"joint": ("tokens", "(a) joint OV3 tokens"), "und_only": ("tokens", "(b) understanding-only tokens"),
         "vae": ("vae", "(c) VAE latents")}
 PAPER = {"joint": "OV3 + RAE: gFID 1.89 / IS 289.2", "und_only": "CLIP + RAE: gFID 2.54 / IS 256.4",
          "vae": "SD-VAE + SiT: gFID 2.06"}
 METRICS = ("judge_top1", "fd", "precision", "recall")
-
-
-def _finished(summary: dict, run_dir: Path) -> None:
-    if summary["status"] != "finished":
-        raise RunStopped(f"{run_dir}: {summary['status']} at step {summary['step']}; run the same command "
-                            "again to resume")
 
 
 def _train_und_encoder(cfg, joint_dir: Path, out: Path) -> Path:
@@ -49,12 +43,12 @@ def _train_und_encoder(cfg, joint_dir: Path, out: Path) -> Path:
     enc_dir, dec_dir = out / "und_encoder", out / "und_decoder"
     if not is_saved_model(enc_dir / "model"):
         c1 = get_config(cc.encoder_config, base + list(cc.encoder_overrides) + ["loss.w_rec=0"])
-        _finished(train(c1, enc_dir, resume="auto" if (enc_dir / "checkpoints").is_dir() else None), enc_dir)
+        train_or_resume(train, c1, enc_dir, str(enc_dir), overwrite=False)
     if not is_saved_model(dec_dir / "model"):
         c2 = get_config(cc.encoder_config, base + list(cc.encoder_overrides) + [
             "loss.w_und=0", "loss.w_rec=1", f"train.init_from={(enc_dir / 'model').resolve()}",
             "train.freeze=[encoder.]", f"train.steps={cc.decoder_steps}", "train.stages=[]"])
-        _finished(train(c2, dec_dir, resume="auto" if (dec_dir / "checkpoints").is_dir() else None), dec_dir)
+        train_or_resume(train, c2, dec_dir, str(dec_dir), overwrite=False)
     return dec_dir / "model"
 
 
@@ -122,9 +116,7 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
                 continue
             c = copy.deepcopy(cfg)
             c.encoder, c.space, c.seed = str(encoder), space, seed
-            resume = "auto" if (run_dir / "checkpoints").is_dir() else None
-            summary = train_generator(c, run_dir, resume=resume, overwrite=resume is None, progress=progress)
-            _finished(summary, run_dir)
+            summary = train_or_resume(train_generator, c, run_dir, str(run_dir), progress=progress)
             r = evaluate_generator(run_dir, seed=seed, sweep=False, progress=progress)
             r.update(train_seconds=summary["train_seconds"], cache_seconds=summary["cache_seconds"])
             done.write_text(json.dumps(r, indent=1))
@@ -132,8 +124,7 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
 
     summary = {}
     for arm, rs in runs.items():
-        summary[arm] = {k: dict(zip(("mean", "std"), mean_std([r[k] for r in rs])))
-                        for k in (*METRICS, "train_seconds")}
+        summary[arm] = {k: _stat([r[k] for r in rs]) for k in (*METRICS, "train_seconds")}
         summary[arm]["per_seed"] = {k: [r[k] for r in rs] for k in METRICS}
     table = _table(summary, cc.seeds)
     _figure(summary, out / "compare.png")

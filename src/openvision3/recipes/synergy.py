@@ -25,7 +25,7 @@ import math
 import time
 from pathlib import Path
 
-from ..train.run import RunStopped
+from . import train_or_resume
 
 # Each arm is the base config plus these overrides; probe_detached trains a weight-0 branch on
 # detached tokens (losses.py), so every arm runs every branch and draws the same random numbers.
@@ -115,11 +115,7 @@ def run_arm(config: str, arm: str, seed: int, run_dir: Path, steps: int | None, 
         print(f"synergy: reusing {model_dir}", flush=True)
     else:
         t0 = time.perf_counter()
-        resume = "auto" if (run_dir / "checkpoints").exists() else None
-        r = train(cfg, run_dir, resume=resume, overwrite=resume is None)
-        if r["status"] != "finished":
-            raise RunStopped(f"arm {arm}, seed {seed}: {r['status']} at step {r['step']}; "
-                                "run the same command again to continue")
+        train_or_resume(train, cfg, run_dir, f"arm {arm}, seed {seed}")
         timings["train_s"] = round(time.perf_counter() - t0, 1)
     if eval_json.exists():
         results = json.loads(eval_json.read_text())
