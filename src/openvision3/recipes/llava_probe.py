@@ -257,9 +257,9 @@ def llava_forward(llava, batch: dict):
     return llava(inputs_embeds=embeds.masked_scatter(mask, image), **batch)
 
 
-def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     n = max(len(r) for r in rows)
-    return torch.tensor([([value] * (n - len(r)) + r) if left else (r + [value] * (n - len(r))) for r in rows])
+    return torch.tensor([r + [value] * (n - len(r)) for r in rows])
 
 
 @torch.no_grad()
@@ -389,8 +389,7 @@ def run_llava_probe(model_dir: str, out_dir=None, steps: int | None = None, seed
     out = {"accuracy": result["accuracy"], "per_type": result["per_type"],
            "baselines": {t: b["accuracy"] for t, b in baselines.items()},
            "baseline_answers": {t: b["answer"] for t, b in baselines.items() if "answer" in b},
-           "n_per_type": result["n_per_type"], "steps": {"stage0": pcfg.stage0_steps, "stage1": pcfg.stage1_steps,
-                                                         "stage2": pcfg.stage2_steps},
+           "n_per_type": result["n_per_type"], "steps": {f"stage{k}": stage[2] for k, stage in enumerate(stages)},
            "seconds": seconds, "timings_s": timings, "seed": seed, "features": features,
            "vision_feature_layer": layer, "model": str(model_dir),
            "image_tokens": n_image, "vocab_size": len(tok),
