@@ -99,7 +99,6 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
     trained_und = None
     for seed in cc.seeds:
         for arm in cc.spaces:
-            space, _ = ARMS[arm]
             encoder = joint
             if arm == "und_only":
                 if cc.und_encoder:
@@ -115,7 +114,7 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
                 runs[arm].append(json.loads(done.read_text()))
                 continue
             c = copy.deepcopy(cfg)
-            c.encoder, c.space, c.seed = str(encoder), space, seed
+            c.encoder, c.space, c.seed = str(encoder), ARMS[arm][0], seed
             summary = train_or_resume(train_generator, c, run_dir, str(run_dir), progress=progress)
             r = evaluate_generator(run_dir, seed=seed, sweep=False, progress=progress)
             r.update(train_seconds=summary["train_seconds"], cache_seconds=summary["cache_seconds"])
