@@ -82,8 +82,7 @@ class OpenVision3(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> unified tokens (B, N, D)."""
-        latents = self.vae.encode(images)
-        return self.encoder(latents)
+        return self.encoder(self.vae.encode(images))
 
     def image_features(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.encoder.pool(tokens)
