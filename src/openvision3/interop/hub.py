@@ -33,7 +33,6 @@ def model_kind(directory) -> str:
 
 
 def is_vision_tower_dir(directory) -> bool:
-    """Whether ``directory``'s ``config.json`` is an ``ov3 export hf`` tower's (model type openvision3_vision)."""
     try:
         return json.loads((Path(directory) / "config.json").read_text()).get("model_type") == "openvision3_vision"
     except (OSError, ValueError):
