@@ -147,21 +147,15 @@ class OpenVision3Loss(nn.Module):
         for name in REC_TERMS + UND_TERMS:
             out.setdefault(name, torch.zeros((), device=device))
         loss = torch.zeros((), device=device)
-        if self.rec_enabled:
-            if "loss_rec" not in terms:
-                raise ValueError("reconstruction is enabled (w_rec > 0) but no loss_rec was computed")
-            loss = loss + self.cfg.w_rec * terms["loss_rec"]
-        if self.und_enabled:
-            if "loss_und" not in terms:
-                raise ValueError("understanding is enabled (w_und > 0) but no loss_und was computed")
-            loss = loss + self.cfg.w_und * terms["loss_und"]
-        # A probed branch saw detached tokens, so this trains its own parameters only; weight 1 [?]
+        # A probed branch saw detached tokens, so its loss trains its own parameters only; weight 1 [?]
         # (Adam makes the scale nearly irrelevant; it only enters the shared grad-norm clip).
-        for probed, name in ((self.rec_probed, "loss_rec"), (self.und_probed, "loss_und")):
-            if probed:
+        for name, weight, probed, branch in (("loss_rec", self.cfg.w_rec, self.rec_probed, "reconstruction"),
+                                             ("loss_und", self.cfg.w_und, self.und_probed, "understanding")):
+            if weight > 0 or probed:
                 if name not in terms:
-                    raise ValueError(f"loss.probe_detached is set but no {name} was computed")
-                loss = loss + terms[name]
+                    why = f"{branch} is enabled (w_{name[5:]} > 0)" if weight > 0 else "loss.probe_detached is set"
+                    raise ValueError(f"{why} but no {name} was computed")
+                loss = loss + (weight * terms[name] if weight > 0 else terms[name])
         out["loss"] = loss
         return out
 

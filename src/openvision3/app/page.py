@@ -107,20 +107,19 @@ def build_page(ex: Explorer):
                 tokens_btn = gr.Button("Show tokens", elem_id="tokens-button")
         tokens_msg = gr.Markdown(elem_id="tokens-message")
 
-        def similarity_text(s):
-            return (f"token ({s['row']}, {s['col']}): cosine to itself {s['self']:.2f}, to the others "
-                    f"{s['mean_other']:.2f} on average, {s['max_other']:.2f} at most")
+        def similarity(z, row, col):  # (heat map, the line under it)
+            heat, s = ex.similarity(z, int(row or 0), int(col or 0))
+            return heat, (f"token ({s['row']}, {s['col']}): cosine to itself {s['self']:.2f}, to the others "
+                          f"{s['mean_other']:.2f} on average, {s['max_other']:.2f} at most")
 
         @_guarded(None, None)
         def do_tokens(path, row, col):
             z = ex.tokens(ex.image(path)[0])
-            heat, s = ex.similarity(z, int(row or 0), int(col or 0))
-            return ex.token_picture(z), heat, similarity_text(s)
+            return ex.token_picture(z), *similarity(z, row, col)
 
         @_guarded(None)
         def do_similarity(path, row, col):
-            heat, s = ex.similarity(ex.tokens(ex.image(path)[0]), int(row or 0), int(col or 0))
-            return heat, similarity_text(s)
+            return similarity(ex.tokens(ex.image(path)[0]), row, col)
 
         def do_click(path, evt: gr.SelectData):
             row, col = ex.token_at(*evt.index[:2])

@@ -42,8 +42,7 @@ def run_bench(opts: BenchOptions) -> dict:
                       "fwd_bwd_flops": count_flops(fwd_bwd)}
         if name in SUBCOMPONENTS:
             rows[name]["part_of"] = SUBCOMPONENTS[name]
-    runner.model.zero_grad(set_to_none=True)
-    runner.opt.zero_grad(set_to_none=True)
+    runner.model.zero_grad(set_to_none=True)  # every parameter the optimizer holds
     top = [k for k in rows if k not in SUBCOMPONENTS]
     total = sum(rows[k]["fwd_bwd_s"] for k in top)
     shares = step_shares({k: r["fwd_bwd_s"] for k, r in rows.items()}, top, step_s)

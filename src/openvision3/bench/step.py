@@ -95,8 +95,8 @@ class StepRunner:
             text_feats = m.text_encoder(tokens).float()
         n = lc.pixel_subbatch if 0 < lc.pixel_subbatch < images.shape[0] else images.shape[0]
 
-        def grad_like(x):
-            return torch.ones_like(x) / x.numel()
+        def surrogate(x):  # a scalar whose gradient reaches every output of a tower without a loss
+            return (x.float() * (torch.ones_like(x) / x.numel())).sum()
 
         def run(fn, backward):
             def go():
@@ -109,10 +109,6 @@ class StepRunner:
         def leaf(x):
             return x.detach().requires_grad_(True)
 
-        def encoder():
-            z = m.encoder(latents)
-            return (z.float() * grad_like(z)).sum()
-
         def decoder():
             p = m.decoder(leaf(z_u))
             return torch.nn.functional.l1_loss(p.float(), latents)
@@ -121,10 +117,6 @@ class StepRunner:
             p = leaf(pred)
             recon = m.vae.decode(p[:n])
             return lf.reconstruction(images[:n], recon, latents, p, lpips_weight=lc.lpips_weight)["loss_rec"]
-
-        def text():
-            f = m.text_encoder(tokens)
-            return (f.float() * grad_like(f)).sum()
 
         def caption():
             logits, targets = m.caption_decoder(leaf(z_u), tokens)  # the loss as losses.py computes it
@@ -146,8 +138,9 @@ class StepRunner:
 
         # vae_encode runs under no_grad: its "forward+backward" is its forward
         comps = {name: (run(fn, False), run(fn, True)) for name, fn in (
-            ("vae_encode", lambda: m.vae.encode(images)), ("encoder", encoder), ("latent_decoder", decoder),
-            ("vae_decode_pixel", decode_pixel), ("text_encoder", text), ("caption_decoder", caption),
+            ("vae_encode", lambda: m.vae.encode(images)), ("encoder", lambda: surrogate(m.encoder(latents))),
+            ("latent_decoder", decoder), ("vae_decode_pixel", decode_pixel),
+            ("text_encoder", lambda: surrogate(m.text_encoder(tokens))), ("caption_decoder", caption),
             ("caption_vocab_head", vocab_head), ("contrastive", contrastive))}
         comps["optimizer"] = (optimizer, optimizer)
         if not lf.rec_enabled:

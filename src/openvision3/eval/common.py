@@ -22,7 +22,6 @@ def open_for(task: str, spec: str, split: str, resolution: int):
 
 
 def has_splits(spec: str) -> bool:
-    """True when the spec has separate train/test splits (shapes, fashion-mnist)."""
     return parse_spec(spec)[0] in ("shapes", "fashion-mnist")
 
 
@@ -53,7 +52,6 @@ def device_of(model) -> torch.device:
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], clamped."""
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 

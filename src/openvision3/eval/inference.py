@@ -11,18 +11,28 @@ from pathlib import Path
 import torch
 
 from .common import EvalError, device_of, iterate, to_unit
-from .reconstruction import load_images
 
 
 def _readable_batches(paths, resolution: int, batch_size: int, skipped: list):
-    """Yield ``(images, good_paths)`` per batch of readable files; unreadable ones are appended to
-    ``skipped`` as ``{"path", "reason"}`` and never stop the others."""
+    """Yield ``(images (B, 3, R, R) in [-1, 1], good_paths)`` per batch of readable files; unreadable
+    ones are appended to ``skipped`` as ``{"path", "reason"}`` and never stop the others."""
+    from ..data.errors import SkipSample
+    from ..data.imageio import decode_image
+    from ..data.transforms import eval_transform
+    tf = eval_transform(resolution)
     paths = [str(p) for p in paths]
     for i in range(0, len(paths), batch_size):
-        x, good, bad = load_images(paths[i:i + batch_size], resolution)
-        skipped += [{"path": p, "reason": r.replace("_", " ")} for p, r in bad]
-        if x is not None:
-            yield x, good
+        images, good = [], []
+        for p in paths[i:i + batch_size]:
+            try:
+                images.append(tf(decode_image(Path(p).read_bytes())))
+                good.append(p)
+            except SkipSample as e:
+                skipped.append({"path": p, "reason": (str(e) or "unreadable image").replace("_", " ")})
+            except OSError as e:
+                skipped.append({"path": p, "reason": (e.strerror or type(e).__name__).replace("_", " ")})
+        if images:
+            yield torch.stack(images), good
 
 
 def _unique_stem(path: str, used: set) -> str:

@@ -64,20 +64,3 @@ def eval_reconstruction(model, ds, num_samples: int, batch_size: int = 64, out_d
         out["figure"] = "recon.png"
     return out
 
-
-def load_images(paths, resolution: int):
-    """Read image files -> ((B, 3, R, R) in [-1, 1] or None, good paths, [(path, reason)])."""
-    from ..data.errors import SkipSample
-    from ..data.imageio import decode_image
-    from ..data.transforms import eval_transform
-    tf = eval_transform(resolution)
-    images, good, bad = [], [], []
-    for p in paths:
-        try:
-            images.append(tf(decode_image(Path(p).read_bytes())))
-            good.append(str(p))
-        except SkipSample as e:
-            bad.append((str(p), str(e) or "unreadable image"))
-        except OSError as e:
-            bad.append((str(p), e.strerror or type(e).__name__))
-    return (torch.stack(images) if images else None), good, bad

@@ -33,7 +33,6 @@ def model_kind(directory) -> str:
 
 
 def is_vision_tower_dir(directory) -> bool:
-    """Whether ``directory``'s ``config.json`` is an ``ov3 export hf`` tower's (model type openvision3_vision)."""
     try:
         return json.loads((Path(directory) / "config.json").read_text()).get("model_type") == "openvision3_vision"
     except (OSError, ValueError):
@@ -43,12 +42,10 @@ def is_vision_tower_dir(directory) -> bool:
 def refresh_card(directory) -> Path:
     """Rewrite ``directory/README.md`` from the directory's config and evaluation files."""
     from ..models.card import write_card
-    kind = model_kind(directory)
-    if kind == "openvision3":
-        info = {"config": config_to_dict(load_config_file(Path(directory) / "config.yaml"))}
-    else:
-        info = {"config": json.loads((Path(directory) / "config.json").read_text())}
-    return write_card(directory, kind, info)
+    d, kind = Path(directory), model_kind(directory)
+    config = (config_to_dict(load_config_file(d / "config.yaml")) if kind == "openvision3"
+              else json.loads((d / "config.json").read_text()))
+    return write_card(directory, kind, {"config": config})
 
 
 def push_model(directory, repo_id: str, private: bool = False, token: str | None = None,

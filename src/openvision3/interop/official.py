@@ -105,13 +105,15 @@ def infer_architecture(state: dict, config: dict | None = None) -> dict:
             "tower": TowerConfig(width=int(width), layers=layers, heads=int(heads), mlp_ratio=mlp / width)}
 
 
-def encoder_from_state_dict(state: dict, config: dict | None = None) -> UnifiedEncoder:
+def encoder_from_state_dict(state: dict, config: dict | None = None) -> tuple[UnifiedEncoder, int | None]:
+    """The encoder, and its native token grid side read from its saved position table (16 for the
+    256 px towers, 14 for 224 px; None when the file has no table)."""
     state = _strip_prefix(dict(state))
     arch = infer_architecture(state, config)
     enc = UnifiedEncoder(arch["in_channels"], arch["tower"], arch["patch_size"], arch["embed_dim"])
     pos = state.pop("positional_embedding", None)
+    grid = int(round((pos.shape[0] - 1) ** 0.5)) if pos is not None else None
     if pos is not None:  # the released table is the fixed 2-D sin-cos one with a class slot [C]
-        grid = int(round((pos.shape[0] - 1) ** 0.5))
         expected = sincos_2d(arch["tower"].width, grid, grid, cls_token=True)
         if pos.shape != expected.shape or (pos.float() - expected).abs().max() > 1e-4:
             raise OfficialWeightsError("positional_embedding is not the fixed 2-D sin-cos table this encoder "
@@ -122,7 +124,7 @@ def encoder_from_state_dict(state: dict, config: dict | None = None) -> UnifiedE
         raise OfficialWeightsError(f"weights do not match an OV3 vision tower: missing {missing[:4]}, "
                               f"unexpected {unexpected[:4]}")
     enc.load_state_dict({k: v.float() for k, v in state.items()})
-    return enc.eval()
+    return enc.eval(), grid
 
 
 def load_official_encoder(source: str) -> UnifiedEncoder:
@@ -131,13 +133,9 @@ def load_official_encoder(source: str) -> UnifiedEncoder:
 
 
 def load_official_tower(source: str) -> tuple[UnifiedEncoder, int | None]:
-    """``load_official_encoder`` plus the tower's native token grid side, read from its saved
-    position table (16 for the 256 px towers, 14 for 224 px; None when the file has no table)."""
+    """``load_official_encoder`` plus the tower's native token grid side (``encoder_from_state_dict``)."""
     weights, config = _find_files(str(source))
-    state = _read_weights(weights)
-    pos = _strip_prefix(dict(state)).get("positional_embedding")
-    grid = int(round((pos.shape[0] - 1) ** 0.5)) if pos is not None else None
-    return encoder_from_state_dict(state, config), grid
+    return encoder_from_state_dict(_read_weights(weights), config)
 
 
 def export_official_state_dict(encoder: UnifiedEncoder, grid: int, prefix: str = "") -> dict:

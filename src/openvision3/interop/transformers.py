@@ -50,7 +50,6 @@ def vision_model_from_parts(vae: FrozenVAE, encoder: UnifiedEncoder, image_size:
 
 
 def vision_model_from_openvision3(model) -> OpenVision3VisionModel:
-    """The vision half of an ``OpenVision3`` (its VAE and unified encoder)."""
     return vision_model_from_parts(model.vae, model.encoder, model.image_size)
 
 

@@ -15,22 +15,6 @@ from ..config import Config, get_config, load_config_file
 RESOLUTIONS = (128, 224, 256)  # [P] the paper's token grids: 64 / 196 / 256 tokens
 
 
-def _towers(cfg: Config, latent_channels: int) -> dict:
-    from .decoder import LatentDecoder
-    from .encoder import UnifiedEncoder
-    from ..data.tokenizer import vocab_size
-    from .text import CaptionDecoder, TextEncoder
-    m = cfg.model
-    vocab = vocab_size(m)
-    with torch.device("meta"):
-        return {
-            "encoder": UnifiedEncoder(latent_channels, m.encoder, m.patch_size, m.embed_dim, m.pool),
-            "decoder": LatentDecoder(m.encoder.width, m.decoder, latent_channels, m.patch_size),
-            "text_encoder": TextEncoder(m.text, vocab, m.embed_dim),
-            "caption_decoder": CaptionDecoder(m.encoder.width, m.caption, vocab),
-        }
-
-
 def _vae_info(cfg: Config) -> dict:
     """Describe the VAE. Hub VAEs are not fetched here (info must be instant and offline)."""
     from .vae import FrozenVAE
@@ -53,7 +37,9 @@ def model_info(preset: str | None = None, model_dir: str | None = None, config: 
         extra = [f"model.preset={preset}"] if preset else []
         cfg = get_config(config, extra + list(overrides or []))
     vae = _vae_info(cfg)
-    towers = _towers(copy.deepcopy(cfg), vae["latent_channels"])
+    from .openvision3 import build_towers
+    with torch.device("meta"):
+        towers = build_towers(copy.deepcopy(cfg).model, vae["latent_channels"])
     parts = {name: sum(p.numel() for p in mod.parameters() if p.requires_grad) for name, mod in towers.items()}
     parts["logit_scale"] = 1
     trainable = sum(parts.values())

@@ -34,6 +34,16 @@ def is_saved_model(directory) -> bool:
     return (d / WEIGHTS_NAME).is_file() and (d / CONFIG_NAME).is_file()
 
 
+def build_towers(m, latent_channels: int) -> dict:
+    """The four towers of ``m`` (a ModelConfig) over a VAE with ``latent_channels``, built in the
+    order their initialisation draws from the RNG (a seed gives the same weights)."""
+    vocab = text_vocab_size(m)
+    return {"encoder": UnifiedEncoder(latent_channels, m.encoder, m.patch_size, m.embed_dim, m.pool),
+            "decoder": LatentDecoder(m.encoder.width, m.decoder, latent_channels, m.patch_size, m.noise_tau),
+            "text_encoder": TextEncoder(m.text, vocab, m.embed_dim),
+            "caption_decoder": CaptionDecoder(m.encoder.width, m.caption, vocab, m.caption_keep_ratio)}
+
+
 # Submodules that are not trained and not part of the saved weights.
 _NOT_SAVED = ("vae.", "loss_fn.")
 
@@ -44,12 +54,8 @@ class OpenVision3(nn.Module):
         self.cfg = cfg = copy.deepcopy(cfg) if cfg is not None else Config()
         m = cfg.model
         self.vae = FrozenVAE(m.vae)
-        self.encoder = UnifiedEncoder(self.vae.latent_channels, m.encoder, m.patch_size, m.embed_dim, m.pool)
-        self.decoder = LatentDecoder(m.encoder.width, m.decoder, self.vae.latent_channels, m.patch_size,
-                                     m.noise_tau)
-        vocab = text_vocab_size(m)
-        self.text_encoder = TextEncoder(m.text, vocab, m.embed_dim)
-        self.caption_decoder = CaptionDecoder(m.encoder.width, m.caption, vocab, m.caption_keep_ratio)
+        for name, tower in build_towers(m, self.vae.latent_channels).items():
+            setattr(self, name, tower)  # encoder, decoder, text_encoder, caption_decoder
         self.logit_scale = nn.Parameter(torch.tensor(math.log(m.logit_scale_init)))  # [P] init 1/0.07
         self.loss_fn = OpenVision3Loss(cfg.loss)
 
@@ -82,8 +88,7 @@ class OpenVision3(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> unified tokens (B, N, D)."""
-        latents = self.vae.encode(images)
-        return self.encoder(latents)
+        return self.encoder(self.vae.encode(images))
 
     def image_features(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.encoder.pool(tokens)
