@@ -64,8 +64,9 @@ def write_report(r: dict, out_dir) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(r, indent=1, default=str))
     (out / "bench.md").write_text("# ov3 bench\n\n" + format_bench(r) + "\n")
-    from ..eval.common import plt as pyplot
-    plt = pyplot()
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     names = [k for k in r["components"] if "part_of" not in r["components"][k]]
     fwd = [r["components"][k]["fwd_s"] for k in names]
     bwd = [max(0.0, r["components"][k]["fwd_bwd_s"] - r["components"][k]["fwd_s"]) for k in names]
