@@ -149,7 +149,9 @@ class StreamDataset(IterableDataset):
 def collate(items: list[dict]) -> dict:
     """Samples of one worker -> a batch; sums the per-sample skip deltas into ``skipped``."""
     real = [x for x in items if not x.get("_skip_only")]
-    skipped = sum((Counter(x["_skipped"]) for x in items), Counter())
+    skipped: Counter = Counter()
+    for x in items:  # one counter updated in place, not a new one per sample
+        skipped.update(x["_skipped"])
     images = [x["image"] for x in real]
     extra = {}
     if images and isinstance(images[0], dict):  # a latent cache: {"image", "latent"} per sample
