@@ -22,18 +22,25 @@ def run_bench(opts: BenchOptions) -> dict:
     amp, prec_name, bf16 = _precision(cfg.train.precision, device)
     t_start = time.perf_counter()
     memory = opts.memory and device.type == "cpu"
-    bar = _Progress(opts.progress, (5 if opts.ratios else 3) + memory)
+    from tqdm.auto import tqdm
+    bar = tqdm(total=(5 if opts.ratios else 3) + memory, desc="bench", dynamic_ncols=True, file=sys.stderr,
+               disable=not opts.progress)
+
+    def phase(what: str):  # one tick per finished phase, the running phase in the description
+        bar.update(1)
+        bar.set_description_str(f"bench: {what}")
+
     runner = StepRunner(cfg, device, amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bar.next("full step")
+    bar.set_description_str("bench: full step")
     med, _ = alternating_median_seconds({"step": runner.step}, repeats, device)
     step_s = med["step"]
     mem = _peak_memory(device)
     step_flops = count_flops(runner.step)
     runner.opt.zero_grad(set_to_none=True)
 
-    bar.next("components")
+    phase("components")
     comps = runner.components()
     rows = {}
     for name, (fwd, fwd_bwd) in comps.items():
@@ -43,11 +50,14 @@ def run_bench(opts: BenchOptions) -> dict:
         if name in SUBCOMPONENTS:
             rows[name]["part_of"] = SUBCOMPONENTS[name]
     runner.model.zero_grad(set_to_none=True)  # every parameter the optimizer holds
-    top = [k for k in rows if k not in SUBCOMPONENTS]
-    total = sum(rows[k]["fwd_bwd_s"] for k in top)
-    shares = step_shares({k: r["fwd_bwd_s"] for k, r in rows.items()}, top, step_s)
-    for k, r in rows.items():
-        r["share_of_step"] = shares["components"][k]
+    total = sum(r["fwd_bwd_s"] for k, r in rows.items() if k not in SUBCOMPONENTS)
+    # A part's share is its time / the step, other the rest; parts that add up to more than the step
+    # (timed one at a time: noise) are normalised by their sum instead, other 0. A sub-component
+    # gets its parent's scale, inside its share (docs/performance.md).
+    normalised = total > step_s
+    scale = 1.0 / (total if normalised else step_s)
+    for r in rows.values():
+        r["share_of_step"] = r["fwd_bwd_s"] * scale
 
     name, peak = gpu_bf16_peak(device)
     result = {
@@ -62,7 +72,7 @@ def run_bench(opts: BenchOptions) -> dict:
         "achieved_tflops": step_flops / step_s / 1e12, **mem,
         "mfu": (step_flops / step_s / peak) if peak else None, "mfu_peak_tflops": peak / 1e12 if peak else None,
         "components": rows, "components_sum_s": total, "other_s": step_s - total,
-        "other_share": shares["other"], "shares_normalised": shares["normalised"],
+        "other_share": 0.0 if normalised else (step_s - total) / step_s, "shares_normalised": normalised,
         "parts_over_step": total / step_s,
     }
     if device.type == "cuda" and peak is None:
@@ -70,51 +80,20 @@ def run_bench(opts: BenchOptions) -> dict:
     if prec_name == "fp32" and not bf16["bf16_native"]:
         result["bf16"] = f"not applicable: {bf16['bf16_reason']}"
     if opts.ratios:
-        bar.next("encoder vs timm")
+        phase("encoder vs timm")
         result.update(encoder_vs_timm(runner, repeats))
-        bar.next("cache and pixel sub-batch")
+        phase("cache and pixel sub-batch")
         result.update(vae_ratios(runner, repeats))
     if memory:
         from .memory import activation_memory
-        bar.next("activation memory")
+        phase("activation memory")
         result["activation_memory"] = activation_memory(tiny=opts.tiny)
+    bar.update(bar.total - bar.n)
     bar.close()
     result["bench_seconds"] = time.perf_counter() - t_start
     if opts.out:
         write_report(result, opts.out)
     return result
-
-
-def step_shares(seconds: dict, top: list, step_s: float) -> dict:
-    """Shares of the measured step that add up to 1 with ``other``. The parts are timed one at a
-    time, the step as a whole: when the parts add up to no more than the step, a part's share is
-    its time / the step and ``other`` the rest; when they add up to more (separate timing, noise),
-    the shares are normalised by the parts' sum instead (``normalised``) and ``other`` is 0.
-    Sub-components (not in ``top``) get the same scale as their parent, inside its share."""
-    total = sum(seconds[k] for k in top)
-    normalised = total > step_s
-    scale = 1.0 / (total if normalised else step_s)
-    return {"components": {k: v * scale for k, v in seconds.items()},
-            "other": 0.0 if normalised else (step_s - total) / step_s, "normalised": normalised}
-
-
-class _Progress:
-    """One tick per finished phase, the running phase in the description."""
-
-    def __init__(self, enabled: bool, total: int):
-        from tqdm.auto import tqdm
-        self.bar = tqdm(total=total, desc="bench", dynamic_ncols=True, file=sys.stderr, disable=not enabled)
-        self.started = False
-
-    def next(self, what: str):
-        if self.started:
-            self.bar.update(1)
-        self.started = True
-        self.bar.set_description_str(f"bench: {what}")
-
-    def close(self):
-        self.bar.update(self.bar.total - self.bar.n)
-        self.bar.close()
 
 
 def parse_variant(text: str) -> tuple[str, list[str], bool]:

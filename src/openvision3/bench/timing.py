@@ -49,10 +49,8 @@ def gpu_bf16_peak(device: torch.device) -> tuple[str | None, float | None]:
     if device.type != "cuda":
         return None, None
     name = torch.cuda.get_device_name(device)
-    for key, tflops in GPU_BF16_PEAK_TFLOPS.items():
-        if key.lower() in name.lower():
-            return name, tflops * 1e12
-    return name, None
+    tflops = next((t for key, t in GPU_BF16_PEAK_TFLOPS.items() if key.lower() in name.lower()), None)
+    return name, None if tflops is None else tflops * 1e12
 
 
 def _precision(name: str, device: torch.device):

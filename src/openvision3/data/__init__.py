@@ -25,12 +25,13 @@ __all__ = ["open_data", "make_loader", "parse_spec", "DataSpecError", "SkipSampl
            "StreamDataset", "Loader", "collate", "build_transform"]
 
 SCHEMES = ("shapes", "wds", "folder", "fashion-mnist", "imagefolder")
+USAGE = "use shapes, wds:PATTERN, folder:DIR, imagefolder:DIR or fashion-mnist"
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict]:
     """``"shapes?kind=single"`` -> ("shapes", "", {"kind": "single"}); ``"wds:a.tar"`` -> ("wds", "a.tar", {})."""
     if not isinstance(spec, str) or not spec.strip():
-        raise DataSpecError("empty data spec; use shapes, wds:PATTERN, folder:DIR, imagefolder:DIR or fashion-mnist")
+        raise DataSpecError(f"empty data spec; {USAGE}")
     spec = spec.strip()
     scheme, _, rest = spec.partition(":")
     query = {}
@@ -42,8 +43,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
         rest, _, q = rest.partition("?")
         query = dict(parse_qsl(q, keep_blank_values=True))
     if scheme not in SCHEMES:
-        raise DataSpecError(f"unknown data spec '{spec}'; use shapes, wds:PATTERN, folder:DIR, "
-                            "imagefolder:DIR or fashion-mnist")
+        raise DataSpecError(f"unknown data spec '{spec}'; {USAGE}")
     if scheme in ("wds", "folder", "imagefolder") and not rest:
         raise DataSpecError(f"data spec '{spec}' needs a path: {scheme}:PATH")
     return scheme, rest, query

@@ -36,21 +36,17 @@ class ImageFolderSource(MapSource):
         if len(classes) < 2:
             raise DataSpecError(f"imagefolder:{root}: needs one sub-folder per class and at least two classes, "
                                 f"found {len(classes)} in {base}")
-        files, labels = [], []
-        for i, name in enumerate(classes):
-            found = image_files(base / name)
-            files += found
-            labels += [i] * len(found)
-        if not files:
+        # (path, label) pairs, class by class as torchvision's ImageFolder lists them
+        self.samples = [(path, i) for i, name in enumerate(classes) for path in image_files(base / name)]
+        if not self.samples:
             raise DataSpecError(f"imagefolder:{root}: no image files ({', '.join(IMAGE_EXTS)}) in its "
                                 f"{len(classes)} class folders")
-        self.files, self.labels = files, labels
-        self.num_samples = len(files)  # candidates; unreadable ones are skipped when read
+        self.num_samples = len(self.samples)  # candidates; unreadable ones are skipped when read
         self.class_names = [c.replace("_", " ") for c in classes]
         self.templates = ["a photo of a {}."]
 
     def load(self, index: int, resolution):
-        path, label = self.files[index], self.labels[index]
+        path, label = self.samples[index]
         image = decode_image(path.read_bytes())
         caption = self.templates[0].format(self.class_names[label])
         return image, caption, label, str(path.relative_to(self.root))

@@ -76,19 +76,12 @@ def check_cache(directory, vae, resolutions) -> dict:
 
 
 # ------------------------------------------------------------------------------------ writing
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
 def cache_latents(spec: str, vae_source: str, resolution: int, out, convention: str = "scale",
                   shard_size: int = 1000, split: str = "train", batch_size: int = 16,
                   limit: int | None = None, device: str | None = None, kind: str | None = None,
                   progress: bool = True) -> dict:
     """Encode ``spec`` once with the VAE ``vae_source`` at ``resolution`` and write the cache to
     ``out``; returns a summary."""
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from ..config import VAEConfig
@@ -117,13 +110,12 @@ def cache_latents(spec: str, vae_source: str, resolution: int, out, convention: 
                 return
             x = images.to(dev)
             lat, lat_flip = vae.encode(x).cpu().numpy(), vae.encode(x.flip(-1)).cpu().numpy()
+            # the shard writer encodes by extension: PIL's PNG, numpy's .npy format, JSON
             for i, pixels in enumerate(to_uint8(images).permute(0, 2, 3, 1).numpy()):
-                png = io.BytesIO()
-                Image.fromarray(pixels).save(png, format="PNG")
-                yield {"png": png.getvalue(), "txt": batch["caption"][i],
+                yield {"png": pixels, "txt": batch["caption"][i],
                        "json": {"key": batch["key"][i], "caption": batch["caption"][i],
                                 "label": int(batch["label"][i])},
-                       LATENT: _npy(lat[i]), LATENT_FLIP: _npy(lat_flip[i])}
+                       LATENT: lat[i], LATENT_FLIP: lat_flip[i]}
             n += len(images)
             bar.update(len(images))
             if limit is not None and n >= limit:

@@ -329,17 +329,15 @@ class ShapesSource(MapSource):
 
     def load(self, raw, resolution: int | None):
         index, phase = raw if isinstance(raw, tuple) else (raw, {"single_fraction": self.single_fraction})
+        key = f"shapes-{self.split}-{self.kind}-{self.gen_seed}-{index:07d}"
         memo_key = (index, phase["single_fraction"], phase.get("single_sizes"), resolution)
         if self._memo is not None and memo_key in self._memo:
             img, cap, lab = self._memo[memo_key]
-            return img.copy(), cap, lab, self._key(index)
+            return img.copy(), cap, lab, key
         img, cap, lab, _ = render(index, split=self.split, kind=self.kind,
                                   resolution=resolution or 128, gen_seed=self.gen_seed,
                                   captions=self.captions, label=self.label, single_size=self.single_size,
                                   **phase)
         if self._memo is not None:
             self._memo[memo_key] = (img.copy(), cap, lab)
-        return img, cap, lab, self._key(index)
-
-    def _key(self, index: int) -> str:
-        return f"shapes-{self.split}-{self.kind}-{self.gen_seed}-{index:07d}"
+        return img, cap, lab, key

@@ -26,7 +26,6 @@ during a resume replay are not repeated.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 import zlib
 from collections import Counter
@@ -65,9 +64,8 @@ class StreamDataset(IterableDataset):
         self._state = {"epoch": int(epoch), "num_parts": None, "next_part": 0, "cursors": {}}
 
     def state_dict(self) -> dict:
-        st = copy.deepcopy(self._state)
-        st["cursors"] = {str(k): list(v) for k, v in st["cursors"].items()}  # JSON/yaml friendly
-        return {"spec": self.spec, "split": self.split, "seed": self.seed, **st}
+        cursors = {str(k): list(v) for k, v in self._state["cursors"].items()}  # JSON/yaml friendly
+        return {"spec": self.spec, "split": self.split, "seed": self.seed, **self._state, "cursors": cursors}
 
     def load_state_dict(self, d: dict) -> None:
         self._state = {"epoch": int(d.get("epoch", 0)), "num_parts": d.get("num_parts"),

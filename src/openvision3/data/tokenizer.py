@@ -11,6 +11,7 @@ the largest id (the text encoder pools at the argmax id; cropping keeps it last)
 """
 from __future__ import annotations
 
+import itertools
 import re
 
 import torch
@@ -107,15 +108,8 @@ class WordTokenizer:
 
 def _content_ids(ids, tok) -> list[int]:
     """Drop sot and padding, stop at the first eot."""
-    if isinstance(ids, torch.Tensor):
-        ids = ids.tolist()
-    out = []
-    for i in ids:
-        if i == tok.eot_id:
-            break
-        if i not in (tok.sot_id, tok.pad_id):
-            out.append(int(i))
-    return out
+    ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+    return [int(i) for i in itertools.takewhile(lambda i: i != tok.eot_id, ids) if i not in (tok.sot_id, tok.pad_id)]
 
 
 def build_tokenizer(model_cfg, context_length: int | None = None):

@@ -132,9 +132,8 @@ class WdsSource:
 
     def raw_stream(self, epoch, shuffle, seed, rank, world_size, part, num_parts):
         total, me = world_size * num_parts, rank + world_size * part
-        order = list(range(len(self.shards)))
-        if shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(len(self.shards)).tolist()
+        n = len(self.shards)
+        order = np.random.default_rng([seed, epoch]).permutation(n).tolist() if shuffle else list(range(n))
         stream = self._by_shard(order, me, total) if len(order) >= total else self._by_sample(order, me, total)
         if shuffle and self.shuffle_buffer > 1:
             stream = _shuffle(stream, self.shuffle_buffer, np.random.default_rng([seed, epoch, rank, part, 1]))

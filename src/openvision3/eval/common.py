@@ -30,8 +30,7 @@ def iterate(ds, n: int | None, batch_size: int, desc: str, progress: bool = True
     ``total``: the progress bar's length when it is not ``n``."""
     from tqdm.auto import tqdm
     seen = 0
-    bar = tqdm(total=total or n, desc=desc, disable=not progress, leave=False)
-    try:
+    with tqdm(total=total or n, desc=desc, disable=not progress, leave=False) as bar:
         for batch in make_loader(ds, batch_size=batch_size):
             take = len(batch["caption"]) if n is None else min(len(batch["caption"]), n - seen)
             if take <= 0:
@@ -43,8 +42,6 @@ def iterate(ds, n: int | None, batch_size: int, desc: str, progress: bool = True
             yield batch
             if n is not None and seen >= n:
                 break
-    finally:
-        bar.close()
 
 
 def device_of(model) -> torch.device:

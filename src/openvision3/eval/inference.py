@@ -108,8 +108,7 @@ def encode_data(model, data_spec: str, out_file, num_samples: int | None = None,
         raise EvalError(f"unknown dtype '{dtype}'; valid: {', '.join(DTYPES)}")
     res = int(resolution or model.image_size)
     ds = open_data(data_spec, split=split, resolution=res, train=False, infinite=False)
-    known = [n for n in (num_samples, ds.num_samples) if n is not None]
-    total = min(known) if known else None  # the progress bar's length
+    total = min((n for n in (num_samples, ds.num_samples) if n is not None), default=None)  # the progress bar's length
     dev = device_of(model)
     tokens, pooled, labels, keys, caps = [], [], [], [], []
     skipped: dict = {}
