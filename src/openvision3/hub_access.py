@@ -27,21 +27,19 @@ class HubUnavailableError(FileNotFoundError):
 @lru_cache(maxsize=None)
 def _connect_failure(host: str, port: int) -> str | None:
     """None if a TCP connection to host:port opens within the timeout, else why it did not."""
-    outcome: dict = {}
+    outcome = {"error": f"no answer in {CONNECT_TIMEOUT_S:g} s"}
 
     def connect():  # in a thread: the name lookup inside create_connection has no timeout of its own
         try:
             socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
-            outcome["ok"] = True
+            outcome["error"] = None
         except OSError as e:
             outcome["error"] = e.strerror or str(e) or type(e).__name__
 
     thread = threading.Thread(target=connect, daemon=True)
     thread.start()
     thread.join(CONNECT_TIMEOUT_S)
-    if outcome.get("ok"):
-        return None
-    return f"{host}:{port} is unreachable: {outcome.get('error') or f'no answer in {CONNECT_TIMEOUT_S:g} s'}"
+    return None if outcome["error"] is None else f"{host}:{port} is unreachable: {outcome['error']}"
 
 
 def network_unreachable_reason(url: str) -> str | None:

@@ -142,8 +142,7 @@ class OpenVision3Loss(nn.Module):
         if not (self.rec_enabled or self.und_enabled):
             raise ValueError("loss.w_rec and loss.w_und are both 0: there is nothing to train")
         out = dict(terms)
-        ref = next((v for v in terms.values() if torch.is_tensor(v)), None)
-        device = ref.device if ref is not None else torch.device("cpu")
+        device = next((v.device for v in terms.values() if torch.is_tensor(v)), torch.device("cpu"))
         for name in REC_TERMS + UND_TERMS:
             out.setdefault(name, torch.zeros((), device=device))
         loss = torch.zeros((), device=device)

@@ -121,15 +121,11 @@ _SHORT_WRITE_WORDS = ("unexpected pos", "file write failed", "no space left", "f
 
 def nbytes(obj) -> int:
     """Bytes of the tensors (and arrays) inside nested dicts/lists: a checkpoint's size, roughly."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, np.ndarray):
-        return obj.nbytes
     if isinstance(obj, dict):
-        return sum(nbytes(v) for v in obj.values())
+        return nbytes(list(obj.values()))
     if isinstance(obj, (list, tuple)):
-        return sum(nbytes(v) for v in obj)
-    return 0
+        return sum(map(nbytes, obj))
+    return obj.nbytes if isinstance(obj, (torch.Tensor, np.ndarray)) else 0
 
 
 def _mb(n: int) -> str:
@@ -157,7 +153,6 @@ def checkpoint_writer(ckpt_root: Path, step: int, needed: int):
     (bytes) is checked against the free space first; a write that runs out of space anyway (quota,
     file-size limit, a disk filled by someone else) removes the partial directory and raises
     CheckpointError with one line."""
-    ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     remove_leftovers(ckpt_root)
     final, tmp = ckpt_root / f"step_{step}", ckpt_root / f".tmp_step_{step}"
@@ -177,21 +172,17 @@ def checkpoint_writer(ckpt_root: Path, step: int, needed: int):
     if final.exists():  # re-saving the same step
         _remove(final)
     tmp.rename(final)
-    _fsync_dir(ckpt_root)
+    _fsync(ckpt_root, is_dir=True)
 
 
 def _sync_tree(root: Path) -> None:
-    for p in sorted(root.rglob("*"), reverse=True):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        else:
-            _fsync_dir(p)
-    _fsync_dir(root)
+    for p in [*sorted(root.rglob("*"), reverse=True), root]:
+        _fsync(p, is_dir=not p.is_file())
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # some file systems cannot open or sync a directory
+def _fsync(path: Path, is_dir: bool = False) -> None:
+    # some file systems cannot open or sync a directory; a file that cannot be synced is an error
+    with contextlib.suppress(OSError) if is_dir else contextlib.nullcontext():
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -261,19 +252,18 @@ def resolve_resume(resume: str, out_dir: Path) -> dict | None:
     before its first one), so a requeued job that always passes ``--resume auto`` starts from
     step 0. A path: that checkpoint, or the newest inside that run / checkpoints dir."""
     if resume == "auto":
-        candidates = list_checkpoints(Path(out_dir) / "checkpoints")
         where = Path(out_dir) / "checkpoints"
+        candidates = list_checkpoints(where)
         if not candidates:
             warnings.warn(f"--resume auto: no checkpoint in '{where}' yet; starting from step 0")
             return None
     else:
-        p = Path(resume)
-        if not p.exists():
-            raise CheckpointError(f"resume path '{p}' does not exist")
-        if _STEP_DIR.match(p.name):
-            return load_checkpoint(p)
-        candidates = list_checkpoints(p / "checkpoints") or list_checkpoints(p)
-        where = p
+        where = Path(resume)
+        if not where.exists():
+            raise CheckpointError(f"resume path '{where}' does not exist")
+        if _STEP_DIR.match(where.name):
+            return load_checkpoint(where)
+        candidates = list_checkpoints(where / "checkpoints") or list_checkpoints(where)
     if not candidates:
         raise CheckpointError(f"no checkpoints found in '{where}' (nothing to resume)")
     errors = []

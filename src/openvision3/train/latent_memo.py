@@ -47,21 +47,14 @@ class LatentMemo:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         keys = [image_key(x) for x in images.detach().cpu()]  # one transfer for the batch
-        todo = {}  # first position of each new key in this batch
-        for i, k in enumerate(keys):
-            if k not in self.store and k not in todo:
-                todo[k] = i
-        fresh = {}
-        if todo:
-            encoded = self.encode(images[list(todo.values())])
-            for k, z in zip(todo, encoded):
-                fresh[k] = z
-                if len(self.store) < self.max_entries:
-                    self.store[k] = z.detach().to("cpu", copy=True)
-        self.misses += len(todo)
-        self.hits += len(keys) - len(todo)
-        rows = [fresh[k] if k in fresh else self.store[k] for k in keys]
-        return torch.stack([r.to(images.device) for r in rows])
+        new = [k for k in dict.fromkeys(keys) if k not in self.store]  # each unseen image once, in batch order
+        fresh = dict(zip(new, self.encode(images[[keys.index(k) for k in new]]))) if new else {}
+        for k, z in fresh.items():
+            if len(self.store) < self.max_entries:
+                self.store[k] = z.detach().to("cpu", copy=True)
+        self.misses += len(new)
+        self.hits += len(keys) - len(new)
+        return torch.stack([(fresh[k] if k in fresh else self.store[k]).to(images.device) for k in keys])
 
     def stats(self) -> dict:
         hits, misses = self.hits - self._reported[0], self.misses - self._reported[1]

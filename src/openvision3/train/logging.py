@@ -13,18 +13,14 @@ class MetricsLogger:
         self.writer = None
         if not enabled:
             return
-        if resume_step is not None:
-            self._truncate_after(resume_step)
+        if resume_step is not None and self.path.exists():
+            # A resumed run rewrites the steps after its checkpoint; drop the old lines for them.
+            keep = [row for row in read_metrics(self.path) if row.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(row) + "\n" for row in keep))
         from torch.utils.tensorboard import SummaryWriter
         # purge_step drops events a killed run wrote after its last checkpoint.
         self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"),
                                     purge_step=resume_step + 1 if resume_step is not None else None)
-
-    def _truncate_after(self, step: int) -> None:
-        """A resumed run rewrites the steps after its checkpoint; drop the old lines for them."""
-        if self.path.exists():
-            keep = [row for row in read_metrics(self.path) if row.get("step", 0) <= step]
-            self.path.write_text("".join(json.dumps(row) + "\n" for row in keep))
 
     def log(self, step: int, values: dict) -> None:
         if self.writer is None:  # not rank 0
@@ -79,9 +75,7 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, "--" if k.startswith("val_") else "-", marker="o" if len(xs) < 3 else None,
                     label=k, linewidth=2 if k == "loss" else 1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="loss", yscale="log")
     ax.grid(True, alpha=0.3)
     if ax.lines:  # a run whose every loss was non-finite has nothing to label
         ax.legend(fontsize=7, ncol=2)

@@ -229,10 +229,8 @@ def run_task(task: Task, settings: RunSettings, out_dir, *, config_yaml: str, re
     ``total_steps``, ``last_checkpoint``, ``bad_steps``, ``final`` (the last step's losses), the
     precision, and what ``Task.finish`` adds."""
     out = Path(out_dir)
-    if settings.distributed:
-        info = init_distributed()
-    else:
-        info = DistInfo(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    info = init_distributed() if settings.distributed else DistInfo(
+        device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if settings.device is not None:
         info.device = torch.device(settings.device)
     try:

@@ -47,12 +47,11 @@ def build_stages(cfg: Config, world_size: int = 1) -> list[Stage]:
     """``train.stages`` with None fields inherited from the top-level keys; [] -> one stage."""
     t = cfg.train
     stages, start = [], 0
-    for i, s in enumerate(t.stages or [None]):
+    for s in t.stages or [None]:
         get = (lambda k, d: d if s is None or getattr(s, k) is None else getattr(s, k))
         batch = get("batch_size", t.batch_size)
         epochs = get("epochs", t.epochs)
-        steps = get("steps", t.steps) if (s is not None and s.steps is not None) or epochs is None else (
-            math.ceil(epochs * t.epoch_size / batch))
+        steps = get("steps", t.steps if epochs is None else math.ceil(epochs * t.epoch_size / batch))
         name = s.name if s is not None else "main"
         if batch % (world_size * t.grad_accum_steps):
             raise ConfigError(f"stage '{name}': global batch {batch} is not divisible by world size "
