@@ -128,10 +128,8 @@ class DiTDH(nn.Module):
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
-        for block in [*self.body, *(self.head if self.has_head else [])]:
-            nn.init.zeros_(block.ada[-1].weight)
-            nn.init.zeros_(block.ada[-1].bias)
-        for layer in (self.final.ada[-1], self.final.linear):
+        blocks = [*self.body, *(self.head if self.has_head else [])]
+        for layer in [*(block.ada[-1] for block in blocks), self.final.ada[-1], self.final.linear]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
