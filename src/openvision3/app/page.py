@@ -123,8 +123,7 @@ def build_page(ex: Explorer):
 
         def do_click(path, evt: gr.SelectData):
             row, col = ex.token_at(*evt.index[:2])
-            heat, text = do_similarity(path, row, col)
-            return row, col, heat, text
+            return row, col, *do_similarity(path, row, col)
 
         gr.Markdown("## Understand\nzero-shot over your labels (each label is the prompt as typed) and the "
                     "greedy caption")

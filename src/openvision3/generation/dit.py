@@ -18,10 +18,10 @@ keep DiT's LayerNorm / GELU-tanh MLP / additive sin-cos, as the issue asks [?].
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
+from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
@@ -36,7 +36,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class TimestepEmbedder(nn.Module):
-    """t in [0, 1] -> sinusoidal features of 1000 t (DiT's frequencies) -> MLP."""
+    """t in [0, 1] -> sinusoidal features of 1000 t (DiT's, cos first: diffusers' helper) -> MLP."""
 
     def __init__(self, width: int, freq_dim: int = 256):
         super().__init__()
@@ -44,10 +44,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = (1000 * t.float())[:, None] * freqs[None]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        emb = get_timestep_embedding(1000 * t.float(), self.freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
@@ -119,9 +116,7 @@ class DiTDH(nn.Module):
             self.s_proj = nn.Linear(w, h)
             self.head_x_embed = nn.Linear(token_dim, h)
             self.head = nn.ModuleList(AdaLNBlock(h, cfg.head_heads, cfg.mlp_ratio) for _ in range(cfg.head_depth))
-            self.final = FinalLayer(h, token_dim)
-        else:
-            self.final = FinalLayer(w, token_dim)
+        self.final = FinalLayer(cfg.head_width if self.has_head else w, token_dim)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -133,10 +128,8 @@ class DiTDH(nn.Module):
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
-        for block in [*self.body, *(self.head if self.has_head else [])]:
-            nn.init.zeros_(block.ada[-1].weight)
-            nn.init.zeros_(block.ada[-1].bias)
-        for layer in (self.final.ada[-1], self.final.linear):
+        blocks = [*self.body, *(self.head if self.has_head else [])]
+        for layer in [*(block.ada[-1] for block in blocks), self.final.ada[-1], self.final.linear]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 

@@ -38,22 +38,20 @@ def save_grid(images: torch.Tensor, labels: list[int], class_names: list, path: 
     for c in sorted(set(labels))[:max_rows]:
         idx = [i for i, lab in enumerate(labels) if lab == c][:per_row]
         rows.append((c, torch.cat([images[i] for i in idx], dim=2)))
-    side = images.shape[-1]
-    scale = max(1, 64 // side)
-    label_w = 110
-    width = label_w + per_row * side * scale
-    canvas = Image.new("RGB", (width, len(rows) * side * scale), "white")
+    scale = max(1, 64 // images.shape[-1])
+    cell, label_w = images.shape[-1] * scale, 110  # a sample's side on the canvas, the label column
+    canvas = Image.new("RGB", (label_w + per_row * cell, len(rows) * cell), "white")
     draw = ImageDraw.Draw(canvas)
     for r, (c, row) in enumerate(rows):
         arr = ((row.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-        img = Image.fromarray(arr).resize((row.shape[2] * scale, side * scale), Image.NEAREST)
-        canvas.paste(img, (label_w, r * side * scale))
+        img = Image.fromarray(arr).resize((row.shape[2] * scale, cell), Image.NEAREST)
+        canvas.paste(img, (label_w, r * cell))
         name = class_names[c] if c < len(class_names) else str(c)
-        draw.text((4, r * side * scale + side * scale // 2 - 6), f"{c}: {name}"[:18], fill="black")
+        draw.text((4, r * cell + cell // 2 - 6), f"{c}: {name}"[:18], fill="black")
     canvas.save(path)
 
 
-def save_sweep_plot(sweep: list[dict], path: Path, title: str = "") -> None:
+def save_sweep_plot(sweep: list[dict], path: Path, title: str) -> None:
     from ..eval.common import plt
     p = plt()
     fig, ax1 = p.subplots(figsize=(5.5, 3.6))
@@ -66,8 +64,7 @@ def save_sweep_plot(sweep: list[dict], path: Path, title: str = "") -> None:
     ax2.set_ylabel("judge_top1 (higher is better)", color="tab:blue")
     ax2.set_ylim(0, 1)
     ax1.grid(True, alpha=0.3)
-    if title:
-        ax1.set_title(title, fontsize=9)
+    ax1.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     p.close(fig)

@@ -77,8 +77,7 @@ def sample(velocity, noise: torch.Tensor, steps: int = 50, shift: float = 1.0, m
         raise ValueError(f"unknown sampler '{method}'; choose euler or heun")
     grid = time_grid(steps, shift, device=noise.device)
     x = noise
-    for i in range(steps):
-        t, t_next = grid[i], grid[i + 1]
+    for t, t_next in zip(grid[:-1], grid[1:]):
         dt = float(t_next - t)
         tb = torch.full((x.shape[0],), float(t), device=x.device)
         v = velocity(x, tb).to(x.dtype)

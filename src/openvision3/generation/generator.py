@@ -71,8 +71,7 @@ class Generator:
             dit_state = {k[4:]: v for k, v in state.items() if k.startswith("dit.")}
         else:
             from ..train import checkpoint as ckpt_lib
-            steps = ckpt_lib.list_checkpoints(run / "checkpoints")
-            if not steps:
+            if not ckpt_lib.list_checkpoints(run / "checkpoints"):
                 raise GeneratorError(f"run '{run}' has no generator/ and no checkpoint yet; train it first "
                                      f"(ov3 gen train --out {run})")
             try:
@@ -101,7 +100,7 @@ class Generator:
 
     @torch.no_grad()
     def sample_tokens(self, labels, cfg_scale: float | None = None, steps: int | None = None, seed: int = 0,
-                      method: str | None = None, interval=None) -> torch.Tensor:
+                      method: str | None = None) -> torch.Tensor:
         """Class ids -> tokens in the decoder's own scale (B, N, D); same seed, same samples."""
         labels = torch.as_tensor(self.check_classes(list(labels)), device=self.space.device)
         f = self.cfg.flow
@@ -111,20 +110,18 @@ class Generator:
         noise = torch.randn(len(labels), n, self.dit.token_dim, generator=gen).to(self.space.device)
 
         def velocity(x, t):
-            return guided_velocity(self.dit, x, t, labels, self.dit.null_class, scale,
-                                   interval if interval is not None else f.cfg_interval)
+            return guided_velocity(self.dit, x, t, labels, self.dit.null_class, scale, f.cfg_interval)
         from ..train.run import forward_context
         with forward_context(self.space.device, None):
             x = sample(velocity, noise, steps or f.steps, self.shift, method or f.sampler)
         return self.stats.denormalize(x)
 
-    def sample_images(self, labels, batch_size: int = 256, **kw) -> torch.Tensor:
+    def sample_images(self, labels, batch_size: int = 256, seed: int = 0, **kw) -> torch.Tensor:
         """Class ids -> images in [-1, 1]; batched, each batch seeded from ``seed`` and its index."""
         labels = list(labels)
-        seed = int(kw.pop("seed", 0))
         out = []
         for i in range(0, len(labels), batch_size):
-            tokens = self.sample_tokens(labels[i:i + batch_size], seed=seed * 100003 + i, **kw)
+            tokens = self.sample_tokens(labels[i:i + batch_size], seed=int(seed) * 100003 + i, **kw)
             out.append(self.space.decode(tokens).cpu())
         return torch.cat(out) if out else torch.empty(0)
 

@@ -148,9 +148,8 @@ class JudgeTask(Task):
     def finish(self, run: Run) -> dict:
         """Held-out accuracy measured as it judges (BatchNorm on its running statistics, eval mode);
         the judge and its record written into the run directory, where ``get_judge`` finds them."""
-        net, cfg = self.net.eval(), self.cfg
-        with torch.no_grad():
-            _, logits = net.embed(self.xv)
+        net, cfg = self.net, self.cfg
+        _, logits = net.embed(self.xv)  # eval mode, no gradients
         info = {"judge_real_top1": float((logits.argmax(1) == self.yv).float().mean()), "held_out": len(self.yv),
                 "held_out_split": cfg.val_split, "train_images": self.train_images, "steps": cfg.judge.steps,
                 "num_classes": len(self.names), "class_names": self.names, "min_accuracy": cfg.judge.min_accuracy}

@@ -107,8 +107,8 @@ def build_cache(space: TokenSpace, path: Path, *, enc_id: str, spec: str, data_c
             continue
         images, labels = batch["image"][keep], batch["label"][keep]
         kept_texts = [c for c, k in zip(batch["caption"], keep.tolist()) if k]
-        if total is not None:
-            images, labels, kept_texts = images[: total - count], labels[: total - count], kept_texts[: total - count]
+        cut = slice(None if total is None else total - count)  # the last batch stops at ``total``
+        images, labels, kept_texts = images[cut], labels[cut], kept_texts[cut]
         part = {"labels": labels.long()}
         for suffix in ("", "_flip") if hflip else ("",):
             view = images.flip(-1) if suffix else images
@@ -187,11 +187,9 @@ def open_cache(path: str | Path, enc_id: str, resolution: int, space: str) -> To
                     if meta.get("captions") else None)
     except Exception as e:  # truncated or corrupt shard files raise many exception types
         raise CacheError(f"token cache '{path}' is damaged ({type(e).__name__}); delete it to rebuild") from None
-    tokens = torch.cat([p["tokens"] for p in parts])
-    flips = torch.cat([p["tokens_flip"] for p in parts]) if meta.get("hflip") else None
-    labels = torch.cat([p["labels"] for p in parts])
-    extras = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("tokens", "tokens_flip", "labels")}
-    return TokenCache(path, meta, tokens, flips, labels, stats, extras, captions)
+    joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # each stored tensor over all shards
+    flips = joined.pop("tokens_flip") if meta.get("hflip") else None
+    return TokenCache(path, meta, joined.pop("tokens"), flips, joined.pop("labels"), stats, joined, captions)
 
 
 class TokenBatches:

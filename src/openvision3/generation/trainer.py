@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, config_to_yaml
+from ..config import ConfigError, config_to_yaml, load_config_file
 from ..models.openvision3 import is_saved_model
 from ..train.distributed import barrier, launched_world_size, seed_everything
 from ..train.optim import LRSchedule
@@ -31,7 +31,6 @@ from .token_space import TokenSpace
 
 def check_encoder(cfg: GenConfig) -> Path:
     """The encoder directory exists, is a saved model, and was trained at the config's resolution."""
-    from ..config import load_config_file
     if not cfg.encoder:
         raise ConfigError("no encoder given: pass --encoder MODEL_DIR (a saved OpenVision 3 model)")
     d = Path(cfg.encoder).expanduser()

@@ -56,8 +56,7 @@ def push_model(directory, repo_id: str, private: bool = False, token: str | None
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise HubError(f"--repo-id must look like owner/name, got '{repo_id}'")
     from ..hub_access import hub_unreachable_reason
-    unreachable = hub_unreachable_reason()
-    if unreachable:  # at once, not after huggingface_hub's retries
+    if unreachable := hub_unreachable_reason():  # at once, not after huggingface_hub's retries
         raise HubError(f"cannot push to the Hub: {unreachable}")
     card = refresh_card(directory)
     api = HfApi(token=token)

@@ -124,17 +124,15 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         self.ln_1 = LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ls_1 = nn.Identity()
         self.ln_2 = LayerNorm(width)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", nn.GELU()),
                                               ("c_proj", nn.Linear(hidden, width))]))
-        self.ls_2 = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.ln_1(x)
-        x = x + self.ls_1(self.attn(y, y, y, need_weights=False)[0])
-        return x + self.ls_2(self.mlp(self.ln_2(x)))
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
 
 
 class Transformer(nn.Module):
@@ -234,11 +232,9 @@ class OpenVision3VisionModel(PreTrainedModel):
         """``output_hidden_states``: a bool, or (as LLaVA passes it) the index or indices of the layers
         it will read; any index asks for all of them. ``output_attentions`` is not supported
         (nn.MultiheadAttention through SDPA does not return weights) and gives None."""
-        if isinstance(output_hidden_states, bool) or output_hidden_states is None:
-            want_hidden = bool(output_hidden_states if output_hidden_states is not None
-                               else self.config.output_hidden_states)
-        else:  # an int or a list of layer indices (transformers' select_hidden_states)
-            want_hidden = True
+        # None: the config's; an int or a list of layer indices (transformers' select_hidden_states): all
+        want_hidden = (self.config.output_hidden_states if output_hidden_states is None
+                       else output_hidden_states is not False)
         if self.vae.vae.dtype != torch.float32:  # e.g. after model.to(bfloat16): the VAE stays fp32
             self.vae.float()
         latents = self.vae.encode(pixel_values.float())

@@ -83,12 +83,6 @@ def _find_files(source: str) -> tuple[Path, dict]:
     return weights, config
 
 
-def _strip_prefix(state: dict) -> dict:
-    if any(k.startswith("visual.") for k in state):
-        state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-    return state
-
-
 def infer_architecture(state: dict, config: dict | None = None) -> dict:
     """Architecture from tensor shapes; heads = width / head_width (64 unless the config says)."""
     for key in ("conv1.weight", "class_embedding", "proj", "ln_post.weight"):
@@ -108,7 +102,9 @@ def infer_architecture(state: dict, config: dict | None = None) -> dict:
 def encoder_from_state_dict(state: dict, config: dict | None = None) -> tuple[UnifiedEncoder, int | None]:
     """The encoder, and its native token grid side read from its saved position table (16 for the
     256 px towers, 14 for 224 px; None when the file has no table)."""
-    state = _strip_prefix(dict(state))
+    state = dict(state)  # popped from below
+    if any(k.startswith("visual.") for k in state):  # a whole CLIP checkpoint: its vision tower only
+        state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     arch = infer_architecture(state, config)
     enc = UnifiedEncoder(arch["in_channels"], arch["tower"], arch["patch_size"], arch["embed_dim"])
     pos = state.pop("positional_embedding", None)

@@ -141,10 +141,9 @@ def export_hf(source: str, out_dir, vae: str = "flux-ov3", image_size: int | Non
     from ..models.card import write_card
     from ..models.openvision3 import OpenVision3, is_saved_model
     if is_saved_model(source):
-        tower = vision_model_from_openvision3(OpenVision3.from_pretrained(source))
+        model = OpenVision3.from_pretrained(source)
+        tower = vision_model_from_parts(model.vae, model.encoder, image_size or model.image_size)
         origin = "openvision3"
-        if image_size:
-            tower.config.image_size = image_size
     else:
         tower = vision_model_from_official(source, vae=vae, image_size=image_size or 256)
         origin = "released"

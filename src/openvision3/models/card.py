@@ -131,8 +131,7 @@ def build_card(kind: str, info: dict, results: dict, license: str = "apache-2.0"
             f"Architecture: {arch}.", "", "## The VAE it needs", "",
             "The encoder reads normalised VAE latents, not pixels; use the same VAE and convention:", "",
             *_vae_lines(vae), "", "## How to load", "", *load, ""]
-    if kind == "openvision3":
-        body += _provenance_lines(cfg)
+    body += _provenance_lines(cfg)  # nothing for a tower: only a whole model's config has ``train``
     if info.get("origin") == "released":
         body += [f"Converted from the released tower `{info.get('source')}` (weights by UCSC-VLAA).", ""]
     if rows:

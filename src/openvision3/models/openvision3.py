@@ -168,8 +168,7 @@ class OpenVision3(nn.Module):
             if k.startswith(_NOT_SAVED) or id(v) in seen_ids or (ptr and ptr in seen_ptrs):
                 continue
             seen_ids.add(id(v))
-            if ptr:
-                seen_ptrs.add(ptr)
+            seen_ptrs.add(ptr)  # a 0 (FSDP2) is added but never looked up
             out[k] = v.detach()
         return out
 

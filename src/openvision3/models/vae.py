@@ -151,8 +151,7 @@ class FrozenVAE(nn.Module):
         if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
             raise ValueError(f"FrozenVAE.encode expects images of shape (B, 3, H, W), got {shape}")
-        lo, hi = torch.aminmax(images.detach())
-        lo, hi = float(lo), float(hi)
+        lo, hi = (float(v) for v in torch.aminmax(images.detach()))
         if hi > _RANGE_LIMIT or lo < -_RANGE_LIMIT:
             raise ValueError(f"FrozenVAE.encode expects images in [-1, 1], got values in [{lo:.3g}, {hi:.3g}] "
                              "(0..255 input? scale it with x / 127.5 - 1)")
@@ -200,8 +199,7 @@ class FrozenVAE(nn.Module):
     def describe(self) -> dict:
         return {
             "source": self.source,
-            "resolved": "/".join(filter(None, VAE_ALIASES[self.source])) if self.source in VAE_ALIASES
-            else self.source,
+            "resolved": "/".join(filter(None, VAE_ALIASES.get(self.source, (self.source,)))),
             "convention": self.convention,
             "scaling_factor": self.scaling_factor,
             "shift_factor": self.shift_factor,
