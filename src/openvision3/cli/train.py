@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import Stopped, print_json
+from .common import print_json
 
 
 # --- ov3 train / train-vae (train/ owner) ----------------------------------------------------
@@ -34,12 +34,13 @@ def _add_train(sub):
 def _train(args, train, cfg) -> dict:
     """``train(cfg, --out)``, its summary as --json; a run that stopped before its end exits 3 (a requeue
     script can tell a stop from the end) saying where and how to resume."""
+    from ..train.run import RunStopped
     summary = train(cfg, args.out or str(Path("runs") / Path(args.config).stem), resume=args.resume,
                     overwrite=args.overwrite)
     print_json(args, summary)
     if summary["status"] != "finished":
-        raise Stopped(f"{summary['status']} at step {summary['step']}/{summary['total_steps']} (checkpoint "
-                      f"{summary['last_checkpoint']}); run the same command with --resume auto to continue")
+        raise RunStopped(f"{summary['status']} at step {summary['step']}/{summary['total_steps']} (checkpoint "
+                         f"{summary['last_checkpoint']}); run the same command with --resume auto to continue")
     return summary
 
 
