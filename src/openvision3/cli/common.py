@@ -19,6 +19,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def json_command(p, run) -> None:
+    """The end of a subcommand's arguments: ``--json`` (``run`` prints its results with print_json) and
+    ``run(args)``, what the subcommand does."""
+    p.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
+    p.set_defaults(func=run)
+
+
 def print_json(args, obj) -> None:
     """With --json: ``obj`` as one JSON object, the last line on stdout."""
     if args.json:

@@ -1,7 +1,7 @@
 """`ov3 info` and `ov3 data inspect | pack | cache-latents`."""
 from __future__ import annotations
 
-from .common import command_group, _positive_int, print_json
+from .common import command_group, _positive_int, json_command, print_json
 
 
 # --- ov3 info -------------------------------------------------------------------------------
@@ -11,9 +11,8 @@ def _add_info(sub):
     g.add_argument("--preset", default=None, help="model size preset (nano, tiny, small, b2, l2)")
     g.add_argument("--model", default=None, help="a saved model directory")
     p.add_argument("--config", default=None, help="a config name or YAML")
-    p.add_argument("--json", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    p.set_defaults(func=_run_info)
+    json_command(p, _run_info)
 
 
 def _run_info(args):
@@ -52,8 +51,7 @@ def _add_data(sub):
         p.add_argument("spec", help="shapes | wds:PATTERN | folder:DIR | fashion-mnist[:DIR]")
         p.add_argument("--split", default="train")
         p.add_argument("--kind", default=None, help="shapes selection: mixed | single | multi")
-        p.add_argument("--json", action="store_true")
-        p.set_defaults(func=run)
+        json_command(p, run)
 
 
 def _run_data_inspect(args):
