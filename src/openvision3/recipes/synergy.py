@@ -336,13 +336,8 @@ def markdown(summary: dict, arms: list[str], config: str, steps: int | None, wal
 def _margin_text(m: dict | None) -> str:
     if not m:
         return "-"
-    parts = []
-    for k, v in m.items():
-        if isinstance(v, dict) and "mean" in v:
-            parts.append(f"{k} {v['mean']:+.3f} ± {v['std']:.3f}")
-        elif not isinstance(v, dict):
-            parts.append(f"{k} {v}")
-    return "; ".join(parts)
+    return "; ".join(f"{k} {v['mean']:+.3f} ± {v['std']:.3f}" if isinstance(v, dict) else f"{k} {v}"
+                     for k, v in m.items() if not isinstance(v, dict) or "mean" in v)
 
 
 # ------------------------------------------------------------------------------------ the recipe
