@@ -10,7 +10,7 @@ import sys
 
 # The subcommand groups live in one module each. Nothing here imports torch & co.: the heavy
 # libraries load inside the _run_* functions.
-from .common import OneLineParser, Stopped, UserError
+from .common import OneLineParser, UserError
 from .data import _add_data, _add_info
 from .evaluate import _add_eval
 from .gen import _add_gen
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         args.func(args)
     except Exception as e:
         # a run stopped before its end (ours, or one a command needed, e.g. the judge): the same command resumes it
-        if isinstance(e, (Stopped, *_loaded([("openvision3.train.run", "RunStopped")]))):
+        if isinstance(e, _loaded([("openvision3.train.run", "RunStopped")])):
             print(f"ov3 {args.command}: stopped: {' '.join(str(e).split())}", file=sys.stderr)
             return 3
         if isinstance(e, (UserError, FileNotFoundError, *_loaded(_USER_ERRORS))):

@@ -1,4 +1,4 @@
-"""Shared pieces of the `ov3` subcommands: the error types, the one-line parser, JSON output and
+"""Shared pieces of the `ov3` subcommands: the bad-input error, the one-line parser, JSON output and
 the model/argument helpers several subcommand groups use."""
 from __future__ import annotations
 
@@ -19,15 +19,17 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def json_command(p, run) -> None:
+    """The end of a subcommand's arguments: ``--json`` (``run`` prints its results with print_json) and
+    ``run(args)``, what the subcommand does."""
+    p.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
+    p.set_defaults(func=run)
+
+
 def print_json(args, obj) -> None:
     """With --json: ``obj`` as one JSON object, the last line on stdout."""
     if args.json:
         print(json.dumps(obj, default=str))
-
-
-class Stopped(Exception):
-    """A run that ended before its last step (a signal, non-finite losses): one line, exit code 3;
-    running the same command again resumes it."""
 
 
 # --- argument and model helpers (eval/, data/, gen, tools) -------------------------------------

@@ -1,7 +1,7 @@
 """`ov3 info` and `ov3 data inspect | pack | cache-latents`."""
 from __future__ import annotations
 
-from .common import command_group, _positive_int, print_json
+from .common import command_group, _positive_int, json_command, print_json
 
 
 # --- ov3 info -------------------------------------------------------------------------------
@@ -11,9 +11,8 @@ def _add_info(sub):
     g.add_argument("--preset", default=None, help="model size preset (nano, tiny, small, b2, l2)")
     g.add_argument("--model", default=None, help="a saved model directory")
     p.add_argument("--config", default=None, help="a config name or YAML")
-    p.add_argument("--json", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    p.set_defaults(func=_run_info)
+    json_command(p, _run_info)
 
 
 def _run_info(args):
@@ -28,27 +27,16 @@ def _run_info(args):
 def _add_data(sub):
     dsub = command_group(sub, "data", "inspect, pack and cache data sets")
     i = dsub.add_parser("inspect", help="counts, skipped-by-reason, caption stats, sample grid")
-    i.add_argument("spec", help="shapes | wds:PATTERN | folder:DIR | fashion-mnist[:DIR]")
-    i.add_argument("--split", default="train")
-    i.add_argument("--kind", default=None, help="shapes selection: mixed | single | multi")
     i.add_argument("--limit", type=int, default=None, help="stop after N readable samples")
     i.add_argument("--grid", default=None, metavar="PNG", help="write a grid of samples + captions")
-    i.add_argument("--json", action="store_true")
-    i.set_defaults(func=_run_data_inspect)
     k = dsub.add_parser("pack", help="write any spec as webdataset shards")
-    k.add_argument("spec")
     k.add_argument("--out", required=True)
     k.add_argument("--shard-size", type=int, default=1000)
-    k.add_argument("--split", default="train")
-    k.add_argument("--kind", default=None, help="shapes selection: mixed | single | multi")
     k.add_argument("--limit", type=int, default=None)
     k.add_argument("--resolution", type=int, default=None, help="render size for shapes (default 128)")
     k.add_argument("--format", default="jpg", choices=["jpg", "png"])
-    k.add_argument("--json", action="store_true")
-    k.set_defaults(func=_run_data_pack)
     c = dsub.add_parser("cache-latents", help="encode a spec once with the frozen VAE: webdataset shards of "
                         "image + latent + flipped latent, for training with data.latent_cache=DIR")
-    c.add_argument("spec")
     c.add_argument("--vae", required=True, help="VAE: alias (flux-ov3, flux, sd), hub id, local diffusers "
                    "directory (e.g. a saved model's MODEL/vae)")
     c.add_argument("--convention", default="scale", choices=["scale", "shift_scale"],
@@ -56,13 +44,14 @@ def _add_data(sub):
     c.add_argument("--resolution", type=_positive_int, required=True, help="pixels (short side resized, centre crop)")
     c.add_argument("--out", required=True)
     c.add_argument("--shard-size", type=_positive_int, default=1000)
-    c.add_argument("--split", default="train")
-    c.add_argument("--kind", default=None, help="shapes selection: mixed | single | multi")
     c.add_argument("--limit", type=_positive_int, default=None)
     c.add_argument("--batch-size", type=_positive_int, default=16)
     c.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_run_data_cache_latents)
+    for p, run in ((i, _run_data_inspect), (k, _run_data_pack), (c, _run_data_cache_latents)):  # what all three read
+        p.add_argument("spec", help="shapes | wds:PATTERN | folder:DIR | fashion-mnist[:DIR]")
+        p.add_argument("--split", default="train")
+        p.add_argument("--kind", default=None, help="shapes selection: mixed | single | multi")
+        json_command(p, run)
 
 
 def _run_data_inspect(args):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import UserError, _add_model_args, _load_model, _positive_int, print_json
+from .common import UserError, _add_model_args, _load_model, _positive_int, json_command, print_json
 
 
 # --- ov3 eval / reconstruct / caption / encode (eval/ owner) ----------------------------------
@@ -26,21 +26,18 @@ def _add_eval(sub):
                    "installed); without it rFID is reported as skipped")
     p.add_argument("--lpips", default="alex", help="LPIPS backbones: alex, vgg, alex,vgg or none (default alex)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
-    p.set_defaults(func=_run_eval)
+    json_command(p, _run_eval)
 
     r = sub.add_parser("reconstruct", help="reconstruct images through the unified tokens; PNGs + PSNR")
     _add_model_args(r, images=True)
     r.add_argument("--out", default="reconstructions", help="output directory (default: ./reconstructions)")
-    r.add_argument("--json", action="store_true")
-    r.set_defaults(func=_run_reconstruct)
+    json_command(r, _run_reconstruct)
 
     c = sub.add_parser("caption", help="caption images (greedy); prints path<TAB>caption")
     _add_model_args(c, images=True)
     c.add_argument("--max-len", type=_positive_int, default=32,
                    help="most tokens per caption, start token included (capped by the decoder context)")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_run_caption)
+    json_command(c, _run_caption)
 
     e = sub.add_parser("encode", help="encode a data set: unified tokens, pooled features, labels (safetensors)")
     _add_model_args(e)
@@ -52,8 +49,7 @@ def _add_eval(sub):
     e.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="storage dtype of tokens and pooled (default float32)")
     e.add_argument("--no-progress", action="store_true")
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=_run_encode)
+    json_command(e, _run_encode)
 
 
 def _run_eval(args):

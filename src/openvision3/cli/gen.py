@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import command_group, UserError, _positive_int, print_json
+from .common import command_group, UserError, _positive_int, json_command, print_json
 
 
 # --- ov3 gen (generation/ owner) -------------------------------------------------------------
@@ -17,9 +17,8 @@ def _add_gen(sub):
     t.add_argument("--resume", default=None, help="'auto' (newest checkpoint in --out) or a checkpoint path")
     t.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--json", action="store_true")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 dit.preset=nano")
-    t.set_defaults(func=_run_gen_train)
+    json_command(t, _run_gen_train)
     s = gsub.add_parser("sample", help="generate images of chosen classes into one PNG (a row per class)")
     s.add_argument("--run", required=True, help="a `gen train` run directory")
     s.add_argument("--classes", required=True, help="comma-separated class ids, e.g. 0,5,7")
@@ -30,8 +29,7 @@ def _add_gen(sub):
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, metavar="PNG")
     s.add_argument("--device", default=None)
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=_run_gen_sample)
+    json_command(s, _run_gen_sample)
     e = gsub.add_parser("eval", help="judge_top1, fd, precision/recall (judge features), gFID with Inception "
                         "weights; gen_eval.json/.md, samples.png, guidance_sweep.png in the run")
     e.add_argument("--run", required=True)
@@ -46,17 +44,15 @@ def _add_gen(sub):
                         "run's own gen_eval.json, which `gen compare` reads)")
     e.add_argument("--device", default=None)
     e.add_argument("--no-progress", action="store_true")
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=_run_gen_eval)
+    json_command(e, _run_gen_eval)
     c = gsub.add_parser("compare", help="the paper's comparison at our scale: joint OV3 tokens, understanding-only "
                         "tokens, VAE latents; same generator budget and seeds")
     c.add_argument("--config", required=True)
     c.add_argument("--encoder", default=None, help="the joint OpenVision 3 model (sets encoder=)")
     c.add_argument("--out", required=True)
     c.add_argument("--no-progress", action="store_true")
-    c.add_argument("--json", action="store_true")
     c.add_argument("overrides", nargs="*")
-    c.set_defaults(func=_run_gen_compare)
+    json_command(c, _run_gen_compare)
 
 
 def _run_gen_train(args):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import command_group, UserError, _positive_int, print_json
+from .common import command_group, UserError, _positive_int, json_command, print_json
 
 
 # --- ov3 demo --------------------------------------------------------------------------------
@@ -17,9 +17,8 @@ def _add_demo(sub):
     p.add_argument("--train-vae", action="store_true", help="train the demo VAE again (configs/vae_demo.yaml) "
                    "instead of using the shipped one")
     p.add_argument("--num-samples", type=int, default=500, help="held-out images per evaluation task")
-    p.add_argument("--json", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value overrides of configs/demo.yaml")
-    p.set_defaults(func=_run_demo)
+    json_command(p, _run_demo)
 
 
 def _run_demo(args):
@@ -52,9 +51,8 @@ def _add_bench(sub):
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run on the smallest model (tests)")
     p.add_argument("--out", default=None, help="write bench.json, bench.md and bench.png here")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    p.set_defaults(func=_run_bench)
+    json_command(p, _run_bench)
 
 
 def _run_bench(args):
@@ -87,9 +85,8 @@ def _add_ablate(sub):
                    help="held-out evaluation tasks per arm (default: all five)")
     s.add_argument("--num-samples", type=_positive_int, default=500, help="held-out images per task (default 500)")
     s.add_argument("--no-progress", action="store_true", help="no evaluation progress bars")
-    s.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     s.add_argument("overrides", nargs="*", help="key=value overrides of the config, applied to every arm")
-    s.set_defaults(func=_run_ablate_synergy)
+    json_command(s, _run_ablate_synergy)
 
 
 def _run_ablate_synergy(args):
@@ -112,8 +109,7 @@ def _add_export(sub):
     h.add_argument("--vae", default="flux-ov3", help="for a released tower: the VAE it reads (default flux-ov3)")
     h.add_argument("--image-size", type=_positive_int, default=None,
                    help="input pixels (default: the model's image size; 256 for a released tower)")
-    h.add_argument("--json", action="store_true")
-    h.set_defaults(func=_run_export_hf)
+    json_command(h, _run_export_hf)
 
 
 def _run_export_hf(args):
@@ -145,8 +141,7 @@ def _add_push(sub):
     p.add_argument("--repo-id", required=True, help="owner/name on the Hub (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--message", default=None, help="commit message")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_run_push)
+    json_command(p, _run_push)
 
 
 def _run_push(args):
@@ -176,10 +171,9 @@ def _add_probe(sub):
                     "under OUT/llava_probe_runs)")
     ll.add_argument("--overwrite", action="store_true", help="train the stages again over a previous probe's")
     ll.add_argument("--no-progress", action="store_true")
-    ll.add_argument("--json", action="store_true")
     ll.add_argument("overrides", nargs="*", help="key=value overrides of the probe's config, e.g. lm_layers=2 "
                     "batch_size=16 (recipes/llava_probe.py ProbeConfig)")
-    ll.set_defaults(func=_run_probe_llava)
+    json_command(ll, _run_probe_llava)
 
 
 def _run_probe_llava(args):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import Stopped, print_json
+from .common import json_command, print_json
 
 
 # --- ov3 train / train-vae (train/ owner) ----------------------------------------------------
@@ -14,9 +14,8 @@ def _add_train(sub):
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", default=None, help="'auto' (newest checkpoint in --out) or a checkpoint path")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
-    p.add_argument("--json", action="store_true", help="print the run summary as JSON on the last line")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.steps=100")
-    p.set_defaults(func=_run_train)
+    json_command(p, _run_train)
 
     v = sub.add_parser("train-vae", help="train a small diffusers AutoencoderKL for the frozen-VAE slot")
     v.add_argument("--config", required=True, help="a config name (configs/NAME.yaml) or a YAML path")
@@ -26,20 +25,20 @@ def _add_train(sub):
                    "(sets data.train and data.val)")
     v.add_argument("--resume", default=None, help="'auto': continue from the newest checkpoint in --out")
     v.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
-    v.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
     v.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 arch.latent_channels=4")
-    v.set_defaults(func=_run_train_vae)
+    json_command(v, _run_train_vae)
 
 
 def _train(args, train, cfg) -> dict:
     """``train(cfg, --out)``, its summary as --json; a run that stopped before its end exits 3 (a requeue
     script can tell a stop from the end) saying where and how to resume."""
+    from ..train.run import RunStopped
     summary = train(cfg, args.out or str(Path("runs") / Path(args.config).stem), resume=args.resume,
                     overwrite=args.overwrite)
     print_json(args, summary)
     if summary["status"] != "finished":
-        raise Stopped(f"{summary['status']} at step {summary['step']}/{summary['total_steps']} (checkpoint "
-                      f"{summary['last_checkpoint']}); run the same command with --resume auto to continue")
+        raise RunStopped(f"{summary['status']} at step {summary['step']}/{summary['total_steps']} (checkpoint "
+                         f"{summary['last_checkpoint']}); run the same command with --resume auto to continue")
     return summary
 
 

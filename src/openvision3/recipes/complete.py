@@ -38,7 +38,6 @@ from ..generation.token_cache import (CacheError, TokenBatches, build_cache, cac
                                       weights_id)
 from ..generation.token_space import TokenSpace
 from ..models.encoder import UnifiedEncoder
-from ..models.vit import attention_kernels
 from ..train.distributed import barrier, launched_world_size, seed_everything
 from ..train.run import Parts, Run, run_task
 from ..train.trainer import OpenVision3Task, _warn_unknown_words
@@ -246,9 +245,8 @@ class CompleteTask(OpenVision3Task):
     def losses(self, batch: dict, step: int) -> dict:
         if "unified" not in batch:
             return super().losses(batch, step)
-        with attention_kernels(self.run.device, self.cfg.train.attention_kernel):
-            return self.run.model(batch["image"], batch["tokens"], lpips_weight=self._stage_at(step).lpips_weight,
-                                  latents=batch["latent"], unified=batch["unified"])
+        return self.run.model(batch["image"], batch["tokens"], lpips_weight=self._stage_at(step).lpips_weight,
+                              latents=batch["latent"], unified=batch["unified"])
 
     def finish(self, run: Run) -> dict:
         out = super().finish(run)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from . import train_or_resume
-from .synergy import _stat
+from .synergy import mean_std
 
 ARMS = {"joint": ("tokens", "(a) joint OV3 tokens"), "und_only": ("tokens", "(b) understanding-only tokens"),
         "vae": ("vae", "(c) VAE latents")}
@@ -123,7 +123,7 @@ def run_compare(config: str, out_dir, overrides: list[str] | None = None, progre
 
     summary = {}
     for arm, rs in runs.items():
-        summary[arm] = {k: _stat([r[k] for r in rs]) for k in (*METRICS, "train_seconds")}
+        summary[arm] = {k: mean_std([r[k] for r in rs]) for k in (*METRICS, "train_seconds")}
         summary[arm]["per_seed"] = {k: [r[k] for r in rs] for k in METRICS}
     table = _table(summary, cc.seeds)
     _figure(summary, out / "compare.png")

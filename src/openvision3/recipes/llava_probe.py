@@ -174,7 +174,7 @@ class ProbeStageTask(Task):
 
     def __init__(self, llava, name: str, steps: int, lr: float, pcfg: ProbeConfig, batches: ProbeBatches):
         self.llava, self.name, self.steps, self.lr_peak, self.pcfg, self.batches = llava, name, steps, lr, pcfg, batches
-        self.schedule = LRSchedule(lr, steps, max(1, int(round(steps * pcfg.warmup_ratio))))
+        self.lr = LRSchedule(lr, steps, max(1, int(round(steps * pcfg.warmup_ratio))))  # Task.lr(step)
 
     def settings(self) -> RunSettings:
         # fp32 on the CPU, one process, as the probe is measured; a checkpoint every 200 steps
@@ -190,9 +190,6 @@ class ProbeStageTask(Task):
         self.llava.model.vision_tower.eval()  # frozen [P]
         keys = {k for k in self.llava.state_dict() if not k.startswith("model.vision_tower.")}
         return Parts(self.llava, opt, self.batches, weight_keys=keys)
-
-    def lr(self, step: int) -> float:
-        return self.schedule(step)
 
     def batch(self, step: int) -> dict:
         return next(self.batches)
@@ -258,8 +255,7 @@ def llava_forward(llava, batch: dict):
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    n = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (n - len(r)) for r in rows])
+    return torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in rows], batch_first=True, padding_value=value)
 
 
 @torch.no_grad()

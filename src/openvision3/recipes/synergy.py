@@ -149,18 +149,13 @@ def first_last(curve: dict, key: str) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------ statistics
-def mean_std(values) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for a single value) over seeds."""
+def mean_std(values) -> dict:
+    """{"mean", "std"}: mean and sample standard deviation (n - 1; 0 for a single value) over seeds."""
     values = [float(v) for v in values]
     m = sum(values) / len(values)
     if len(values) < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-
-
-def _stat(values) -> dict:
-    m, s = mean_std(values)
-    return {"mean": m, "std": s}
+        return {"mean": m, "std": 0.0}
+    return {"mean": m, "std": math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))}
 
 
 def verdicts(first_last_by_arm: dict) -> tuple[dict, dict]:
@@ -180,23 +175,23 @@ def verdicts(first_last_by_arm: dict) -> tuple[dict, dict]:
         return [(f - last) / f if f else 0.0 for f, last in fl[arm][branch]]
 
     if "und_only" in fl:
-        m = _stat(drop("und_only", "loss_rec"))
+        m = mean_std(drop("und_only", "loss_rec"))
         margins["und_lowers_rec"] = {"relative_drop": m}
         out["und_lowers_rec"] = m["mean"] > m["std"]
     if "rec_only" in fl:
         d = drop("rec_only", "loss_und")
-        m = _stat([FLAT_TOLERANCE - x for x in d])
-        margins["rec_leaves_und_flat"] = {"relative_drop": _stat(d), "tolerance": FLAT_TOLERANCE,
+        m = mean_std([FLAT_TOLERANCE - x for x in d])
+        margins["rec_leaves_und_flat"] = {"relative_drop": mean_std(d), "tolerance": FLAT_TOLERANCE,
                                           "margin": m}
         if "joint" in fl:  # how much of joint's improvement the detached probe gets without shaping
-            margins["rec_leaves_und_flat"]["drop_vs_joint"] = _stat(
+            margins["rec_leaves_und_flat"]["drop_vs_joint"] = mean_std(
                 [a / b if b else 0.0 for a, b in zip(d, drop("joint", "loss_und"))])
         out["rec_leaves_und_flat"] = m["mean"] > m["std"]
     others = [a for a in ARMS if a != "joint" and a in fl]
     for name, branch in (("joint_best_rec", "loss_rec"), ("joint_best_und", "loss_und")):
         if "joint" not in fl or not others:
             continue
-        margins[name] = {f"vs_{o}": _stat([lo - lj for (_, lo), (_, lj) in zip(fl[o][branch], fl["joint"][branch])])
+        margins[name] = {f"vs_{o}": mean_std([lo - lj for (_, lo), (_, lj) in zip(fl[o][branch], fl["joint"][branch])])
                          for o in others}
         out[name] = all(not m["mean"] < -m["std"] for m in margins[name].values())
     return out, margins
@@ -226,7 +221,8 @@ def _with_std(per_seed: list[dict]) -> dict:
         if all(isinstance(d[k], dict) for d in per_seed):
             out[k] = _with_std([d[k] for d in per_seed])
         elif all(isinstance(d[k], (int, float)) and math.isfinite(d[k]) for d in per_seed):
-            out[k], out[f"{k}_std"] = mean_std([d[k] for d in per_seed])
+            stat = mean_std([d[k] for d in per_seed])
+            out[k], out[f"{k}_std"] = stat["mean"], stat["std"]
     return out
 
 
@@ -275,10 +271,9 @@ def plot_curves(per_arm: dict, path: Path, title: str = "") -> None:
             steps = runs[0]["curves"]["step"][:n]
             seeds = [_smooth(r["curves"][key][:n], window) for r in runs]
             stats = [mean_std(col) for col in zip(*seeds)]
-            mean = [m for m, _ in stats]
-            ax.plot(steps, mean, color=colours.get(arm), label=arm, linewidth=1.4)
+            ax.plot(steps, [s["mean"] for s in stats], color=colours.get(arm), label=arm, linewidth=1.4)
             if len(runs) > 1:
-                ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats],
+                ax.fill_between(steps, [s["mean"] - s["std"] for s in stats], [s["mean"] + s["std"] for s in stats],
                                 color=colours.get(arm), alpha=0.2, linewidth=0)
         ax.set_title(label)
         ax.set_xlabel("step")
@@ -341,13 +336,8 @@ def markdown(summary: dict, arms: list[str], config: str, steps: int | None, wal
 def _margin_text(m: dict | None) -> str:
     if not m:
         return "-"
-    parts = []
-    for k, v in m.items():
-        if isinstance(v, dict) and "mean" in v:
-            parts.append(f"{k} {v['mean']:+.3f} ± {v['std']:.3f}")
-        elif not isinstance(v, dict):
-            parts.append(f"{k} {v}")
-    return "; ".join(parts)
+    return "; ".join(f"{k} {v['mean']:+.3f} ± {v['std']:.3f}" if isinstance(v, dict) else f"{k} {v}"
+                     for k, v in m.items() if not isinstance(v, dict) or "mean" in v)
 
 
 # ------------------------------------------------------------------------------------ the recipe
