@@ -47,8 +47,11 @@ class LatentMemo:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         keys = [image_key(x) for x in images.detach().cpu()]  # one transfer for the batch
-        new = [k for k in dict.fromkeys(keys) if k not in self.store]  # each unseen image once, in batch order
-        fresh = dict(zip(new, self.encode(images[[keys.index(k) for k in new]]))) if new else {}
+        first: dict[bytes, int] = {}  # each key's first position in the batch, in batch order
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        new = [k for k in first if k not in self.store]  # each unseen image encoded once
+        fresh = dict(zip(new, self.encode(images[[first[k] for k in new]]))) if new else {}
         for k, z in fresh.items():
             if len(self.store) < self.max_entries:
                 self.store[k] = z.detach().to("cpu", copy=True)
