@@ -148,11 +148,12 @@ class OpenVision3Loss(nn.Module):
         loss = torch.zeros((), device=device)
         # A probed branch saw detached tokens, so its loss trains its own parameters only; weight 1 [?]
         # (Adam makes the scale nearly irrelevant; it only enters the shared grad-norm clip).
-        for name, weight, probed, branch in (("loss_rec", self.cfg.w_rec, self.rec_probed, "reconstruction"),
-                                             ("loss_und", self.cfg.w_und, self.und_probed, "understanding")):
+        branches = (("loss_rec", self.cfg.w_rec, self.rec_probed, "reconstruction is enabled (w_rec > 0)"),
+                    ("loss_und", self.cfg.w_und, self.und_probed, "understanding is enabled (w_und > 0)"))
+        for name, weight, probed, enabled in branches:
             if weight > 0 or probed:
                 if name not in terms:
-                    why = f"{branch} is enabled (w_{name[5:]} > 0)" if weight > 0 else "loss.probe_detached is set"
+                    why = enabled if weight > 0 else "loss.probe_detached is set"
                     raise ValueError(f"{why} but no {name} was computed")
                 loss = loss + (weight * terms[name] if weight > 0 else terms[name])
         out["loss"] = loss
