@@ -38,23 +38,31 @@ def checkout(rev: str, where: Path) -> Path:
     return where
 
 
-def run_once(tree: Path, out: Path, config: str, steps: int, overrides: list[str]) -> dict:
+def tree_env(tree: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(tree / "src"), "TQDM_DISABLE": "1"}
+
+
+def batch_size(tree: Path, config: str, overrides: list[str]) -> int:
+    """The run's batch size as ``tree``'s own config code reads it (to turn samples/s into s/step)."""
+    code = ("import json, sys; from openvision3.config import get_config; "
+            "print(json.dumps(get_config(sys.argv[1], sys.argv[2:]).train.batch_size))")
+    out = subprocess.run([sys.executable, "-c", code, str(tree / config), *overrides], cwd=tree, env=tree_env(tree),
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def run_once(tree: Path, out: Path, config: str, steps: int, batch: int, overrides: list[str]) -> dict:
     """One ``ov3 train`` from ``tree``'s own sources; its wall seconds and steady-state s/step."""
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "TQDM_DISABLE": "1"}
     argv = [sys.executable, "-m", "openvision3.cli", "train", "--config", str(tree / config), "--out", str(out),
             f"train.steps={steps}", f"train.checkpoint_every={steps}", "train.log_every=10", *overrides]
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=tree, env=tree_env(tree), capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{tree}: ov3 train failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "samples_per_s" in r]
-    batch = json.loads(subprocess.run(
-        [sys.executable, "-c", "import json,sys; from openvision3.config import get_config; "
-         "c = get_config(sys.argv[1], sys.argv[2:]); print(json.dumps(c.train.batch_size))",
-         str(tree / config), *overrides], cwd=tree, env=env, capture_output=True, text=True, check=True).stdout)
     steady = rows[1:]  # the first row holds start-up and the first steps' warm-up
     seconds = sum((r["step"] - p["step"]) * batch / r["samples_per_s"] for p, r in zip(rows, steady))
     return {"wall": wall, "step": seconds / (steady[-1]["step"] - rows[0]["step"]) if steady else float("nan"),
@@ -75,10 +83,12 @@ def main() -> None:
     trees = {}
     try:
         trees = {name: checkout(rev, tmp / name) for name, rev in (("base", args.base), ("head", args.head))}
+        batches = {name: batch_size(tree, args.config, args.overrides) for name, tree in trees.items()}
         runs = {"base": [], "head": []}
         for r in range(args.rounds):
             for name in (("base", "head") if r % 2 == 0 else ("head", "base")):
-                res = run_once(trees[name], tmp / f"run_{name}", args.config, args.steps, args.overrides)
+                res = run_once(trees[name], tmp / f"run_{name}", args.config, args.steps, batches[name],
+                               args.overrides)
                 runs[name].append(res)
                 print(f"round {r + 1} {name}: {res['wall']:.1f} s wall, {res['step']:.3f} s/step, "
                       f"final loss {res['final_loss']:.4f}", flush=True)
